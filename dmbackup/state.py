@@ -1,0 +1,78 @@
+"""Local state in ``state_dir`` (default /var/lib/dmbackup): enrolled repositories, run history.
+
+``repos.json``   {target name: [repository ids enrolled by `dmbackup init`]}: a backup refuses a
+                 target whose repository id is not listed (wrong disk, empty mount point).
+``runs.json``    {job name: {"last_run": {...}, "last_success": {...}}}: what `status` reports.
+
+Every write is atomic (temporary file, fsync, rename), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+
+
+class State:
+    def __init__(self, state_dir: str):
+        self.dir = state_dir
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def _read(self, name: str) -> dict:
+        try:
+            with open(self._path(name), encoding="utf-8") as f:
+                data = json.load(f)
+            return data if isinstance(data, dict) else {}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _write(self, name: str, data: dict) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(name))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    # --- enrolled repositories -----------------------------------------------------------
+    def enrolled(self, target: str) -> list[str]:
+        ids = self._read("repos.json").get(target, [])
+        return [i for i in ids if isinstance(i, str)]
+
+    def enrol(self, target: str, repo_id: str) -> None:
+        with _lock:
+            data = self._read("repos.json")
+            ids = [i for i in data.get(target, []) if i != repo_id]
+            ids.append(repo_id)
+            data[target] = ids
+            self._write("repos.json", data)
+
+    # --- run history ---------------------------------------------------------------------
+    def runs(self) -> dict[str, Any]:
+        return self._read("runs.json")
+
+    def record_run(self, job: str, record: dict[str, Any]) -> None:
+        """``record`` has at least time (ISO UTC), status ("ok"|"warning"|"failed"), exit_code."""
+        with _lock:
+            data = self._read("runs.json")
+            entry = data.get(job, {})
+            entry["last_run"] = record
+            if record.get("status") in ("ok", "warning"):
+                entry["last_success"] = record
+            data[job] = entry
+            self._write("runs.json", data)
