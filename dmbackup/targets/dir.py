@@ -217,6 +217,10 @@ class DirTarget(Target):
         except OSError as exc:
             raise _map_oserror(self, exc, name) from None
 
+    def rmdir(self, name: str) -> None:
+        """Remove an empty directory (used after prune); not part of the Target contract."""
+        os.rmdir(self._path(name))
+
     def free_space(self) -> int | None:
         try:
             st = os.statvfs(self.root)

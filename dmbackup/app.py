@@ -1,0 +1,41 @@
+"""The context every operation runs in: config, local state, logger, passphrase, stop flag.
+
+The core takes an ``App``; the CLI and the daemon build one. ``stop`` is set by signal
+handlers (SIGTERM in the daemon, SIGINT in the CLI); long operations call ``check_stop()``
+between files and volumes, so an interrupted run aborts at a point where nothing half-written
+is visible.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import secrets
+from .config import Config
+from .errors import Interrupted
+from .log import Logger, Progress, null_logger
+from .state import State
+
+
+class App:
+    def __init__(self, config: Config, *, log: Logger | None = None, progress: Progress | None = None):
+        self.config = config
+        self.state = State(config.state_dir)
+        self.log = log or null_logger()
+        self.progress = progress or Progress()
+        self.stop = threading.Event()
+        self._passphrase: bytes | None = None
+
+    def passphrase(self) -> bytes:
+        if self._passphrase is None:
+            self._passphrase = secrets.passphrase(self.config)
+        return self._passphrase
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("interrupted: the run was stopped; nothing of it was committed")
+
+    def target(self, name: str):
+        from .targets import registry
+
+        return registry.build(self.config.target(name), self)

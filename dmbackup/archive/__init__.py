@@ -1,0 +1,64 @@
+"""The repository format, in prose. Code in this package implements exactly this.
+
+Layout on a target (``<target root>/dmbackup/<hostname>/``)::
+
+    repo.json                      format version, repository id, creation time, encryption
+    keys/master.json               master key wrapped by the passphrase (see dmbackup.crypto)
+    README-RESTORE.txt             plain words for the person holding the disk
+    locks/lock                     the one writer: host, PID, boot id, start time (JSON)
+    chains/<chain>/                a full snapshot and its incrementals: the unit of retention
+        <snap>.v0001 ...           data volumes: sealed blocks of file content
+        <snap>.pages               sealed catalog pages written by this snapshot
+        <snap>.catalog             written LAST; its presence is what makes the snapshot exist
+    config/<snap>.bundle           config-only bundles (see dmbackup.bundle)
+
+Names. A chain is ``NNNN-<time of its full>`` (NNNN counts chains, so order never depends on
+the clock); a snapshot is ``<UTC time YYYYMMDDTHHMMSSZ>-full|inc`` and is unique in the
+repository. Every object is written under a temporary name (``.tmp-XXXX`` suffix) and renamed
+when complete; the next writer deletes temporary names and volumes/pages of snapshots that
+have no catalog (an interrupted run). Nothing is ever rewritten in place.
+
+Blocks and volumes. File content is cut into *blocks* of up to 4 MiB of plaintext; small
+files are grouped into one block (so they compress together, as in tar | zstd), a large file
+spans several blocks. A block is never shared between two mailboxes (the writer flushes when
+the top-level ``<domain>/<user>`` changes), so restoring one mailbox reads only its blocks.
+Each block is compressed with zstd and sealed (AES-256-GCM; in an unencrypted repository a
+SHA-256) with the associated data ``repo id | "blk" | chain | volume name | offset``: a block
+copied or swapped to another place fails to open. In a volume each block is framed as
+``u32 length (little endian) | sealed bytes``, so a volume can be walked without a catalog.
+A volume is closed before it would exceed the volume size (never 4 GiB: FAT32).
+
+Entries and pages. The tree is stored directory by directory: a *page* is the JSON list of
+entries of one directory, sorted by name; a huge directory is split into several pages at
+content-defined points (after a name whose hash ends in 8 zero bits), so one new message
+does not rewrite the whole page. An entry is
+``[name, type, mode, uid, gid, mtime_ns, size, ino, sha256-hex|null, extents|link target]``,
+type ``f`` (file), ``d`` (directory) or ``l`` (symlink); extents are
+``[volume, volume offset, sealed length, offset in block, length]``. Names are file-system
+names decoded with surrogateescape, so any byte string round-trips. A page is serialized
+canonically, zstd-compressed and sealed (AD ``repo id | "page" | chain | owner | offset``) into
+``<owner snapshot>.pages``. A snapshot whose directory produces a page identical to one of
+its parent's refers to the parent's copy instead of writing it again: an incremental writes
+only the pages of directories that changed.
+
+Catalog. ``<snap>.catalog`` is ``b"DMCAT1\\n" | u32 header length | sealed header |
+sealed body``. The header (JSON, AD ``repo id | "cat-head" | chain | snap``) holds id, chain,
+seq (0 for the full), parent, kind, what, time, hostname, counts (files, dirs, bytes, stored
+bytes), the root directory's metadata, the list of volumes and pages objects this snapshot
+wrote with their sizes and SHA-256, and the config bundle it carries. The body (zstd JSON,
+AD ``... "cat-body" ...``) holds the page table ``[dir, owner snapshot, offset, length,
+page sha256, entries]`` in tree order, the *content index* of content first stored by this
+snapshot (``sha256 -> extents``; a later incremental finds moved or copied messages there
+without storing them again) and the snapshot's warnings. Listing snapshots reads only headers.
+
+Incrementals. An incremental lists the whole tree of its moment (deleted files are simply
+absent) but stores only content that is new to the chain: an unchanged file (same size and
+mtime; for Maildir messages matched by folder and base name, so a flag rename or a new/ ->
+cur/ move counts as unchanged) reuses its parent's extents without being read; a file with
+new metadata but known content (a move between folders) is read, hashed, found in the chain's
+content index and not stored again.
+"""
+
+FORMAT_VERSION = 1
+BLOCK_SIZE = 4 << 20
+CATALOG_MAGIC = b"DMCAT1\n"

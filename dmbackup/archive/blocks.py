@@ -1,0 +1,193 @@
+"""Writing and reading blocks in volumes (format: see dmbackup.archive).
+
+The writer groups content into blocks, compresses and seals them on a small thread pool
+(zstd, AES-GCM and the kernel read all release the GIL) and appends them in order to the
+current volume, rotating volumes before they pass the size cap. Callers get a provisional
+``(block seq, offset, length)`` for each piece of content and learn the final volume
+location through ``location(seq)`` once the block is written.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+import zstandard
+
+from ..errors import CorruptObject
+from . import BLOCK_SIZE
+
+FRAME = struct.Struct("<I")
+ZLEVEL = 3
+
+
+def block_aad(repo_id: str, chain: str, volume: str, offset: int) -> bytes:
+    return f"{repo_id}|blk|{chain}|{volume}|{offset}".encode()
+
+
+class BlockWriter:
+    def __init__(self, target, repo_id: str, chain: str, snap: str, sealer,
+                 volume_size: int, on_stored: Callable[[int], None] | None = None,
+                 workers: int = 2, stop_check: Callable[[], None] | None = None):
+        self.target, self.repo_id, self.chain, self.snap = target, repo_id, chain, snap
+        self.sealer = sealer
+        self.volume_size = volume_size
+        self.on_stored = on_stored or (lambda n: None)
+        self.stop_check = stop_check or (lambda: None)
+        self.buf = bytearray()
+        self.seq = 0                      # seq of the block being filled
+        self.written_seq = -1             # highest seq whose location is known
+        self.locations: dict[int, tuple[str, int, int]] = {}
+        self.pending: collections.deque[tuple[int, Future]] = collections.deque()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal")
+        self.depth = workers * 2
+        self.vol_no = 0
+        self.vol = None
+        self.vol_name = ""
+        self.volumes: list[dict] = []     # {"name", "size", "sha256"} of committed volumes
+        self.stored_bytes = 0
+        self._hash = None
+        self._lock = threading.Lock()
+
+    # --- filling ---------------------------------------------------------------------------
+    def room(self) -> int:
+        return BLOCK_SIZE - len(self.buf)
+
+    def add(self, data: bytes | memoryview) -> tuple[int, int, int]:
+        """Append content that fits in the current block; returns (seq, offset, length)."""
+        assert len(data) <= self.room()
+        off = len(self.buf)
+        self.buf += data
+        ref = (self.seq, off, len(data))
+        if not self.room():
+            self.flush()
+        return ref
+
+    def flush(self) -> None:
+        """Close the current block (called at mailbox boundaries and when full)."""
+        if not self.buf:
+            return
+        data = bytes(self.buf)
+        self.buf = bytearray()
+        seq = self.seq
+        self.seq += 1
+        self.pending.append((seq, self.pool.submit(self._compress, data)))
+        while len(self.pending) > self.depth:
+            self._write_one()
+
+    @staticmethod
+    def _compress(data: bytes) -> bytes:
+        return zstandard.ZstdCompressor(level=ZLEVEL).compress(data)
+
+    # --- writing ---------------------------------------------------------------------------
+    def _write_one(self) -> None:
+        import hashlib
+
+        self.stop_check()
+        seq, fut = self.pending.popleft()
+        compressed = fut.result()
+        framed_len = FRAME.size + len(compressed) + 64
+        if self.vol is not None and self.vol.size + framed_len > self.volume_size:
+            self._close_volume()
+        if self.vol is None:
+            self.vol_no += 1
+            self.vol_name = f"{self.snap}.v{self.vol_no:04d}"
+            self.vol = self.target.writer(f"chains/{self.chain}/{self.vol_name}")
+            self._hash = hashlib.sha256()
+        offset = self.vol.size + FRAME.size
+        sealed = self.sealer.seal(compressed, block_aad(self.repo_id, self.chain, self.vol_name, offset))
+        frame = FRAME.pack(len(sealed)) + sealed
+        self.vol.write(frame)
+        self._hash.update(frame)
+        self.locations[seq] = (self.vol_name, offset, len(sealed))
+        self.written_seq = seq
+        self.stored_bytes += len(frame)
+        self.on_stored(len(frame))
+
+    def _close_volume(self) -> None:
+        if self.vol is None:
+            return
+        self.vol.commit()
+        self.volumes.append({"name": self.vol_name, "size": self.vol.size, "sha256": self._hash.hexdigest()})
+        self.vol = None
+
+    def location(self, seq: int) -> tuple[str, int, int]:
+        return self.locations[seq]
+
+    def drain(self) -> None:
+        """Write everything added so far (flushes the open block)."""
+        self.flush()
+        while self.pending:
+            self._write_one()
+
+    def finish(self) -> list[dict]:
+        self.drain()
+        self._close_volume()
+        self.pool.shutdown(wait=True)
+        return self.volumes
+
+    def abort(self) -> None:
+        for _, fut in self.pending:
+            fut.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.vol is not None:
+            self.vol.abort()
+            self.vol = None
+
+
+class BlockReader:
+    """Fetches, opens and caches blocks; counts bytes fetched from the target."""
+
+    def __init__(self, target, repo_id: str, sealer, cache_blocks: int = 8):
+        self.target, self.repo_id, self.sealer = target, repo_id, sealer
+        self.cache: collections.OrderedDict = collections.OrderedDict()
+        self.cache_blocks = cache_blocks
+        self.bytes_fetched = 0
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def block(self, chain: str, volume: str, offset: int, length: int) -> bytes:
+        key = (chain, volume, offset)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache.move_to_end(key)
+            return hit
+        sealed = self.target.get(f"chains/{chain}/{volume}", offset, length)
+        self.bytes_fetched += len(sealed)
+        plain = self.open_block(chain, volume, offset, sealed)
+        self.cache[key] = plain
+        if len(self.cache) > self.cache_blocks:
+            self.cache.popitem(last=False)
+        return plain
+
+    def open_block(self, chain: str, volume: str, offset: int, sealed: bytes) -> bytes:
+        what = f"block at {chain}/{volume}@{offset}"
+        compressed = self.sealer.open(sealed, block_aad(self.repo_id, chain, volume, offset), what)
+        try:
+            return self._dctx.decompress(compressed, max_output_size=BLOCK_SIZE)
+        except zstandard.ZstdError:
+            raise CorruptObject(f"{what} does not decompress") from None
+
+    def extent(self, chain: str, ext) -> bytes:
+        volume, voff, vlen, boff, blen = ext
+        data = self.block(chain, volume, voff, vlen)
+        if boff + blen > len(data):
+            raise CorruptObject(f"extent {volume}@{voff}+{boff}:{blen} lies outside its block")
+        return data[boff:boff + blen]
+
+
+def walk_volume(data: bytes):
+    """Yield (offset, sealed) for each framed block in a volume's bytes."""
+    pos = 0
+    while pos < len(data):
+        if pos + FRAME.size > len(data):
+            raise CorruptObject(f"truncated block frame at offset {pos}")
+        (n,) = FRAME.unpack_from(data, pos)
+        start = pos + FRAME.size
+        if n <= 0 or start + n > len(data):
+            raise CorruptObject(f"block frame at offset {pos} runs past the end of the volume")
+        yield start, data[start:start + n]
+        pos = start + n

@@ -1,0 +1,305 @@
+"""A repository on a target: creation, unlocking, locking, listing and reading snapshots.
+
+See dmbackup.archive for the layout. The Repository works on a PrefixedTarget rooted at
+``dmbackup/<hostname>``, so several appliances share one disk or share without seeing each
+other's objects or locks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .. import crypto
+from ..errors import CorruptObject, Locked, NoRepository, NotFound, OperationFailed
+from ..targets.base import AlreadyExists, PrefixedTarget, Target, is_temporary
+from . import FORMAT_VERSION
+from .catalog import (
+    Header,
+    PageRow,
+    decode_catalog_body,
+    decode_catalog_header,
+    decode_page,
+    decompress,
+    page_aad,
+    MAX_PAGE_PLAIN,
+)
+
+CHAIN_RE = re.compile(r"^(\d{4})-(\d{8}T\d{6}Z)$")
+SNAP_RE = re.compile(r"^(\d{8}T\d{6}Z)-(full|inc)$")
+
+README_RESTORE = """\
+This disk holds dmbackup backups of the mail server {hostname}.
+
+To restore, on a machine with dmbackup installed and the backup passphrase at hand:
+
+  1. Describe this disk as a target in /etc/dmbackup/dmbackup.toml, for example
+       [targets.disk]
+       type = "dir"
+       path = "/mnt/this-disk"
+     and set [encryption] passphrase_file (a file with mode 0600), or export
+     DMBACKUP_PASSPHRASE.
+  2. dmbackup snapshots --target disk              (what is here)
+  3. dmbackup verify --target disk --read-data     (is it intact)
+  4. dmbackup restore --target disk --to /srv/restored        (newest snapshot)
+     dmbackup restore --target disk --at 2026-11-28T02:30 --mailbox user@example.it --to DIR
+  5. Move the restored tree into place as the vmail user, then run
+       doveadm force-resync -A '*'
+
+Layout: chains/<chain>/ holds one full snapshot and its incrementals; a snapshot exists
+when its .catalog file exists. keys/ holds the master key, encrypted with the passphrase:
+without the passphrase nothing here can be read. Do not edit or move files by hand.
+"""
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def snap_time(t: datetime) -> str:
+    return t.strftime("%Y%m%dT%H%M%SZ")
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+        return int(data.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass
+class SnapshotRef:
+    chain: str
+    id: str
+    header: Header
+
+    @property
+    def chain_no(self) -> int:
+        return int(self.chain[:4])
+
+
+class Repository:
+    def __init__(self, target: Target, hostname: str):
+        self.raw_target = target
+        self.hostname = hostname
+        self.t = PrefixedTarget(target, f"dmbackup/{hostname}")
+        self.meta: dict | None = None
+        self.keys: crypto.Keys | None = None
+        self._lock_name: str | None = None
+        self._page_objects: dict[str, bytes] = {}
+
+    # --- creation and opening ------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        assert self.meta is not None
+        return self.meta["id"]
+
+    def exists(self) -> bool:
+        return self.t.exists("repo.json")
+
+    def create(self, passphrase: bytes | None, encrypted: bool) -> str:
+        if self.exists():
+            raise OperationFailed(f"a repository already exists on {self.t.describe()}")
+        repo_id = uuid.uuid4().hex
+        master = os.urandom(64) if encrypted else None
+        if encrypted:
+            self.t.put("keys/master.json", crypto.wrap_master(master, passphrase, repo_id))
+        self.t.put("README-RESTORE.txt", README_RESTORE.format(hostname=self.hostname).encode())
+        meta = {"format": FORMAT_VERSION, "id": repo_id, "created": iso(utc_now()),
+                "hostname": self.hostname, "encryption": "aes-256-gcm" if encrypted else "none"}
+        # repo.json last: a repository whose creation was interrupted does not exist
+        self.t.put("repo.json", json.dumps(meta, indent=1).encode() + b"\n")
+        self.t.sync()
+        self.meta = meta
+        self.keys = crypto.Keys(master)
+        return repo_id
+
+    def load_meta(self) -> dict:
+        try:
+            raw = self.t.get("repo.json")
+        except NotFound:
+            raise NoRepository(
+                f"no dmbackup repository for host {self.hostname} on {self.t.describe()}: "
+                f"run `dmbackup init {self.t.name}` first") from None
+        try:
+            meta = json.loads(raw)
+            if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+                raise ValueError
+        except ValueError:
+            raise CorruptObject(f"repo.json on {self.t.describe()} is damaged") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise OperationFailed(f"repository format {meta.get('format')} is not supported by this dmbackup")
+        self.meta = meta
+        return meta
+
+    @property
+    def encrypted(self) -> bool:
+        return (self.meta or {}).get("encryption") != "none"
+
+    def unlock(self, passphrase_fn) -> None:
+        """Load keys; ``passphrase_fn`` is called only for encrypted repositories."""
+        if self.meta is None:
+            self.load_meta()
+        if not self.encrypted:
+            self.keys = crypto.Keys(None)
+            return
+        try:
+            keyfile = self.t.get("keys/master.json")
+        except NotFound:
+            raise CorruptObject(f"the key file keys/master.json is missing on {self.t.describe()}") from None
+        self.keys = crypto.Keys(crypto.unwrap_master(keyfile, passphrase_fn(), self.id))
+
+    # --- locking ---------------------------------------------------------------------------
+    def lock(self, purpose: str) -> None:
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id(),
+                "start_ticks": proc_start_ticks(os.getpid()), "time": iso(utc_now()), "purpose": purpose}
+        data = json.dumps(info).encode()
+        for _ in range(2):
+            try:
+                self.t.create_exclusive("locks/lock", data)
+                self._lock_name = "locks/lock"
+                return
+            except AlreadyExists:
+                holder = self._read_lock()
+                if holder is not None and not self._owner_dead(holder):
+                    raise Locked(
+                        f"repository on {self.t.describe()} is locked by {holder.get('purpose', 'a run')} "
+                        f"on host {holder.get('host')} (PID {holder.get('pid')}, since {holder.get('time')}); "
+                        "wait for it to finish, or remove locks/lock if that run is certainly gone")
+                self.t.delete("locks/lock")   # provably dead owner (or unreadable stale lock)
+        raise Locked(f"could not take the lock on {self.t.describe()}")
+
+    def _read_lock(self) -> dict | None:
+        try:
+            info = json.loads(self.t.get("locks/lock"))
+            return info if isinstance(info, dict) else {}
+        except NotFound:
+            return None
+        except ValueError:
+            return {}
+
+    @staticmethod
+    def _owner_dead(info: dict) -> bool:
+        if info.get("host") != socket.gethostname():
+            return False                      # another machine: we cannot know
+        if info.get("boot_id") and info.get("boot_id") != boot_id():
+            return True                       # this host rebooted since
+        pid = info.get("pid")
+        if not isinstance(pid, int):
+            return False
+        ticks = proc_start_ticks(pid)
+        if ticks is None:
+            return True                       # no such process
+        return info.get("start_ticks") is not None and ticks != info.get("start_ticks")
+
+    def unlock_repo(self) -> None:
+        if self._lock_name:
+            self.t.delete(self._lock_name)
+            self._lock_name = None
+
+    # --- listing ---------------------------------------------------------------------------
+    def chains(self) -> list[str]:
+        return sorted(c.rsplit("/", 1)[-1] for c in self.t.list_dirs("chains")
+                      if CHAIN_RE.match(c.rsplit("/", 1)[-1]))
+
+    def chain_objects(self, chain: str) -> list[str]:
+        return [n.rsplit("/", 1)[-1] for n in self.t.list(f"chains/{chain}")]
+
+    def catalog_header(self, chain: str, snap: str) -> Header:
+        name = f"chains/{chain}/{snap}.catalog"
+        head = self.t.get(name, 0, 64 * 1024)
+        try:
+            header, _ = decode_catalog_header(head, self.keys.catalog, self.id, chain, snap)
+        except CorruptObject:
+            if len(head) < 64 * 1024:
+                raise
+            header, _ = decode_catalog_header(self.t.get(name), self.keys.catalog, self.id, chain, snap)
+        return header
+
+    def snapshots(self, *, on_error=None) -> list[SnapshotRef]:
+        """Every committed snapshot, ordered by (chain number, seq)."""
+        out = []
+        for chain in self.chains():
+            for obj in self.chain_objects(chain):
+                if not obj.endswith(".catalog") or is_temporary(obj):
+                    continue
+                snap = obj[: -len(".catalog")]
+                if not SNAP_RE.match(snap):
+                    continue
+                try:
+                    out.append(SnapshotRef(chain, snap, self.catalog_header(chain, snap)))
+                except CorruptObject as exc:
+                    if on_error is None:
+                        raise
+                    on_error(chain, snap, exc)
+        out.sort(key=lambda s: (s.chain_no, s.header.seq, s.id))
+        return out
+
+    def catalog_body(self, ref: SnapshotRef):
+        data = self.t.get(f"chains/{ref.chain}/{ref.id}.catalog")
+        _, start = decode_catalog_header(data, self.keys.catalog, self.id, ref.chain, ref.id)
+        return decode_catalog_body(data[start:], self.keys.catalog, self.id, ref.chain, ref.id)
+
+    def page(self, chain: str, row: PageRow) -> list:
+        name = f"chains/{chain}/{row.owner}.pages"
+        sealed = self.t.get(name, row.offset, row.length)
+        what = f"page of {row.dir or '/'} in {chain}/{row.owner}"
+        plain = decompress(
+            self.keys.catalog.open(sealed, page_aad(self.id, chain, row.owner, row.offset), what),
+            what, MAX_PAGE_PLAIN)
+        return decode_page(plain, what)
+
+    def resolve(self, spec: str | None, snaps: list[SnapshotRef] | None = None) -> SnapshotRef:
+        snaps = snaps if snaps is not None else self.snapshots()
+        if not snaps:
+            raise OperationFailed(f"no snapshots on {self.t.describe()}")
+        if spec is None or spec == "latest":
+            return snaps[-1]
+        matches = [s for s in snaps if s.id == spec or f"{s.chain}/{s.id}" == spec]
+        if not matches:
+            matches = [s for s in snaps if s.id.startswith(spec)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise OperationFailed(f"no snapshot {spec!r} on {self.t.describe()}: see `dmbackup snapshots`")
+        raise OperationFailed(f"snapshot {spec!r} is ambiguous: {', '.join(m.id for m in matches[:5])}")
+
+    def cleanup_leftovers(self, log=None) -> int:
+        """Delete temporary names and objects of snapshots without a catalog (under the lock)."""
+        removed = 0
+        for chain in self.chains():
+            objs = self.chain_objects(chain)
+            committed = {o[: -len(".catalog")] for o in objs if o.endswith(".catalog") and not is_temporary(o)}
+            for o in objs:
+                snap = o.split(".", 1)[0]
+                if is_temporary(o) or snap not in committed:
+                    self.t.delete(f"chains/{chain}/{o}")
+                    removed += 1
+                    if log:
+                        log.info("removed_leftover", object=f"chains/{chain}/{o}")
+        for d in ("config", "keys", ""):
+            for o in self.t.list(d):
+                if is_temporary(o):
+                    self.t.delete(o)
+                    removed += 1
+        return removed

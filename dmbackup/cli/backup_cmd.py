@@ -1,0 +1,50 @@
+"""dmbackup backup JOB | --target T --what mail|config [--full]."""
+
+from typing import Optional
+
+import typer
+
+from .. import engine
+from ..errors import UsageError
+from .common import emit, handled, human_bytes, load_app, pick_target
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("backup")
+    def backup(
+        job: Optional[str] = typer.Argument(None, help="A job from the config ([jobs.NAME])."),
+        target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
+        what: str = typer.Option("mail", "--what", help="mail or config."),
+        full: bool = typer.Option(False, "--full", help="Start a new chain with a full backup."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    ):
+        """Back up the mail store (full or incremental) or the configuration."""
+        with handled():
+            a = load_app(progress=True, json_out=json_out)
+        with handled(a):
+            if what not in ("mail", "config"):
+                raise UsageError(f"--what must be mail or config, not {what!r}")
+            if job:
+                if target:
+                    raise UsageError("give either a JOB or --target, not both")
+                res = _run_job(a, job, full)
+            else:
+                res = engine.backup(a, pick_target(a, target), what=what, full=full)
+            d = res.as_dict() if hasattr(res, "as_dict") else res
+            code = d.get("exit_code", 0)
+            text = (f"{d.get('kind', what)} snapshot {d.get('id')} on {d.get('target')}: {d.get('files')} files, "
+                    f"{human_bytes(d.get('bytes'))}, {human_bytes(d.get('stored_bytes'))} stored")
+            for w in d.get("warnings", [])[:20]:
+                typer.echo(f"warning: {w}", err=True)
+            emit(d, json_out, text)
+            if code:
+                raise typer.Exit(code)
+
+
+def _run_job(a, job_name: str, full: bool):
+    job = a.config.job(job_name)
+    try:
+        from ..jobs import run_job
+    except ImportError:
+        return engine.backup(a, job.target, what=job.what, full=full, job=job)
+    return run_job(a, job_name, full=full)

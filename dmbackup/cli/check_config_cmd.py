@@ -1,0 +1,16 @@
+"""dmbackup check-config: parse and validate the config file."""
+
+import typer
+
+from .common import handled, load_app
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("check-config")
+    def check_config():
+        """Validate the config file; exit 2 with the file and field on error."""
+        with handled():
+            a = load_app()
+            c = a.config
+            typer.echo(f"{c.file}: ok ({len(c.targets)} target(s), {len(c.jobs)} job(s), "
+                       f"encryption {c.encryption.mode})")

@@ -1,0 +1,58 @@
+"""The dmbackup command line: one module per command, composed here.
+
+Exit codes: 0 ok, 1 warnings, 2 usage/config, 3 failed (nothing committed), 4 damage found,
+5 locked, 6 wrong passphrase/key, 7 target unavailable, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from . import (
+    backup_cmd,
+    check_config_cmd,
+    daemon_cmd,
+    init_cmd,
+    prune_cmd,
+    restore_cmd,
+    snapshots_cmd,
+    status_cmd,
+    usb_cmd,
+    verify_cmd,
+)
+from .common import STATE
+
+app = typer.Typer(
+    name="dmbackup",
+    help="Backup and restore for a Postfix + Dovecot mail appliance.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,   # locals hold passphrases
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", metavar="FILE",
+        help="Config file (default $DMBACKUP_CONFIG or /etc/dmbackup/dmbackup.toml)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No log lines on stderr."),
+):
+    STATE.config_file = config
+    STATE.quiet = quiet
+
+
+for mod in (init_cmd, backup_cmd, snapshots_cmd, verify_cmd, restore_cmd, prune_cmd, status_cmd,
+            daemon_cmd, check_config_cmd):
+    mod.register(app)
+app.add_typer(usb_cmd.usb_app, name="usb")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

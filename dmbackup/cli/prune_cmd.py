@@ -1,0 +1,26 @@
+"""dmbackup prune [--target T] [--dry-run]: delete whole chains beyond keep_chains."""
+
+from typing import Optional
+
+import typer
+
+from .. import engine
+from .common import emit, handled, load_app, pick_target
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("prune")
+    def prune(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
+              keep_chains: Optional[int] = typer.Option(None, "--keep-chains", min=1,
+                                                        help="Override the jobs' keep_chains."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be deleted."),
+              json_out: bool = typer.Option(False, "--json", help="Print a JSON summary.")):
+        """Delete the oldest chains, keeping the newest keep_chains (never the current one)."""
+        with handled():
+            a = load_app()
+        with handled(a):
+            res = engine.prune(a, pick_target(a, target), keep_chains=keep_chains, dry_run=dry_run)
+            verb = "would delete" if dry_run else "deleted"
+            emit(res.as_dict(), json_out,
+                 f"{verb} {len(res.deleted)} chain(s){': ' + ', '.join(res.deleted) if res.deleted else ''}; "
+                 f"kept {', '.join(res.kept) or 'none'}")

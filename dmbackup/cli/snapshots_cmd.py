@@ -1,0 +1,45 @@
+"""dmbackup snapshots [--target T] [--json]: snapshots and chains."""
+
+from typing import Optional
+
+import typer
+
+from .. import engine
+from ..errors import DmError
+from .common import emit, handled, human_bytes, load_app
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("snapshots")
+    def snapshots(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name (default: all)."),
+                  json_out: bool = typer.Option(False, "--json", help="JSON list of snapshots.")):
+        """List snapshots: id, chain, kind, time, files, logical and stored bytes."""
+        with handled():
+            a = load_app()
+        with handled(a):
+            names = [target] if target else sorted(a.config.targets)
+            rows = []
+            for name in names:
+                try:
+                    infos = engine.snapshots(a, name)
+                except DmError as exc:
+                    if target:
+                        raise
+                    typer.echo(f"dmbackup: {name}: {exc}", err=True)
+                    continue
+                for s in infos:
+                    d = s.as_dict()
+                    d["target"] = name
+                    rows.append(d)
+            if json_out:
+                emit(rows, True)
+                return
+            if not rows:
+                typer.echo("no snapshots")
+                return
+            typer.echo(f"{'target':<10} {'chain':<22} {'id':<24} {'kind':<11} {'time':<20} {'files':>8} "
+                       f"{'bytes':>10} {'stored':>10}")
+            for d in rows:
+                typer.echo(f"{d['target']:<10} {str(d['chain'] or '-'):<22} {d['id']:<24} {d['kind']:<11} "
+                           f"{d['time']:<20} {d['files']:>8} {human_bytes(d['bytes']):>10} "
+                           f"{human_bytes(d['stored_bytes']):>10}")

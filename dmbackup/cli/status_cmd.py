@@ -1,0 +1,23 @@
+"""dmbackup status [--json]: last success per job, age, next run, overdue."""
+
+import typer
+
+from .common import emit, handled, load_app
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("status")
+    def status(json_out: bool = typer.Option(False, "--json", help="JSON report (schema: docs/status-json.md).")):
+        """Per job: last run, result, last success and its age, next run, overdue (exit 1 if any)."""
+        with handled():
+            a = load_app()
+        with handled(a):
+            from .. import status as status_mod
+
+            report = status_mod.status(a)
+            emit(report, json_out, status_mod.render_text(report) if hasattr(status_mod, "render_text") else None)
+            if not json_out and not hasattr(status_mod, "render_text"):
+                emit(report, True)
+            code = status_mod.exit_code(report)
+            if code:
+                raise typer.Exit(code)

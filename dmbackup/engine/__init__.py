@@ -1,0 +1,276 @@
+"""The operations: init, backup, snapshots, verify, restore, prune, as plain functions.
+
+Each takes an ``App`` and a target name, opens the target for the duration of the call, and
+returns a result object with ``as_dict()`` and ``exit_code``; expected failures raise
+DmError subclasses. Nothing here imports typer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ..archive.repository import Repository
+from ..errors import (
+    ConfigError,
+    NoRepository,
+    OperationFailed,
+    RestoreError,
+    UsageError,
+    EXIT_OK,
+)
+from .backup import BackupResult, backup_mail, open_repository
+from .restore import RestoreResult, TreeRestorer
+from .verify import VerifyResult, verify_repo
+
+__all__ = ["init_repo", "backup", "snapshots", "verify", "restore", "prune", "BackupResult",
+           "RestoreResult", "VerifyResult"]
+
+
+def _repo_target_cfg(app, target_name: str):
+    tcfg = app.config.target(target_name)
+    if not getattr(tcfg, "repository", True):
+        return None
+    return tcfg
+
+
+def init_repo(app, target_name: str) -> dict:
+    """Create the repository on a target, or enrol an existing one (after checking the key)."""
+    tcfg = _repo_target_cfg(app, target_name)
+    if tcfg is None:
+        raise UsageError(f"target {target_name!r} is a {app.config.target(target_name).type} target: it holds no "
+                         "repository and needs no init")
+    target = app.target(target_name)
+    with target:
+        repo = Repository(target, app.config.hostname)
+        if repo.exists():
+            repo.load_meta()
+            repo.unlock(app.passphrase)
+            app.state.enrol(target_name, repo.id)
+            app.log.info("repository_enrolled", target=target_name, repository=repo.id)
+            return {"target": target_name, "repository": repo.id, "created": False, "enrolled": True,
+                    "encryption": repo.meta.get("encryption")}
+        enc = app.config.encryption.enabled
+        repo_id = repo.create(app.passphrase() if enc else None, enc)
+        app.state.enrol(target_name, repo_id)
+        app.log.info("repository_created", target=target_name, repository=repo_id)
+        return {"target": target_name, "repository": repo_id, "created": True, "enrolled": True,
+                "encryption": repo.meta.get("encryption")}
+
+
+def backup(app, target_name: str, what: str = "mail", full: bool = False, job=None):
+    if what == "config":
+        return _backup_config(app, target_name, job=job)
+    if _repo_target_cfg(app, target_name) is None:
+        raise ConfigError(f"target {target_name!r} only takes config bundles: use --what config")
+    return backup_mail(app, target_name, full=full, job=job)
+
+
+def _backup_config(app, target_name: str, job=None):
+    try:
+        from .. import configbackup
+    except ImportError:
+        raise OperationFailed("config bundles are not available in this build") from None
+    tcfg = app.config.target(target_name)
+    if not getattr(tcfg, "repository", True):
+        return configbackup.backup_config_to_mailbox(app.config, tcfg)
+    return configbackup.backup_config_to_repo(app, target_name)
+
+
+@dataclass
+class SnapshotInfo:
+    id: str
+    chain: str | None
+    kind: str
+    time: str
+    files: int
+    bytes: int
+    stored_bytes: int
+    parent: str | None = None
+    warnings: int = 0
+    job: str | None = None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def snapshots(app, target_name: str) -> list[SnapshotInfo]:
+    tcfg = app.config.target(target_name)
+    if not getattr(tcfg, "repository", True):
+        from .. import configbackup
+
+        return [SnapshotInfo(**{k: d.get(k) for k in ("id", "chain", "kind", "time", "files", "bytes", "stored_bytes")})
+                for d in configbackup.list_mailbox_bundles(app.config, tcfg)]
+    target = app.target(target_name)
+    with target:
+        repo = open_repository(app, target, target_name, require_enrolled=False)
+        out = [SnapshotInfo(s.id, s.chain, s.header.kind, s.header.time, s.header.files, s.header.bytes,
+                            s.header.stored_bytes, s.header.parent, s.header.warnings, s.header.job)
+               for s in repo.snapshots()]
+        try:
+            from .. import configbackup
+
+            out.extend(SnapshotInfo(**d) for d in configbackup.list_repo_bundles(repo))
+        except (ImportError, AttributeError):
+            pass
+        return out
+
+
+def verify(app, target_name: str, snapshot: str | None = None, read_data: bool = False) -> VerifyResult:
+    tcfg = app.config.target(target_name)
+    if not getattr(tcfg, "repository", True):
+        from .. import configbackup
+
+        return configbackup.verify_mailbox(app.config, tcfg)
+    target = app.target(target_name)
+    with target:
+        repo = open_repository(app, target, target_name, require_enrolled=False)
+        res = verify_repo(repo, target_name, snapshot=snapshot, read_data=read_data, app=app)
+        app.log.info("verify_done", **res.as_dict())
+        return res
+
+
+def parse_time(text: str) -> datetime:
+    t = text.strip().replace(" ", "T")
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise UsageError(f"cannot read time {text!r}: use ISO 8601, e.g. 2026-11-28T02:30 or 2026-11-28") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)   # documented: times without a zone are UTC
+    return dt
+
+
+def pick_snapshot(repo, spec: str | None, at: str | None):
+    snaps = repo.snapshots()
+    if at is not None:
+        when = parse_time(at)
+        cands = [s for s in snaps if parse_time(s.header.time) <= when]
+        if not cands:
+            raise OperationFailed(f"no snapshot at or before {at} on {repo.t.describe()}: see `dmbackup snapshots`")
+        return max(cands, key=lambda s: (parse_time(s.header.time), s.chain_no, s.header.seq))
+    return repo.resolve(spec, snaps)
+
+
+def selection_prefix(mailbox: str | None, folder: str | None) -> tuple[str, bool]:
+    """(relative dir, only the folder's own files) for --mailbox/--folder."""
+    if folder and not mailbox:
+        raise UsageError("--folder needs --mailbox USER@DOMAIN")
+    if not mailbox:
+        return "", False
+    if mailbox.count("@") != 1:
+        raise UsageError(f"--mailbox {mailbox!r}: expected USER@DOMAIN")
+    user, domain = mailbox.split("@")
+    if not user or not domain or "/" in mailbox or user in (".", "..") or domain in (".", ".."):
+        raise UsageError(f"--mailbox {mailbox!r}: expected USER@DOMAIN")
+    base = f"{domain}/{user}/Maildir"
+    if not folder:
+        return f"{domain}/{user}", False
+    from ..maildir_names import folder_dir
+
+    if folder.upper() == "INBOX":
+        return base, True
+    return f"{base}/{folder_dir(folder)}", False
+
+
+def restore(app, target_name: str, snapshot: str | None = None, *, at: str | None = None,
+            what: str = "mail", mailbox: str | None = None, folder: str | None = None,
+            to: str | None = None, overwrite: bool = False) -> RestoreResult:
+    if what == "config":
+        from .. import configbackup
+
+        return configbackup.restore_config(app, target_name, snapshot=snapshot, at=at, to=to, overwrite=overwrite)
+    if _repo_target_cfg(app, target_name) is None:
+        raise UsageError(f"target {target_name!r} holds only config bundles: use --what config")
+    prefix, inbox_only = selection_prefix(mailbox, folder)
+    if to is None:
+        from .live import restore_live
+
+        return restore_live(app, target_name, snapshot=snapshot, at=at, mailbox=mailbox, folder=folder,
+                            overwrite=overwrite)
+    dest = os.path.abspath(to)
+    if os.path.lexists(dest):
+        if not os.path.isdir(dest) or os.path.islink(dest):
+            raise RestoreError(f"restore destination {dest} is not a directory")
+        if os.listdir(dest) and not overwrite:
+            raise RestoreError(f"restore destination {dest} is not empty: choose an empty or new directory")
+    else:
+        os.makedirs(dest, mode=0o700)
+    target = app.target(target_name)
+    with target:
+        repo = open_repository(app, target, target_name, require_enrolled=False)
+        ref = pick_snapshot(repo, snapshot, at)
+        rows, _, _ = repo.catalog_body(ref)
+        app.log.info("restore_start", target=target_name, snapshot=ref.id, selection=prefix or "/", to=dest)
+        res = TreeRestorer(repo, ref, dest, prefix=prefix, only_dir_files=inbox_only, app=app).run(rows)
+        app.log.info("restore_done", **res.as_dict())
+        return res
+
+
+@dataclass
+class PruneResult:
+    target: str
+    dry_run: bool
+    keep_chains: int
+    kept: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    exit_code: int = EXIT_OK
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def prune(app, target_name: str, keep_chains: int | None = None, dry_run: bool = False) -> PruneResult:
+    """Keep the newest ``keep_chains`` chains; delete whole chains oldest first.
+
+    Deletion order inside a chain: catalogs newest first, then pages and volumes, so an
+    interrupted prune leaves either a complete chain or snapshots that no longer exist; never
+    a listed snapshot with missing data.
+    """
+    if keep_chains is None:
+        jobs = [j for j in app.config.jobs.values() if j.target == target_name and j.what == "mail"]
+        keep_chains = max((j.keep_chains for j in jobs), default=4)
+    target = app.target(target_name)
+    with target:
+        repo = open_repository(app, target, target_name, require_enrolled=not dry_run)
+        if not dry_run:
+            repo.lock("prune")
+        try:
+            snaps = repo.snapshots()
+            chains = repo.chains()
+            with_snaps = [c for c in chains if any(s.chain == c for s in snaps)]
+            newest = snaps[-1].chain if snaps else None
+            keep = set(with_snaps[-keep_chains:]) | ({newest} if newest else set())
+            res = PruneResult(target_name, dry_run, keep_chains, kept=sorted(keep))
+            for chain in chains:
+                if chain in keep:
+                    continue
+                res.deleted.append(chain)
+                if dry_run:
+                    continue
+                app.check_stop()
+                objs = repo.chain_objects(chain)
+                cats = sorted((o for o in objs if o.endswith(".catalog")), reverse=True)
+                for o in cats + [o for o in objs if not o.endswith(".catalog")]:
+                    repo.t.delete(f"chains/{chain}/{o}")
+                app.log.info("chain_deleted", target=target_name, chain=chain)
+            if not dry_run and res.deleted:
+                _remove_empty_dirs(repo, res.deleted)
+            return res
+        finally:
+            repo.unlock_repo()
+
+
+def _remove_empty_dirs(repo, chains) -> None:
+    inner = repo.t.inner
+    rmdir = getattr(inner, "rmdir", None)
+    if rmdir is None:
+        return
+    for c in chains:
+        try:
+            rmdir(f"{repo.t.prefix}/chains/{c}")
+        except OSError:
+            pass

@@ -1,0 +1,533 @@
+"""Backing up the mail store into a repository: full or incremental (format: dmbackup.archive).
+
+Commit protocol: volumes, then the pages object, then (optionally) the config bundle are
+written under temporary names and renamed; the target is synced; the catalog is written last.
+Until the catalog exists the snapshot does not exist; any failure aborts the writers (their
+temporary files are removed) and the next run deletes whatever a killed run left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from .. import mailstore
+from ..archive import BLOCK_SIZE
+from ..archive.blocks import BlockWriter
+from ..archive.catalog import (
+    Entry,
+    Header,
+    PageRow,
+    compress,
+    encode_catalog,
+    encode_page,
+    page_aad,
+    split_points,
+)
+from ..archive.repository import Repository, SnapshotRef, iso, snap_time, utc_now
+from ..errors import NoSpace, SourceError, WrongRepository, EXIT_OK, EXIT_WARNING
+
+MiB = 1 << 20
+
+
+@dataclass
+class BackupResult:
+    snapshot_id: str
+    chain: str
+    kind: str
+    files: int
+    bytes: int
+    stored_bytes: int
+    time: str
+    target: str
+    warnings: list[str] = field(default_factory=list)
+    config_bundle: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_WARNING if self.warnings else EXIT_OK
+
+    def as_dict(self) -> dict:
+        return {"id": self.snapshot_id, "chain": self.chain, "kind": self.kind, "time": self.time,
+                "files": self.files, "bytes": self.bytes, "stored_bytes": self.stored_bytes,
+                "target": self.target, "warnings": self.warnings, "config_bundle": self.config_bundle,
+                "exit_code": self.exit_code}
+
+
+def open_repository(app, target, target_name: str, *, require_enrolled: bool = True) -> Repository:
+    repo = Repository(target, app.config.hostname)
+    repo.load_meta()
+    if require_enrolled:
+        enrolled = app.state.enrolled(target_name)
+        if repo.id not in enrolled:
+            if enrolled:
+                raise WrongRepository(
+                    f"{target.describe()} holds repository {repo.id[:12]}, not the one enrolled for "
+                    f"target {target_name!r} ({', '.join(i[:12] for i in enrolled)}): wrong disk or share? "
+                    f"To use this one as well, run `dmbackup init {target_name}`")
+            raise WrongRepository(
+                f"repository {repo.id[:12]} on {target.describe()} is not enrolled on this machine: "
+                f"run `dmbackup init {target_name}` to enrol it")
+    repo.unlock(app.passphrase)
+    return repo
+
+
+class ParentView:
+    """The parent snapshot's tree and the chain's content index, loaded lazily."""
+
+    def __init__(self, repo: Repository, chain_snaps: list[SnapshotRef], parent: SnapshotRef | None):
+        self.repo = repo
+        self.parent = parent
+        self.chain_snaps = chain_snaps
+        self.rows: dict[str, list[PageRow]] = {}
+        self.row_by_hash: dict[tuple[str, str], PageRow] = {}
+        self._index: dict | None = None
+        self._own_index = None
+        if parent is not None:
+            rows, index, _ = repo.catalog_body(parent)
+            self._own_index = index
+            for r in rows:
+                self.rows.setdefault(r.dir, []).append(r)
+                self.row_by_hash[(r.dir, r.sha256)] = r
+
+    def entries(self, rel: str) -> list[Entry]:
+        out = []
+        for row in self.rows.get(rel, ()):
+            out.extend(self.repo.page(self.parent.chain, row))
+        return out
+
+    def lookup(self, digest: str):
+        if self._index is None:
+            idx: dict = {}
+            for s in self.chain_snaps:
+                if s is self.parent:
+                    idx.update(self._own_index or {})
+                else:
+                    idx.update(self.repo.catalog_body(s)[1])
+            self._index = idx
+        return self._index.get(digest)
+
+
+class BackupRun:
+    def __init__(self, app, repo: Repository, target_name: str, *, parent: SnapshotRef | None,
+                 chain: str, snap: str, seq: int, now, job_name: str | None):
+        self.app, self.repo, self.target_name = app, repo, target_name
+        self.log = app.log
+        self.root = app.config.source.mail_store
+        self.chain, self.snap, self.seq, self.now = chain, snap, seq, now
+        self.job_name = job_name
+        chain_snaps = [s for s in repo.snapshots() if s.chain == chain] if parent else []
+        self.parent_view = ParentView(repo, chain_snaps, parent) if parent else None
+        self.parent = parent
+        self.warnings: list[str] = []
+        self.files = self.dirs = self.bytes = 0
+        self.new_index: dict[str, list] = {}
+        self.pending: list[tuple[str, list[Entry], int]] = []
+        self.rows: list[PageRow] = []
+        self.extra: dict[str, list[Entry]] = {}     # relocated messages waiting for their dir
+        self.inode_map: dict[tuple[int, int], tuple[str, list]] = {}
+        self.writer = BlockWriter(repo.t, repo.id, chain, snap, repo.keys.data,
+                                  min(app.config.volume_size, repo.t.capabilities.max_object_size),
+                                  stop_check=app.check_stop)
+        self.pages_writer = None
+        self.pages_hash = hashlib.sha256()
+        self.mailbox = None
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        self.log.warning("backup_warning", message=msg)
+
+    # --- the walk --------------------------------------------------------------------------
+    def run(self) -> BackupResult:
+        try:
+            root_st = os.lstat(self.root)
+        except OSError as exc:
+            raise SourceError(f"mail store {self.root} cannot be read ({exc.strerror}): check [source] mail_store") from None
+        if not stat.S_ISDIR(root_st.st_mode):
+            raise SourceError(f"mail store {self.root} is not a directory: check [source] mail_store")
+        self.pages_writer = self.repo.t.writer(f"chains/{self.chain}/{self.snap}.pages")
+        try:
+            for scan in mailstore.walk(self.root, self.warn):
+                self.app.check_stop()
+                self._directory(scan)
+            self.writer.drain()
+            self._finalize_pages(force=True)
+            volumes = self.writer.finish()
+            self.pages_writer.commit()
+            pages_info = {"name": f"{self.snap}.pages", "size": self.pages_writer.size,
+                          "sha256": self.pages_hash.hexdigest()}
+            bundle_name = self._config_bundle()
+            self.repo.t.sync()
+            self.rows.sort(key=lambda r: tuple(r.dir.split("/")) if r.dir else ())
+            stored = sum(v["size"] for v in volumes) + pages_info["size"]
+            header = Header(
+                id=self.snap, chain=self.chain, seq=self.seq,
+                parent=self.parent.id if self.parent else None,
+                kind="incremental" if self.parent else "full", what="mail", time=iso(self.now),
+                hostname=self.app.config.hostname, files=self.files, dirs=self.dirs, bytes=self.bytes,
+                stored_bytes=stored,
+                root=[stat.S_IMODE(root_st.st_mode), root_st.st_uid, root_st.st_gid, root_st.st_mtime_ns],
+                volumes=volumes, pages=pages_info, config_bundle=bundle_name,
+                warnings=len(self.warnings), job=self.job_name)
+            body = encode_catalog(header, self.rows, self.new_index, self.warnings,
+                                  self.repo.keys.catalog, self.repo.id)
+            header.stored_bytes = stored + len(body)
+            body = encode_catalog(header, self.rows, self.new_index, self.warnings,
+                                  self.repo.keys.catalog, self.repo.id)
+            self.repo.t.put(f"chains/{self.chain}/{self.snap}.catalog", body)
+            self.repo.t.sync()
+        except BaseException:
+            self.writer.abort()
+            if self.pages_writer is not None:
+                self.pages_writer.abort()
+            raise
+        return BackupResult(self.snap, self.chain, header.kind, self.files, self.bytes,
+                            header.stored_bytes, header.time, self.target_name, self.warnings,
+                            bundle_name)
+
+    def _config_bundle(self) -> str | None:
+        try:
+            from ..configbackup import build_config_bundle
+        except ImportError:
+            return None
+        name = f"config/{self.snap}.bundle"
+        try:
+            data = build_config_bundle(self.app.config, key=self.repo.keys.bundle,
+                                       aad=f"{self.repo.id}|bundle|{self.snap}".encode())
+        except TypeError:
+            return None
+        except Exception as exc:  # the mail snapshot stays useful without it
+            self.warn(f"config bundle not included: {exc}")
+            return None
+        self.repo.t.put(name, data)
+        return name
+
+    def _directory(self, scan: mailstore.DirScan) -> None:
+        mbox = mailstore.mailbox_key(scan.rel)
+        if mbox != self.mailbox:
+            self.writer.flush()
+            self.mailbox = mbox
+        parent_entries: dict[str, Entry] = {}
+        by_base: dict[str, Entry] = {}
+        if self.parent_view is not None:
+            if scan.maildir_sub:
+                folder = scan.rel.rsplit("/", 1)[0] if "/" in scan.rel else ""
+                for sub in ("new", "cur"):
+                    rel = f"{folder}/{sub}" if folder else sub
+                    for e in self.parent_view.entries(rel):
+                        by_base[mailstore.base_name(e.name)] = e
+            else:
+                parent_entries = {e.name: e for e in self.parent_view.entries(scan.rel)}
+
+        entries: list[Entry] = []
+        max_seq = -1
+        self.dirs += 1
+        for name, st in scan.dirs:
+            entries.append(Entry(name, "d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, 0))
+        for name, st in scan.links:
+            try:
+                link = os.readlink(os.path.join(self.root, scan.rel, name))
+            except OSError:
+                self.warn(f"symlink vanished during the scan: {scan.rel}/{name}")
+                continue
+            entries.append(Entry(name, "l", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
+                                 len(link), link=link))
+        for name in scan.others:
+            self.warn(f"not a file, directory or symlink, skipped: {scan.rel}/{name}")
+        if not scan.skip_files:
+            for name, st in scan.files:
+                self.app.check_stop()
+                prev = by_base.get(mailstore.base_name(name)) if scan.maildir_sub else parent_entries.get(name)
+                entry, seq, where = self._file(scan, name, st, prev)
+                if entry is None:
+                    continue
+                max_seq = max(max_seq, seq)
+                if where == scan.rel:
+                    entries.append(entry)
+                else:
+                    self.extra.setdefault(where, []).append(entry)
+        if scan.rel in self.extra:
+            have = {mailstore.base_name(e.name) for e in entries if e.type == "f"}
+            for e in self.extra.pop(scan.rel):
+                if mailstore.base_name(e.name) not in have:
+                    entries.append(e)
+                    if e.extents and len(e.extents[0]) == 3:
+                        max_seq = max(max_seq, max(x[0] for x in e.extents))
+        entries.sort(key=lambda e: e.name)
+        self.pending.append((scan.rel, entries, max_seq))
+        self._finalize_pages()
+
+    def _file(self, scan, name, st, prev):
+        """Capture one file. Returns (entry, highest block seq it needs, dir it belongs in)."""
+        rel_dir = scan.rel
+        if (prev is not None and prev.type == "f" and prev.size == st.st_size
+                and prev.mtime_ns == st.st_mtime_ns and (scan.maildir_sub or prev.ino in (0, st.st_ino))):
+            self.files += 1
+            self.bytes += st.st_size
+            self.app.progress.update(1, st.st_size)
+            return Entry(name, "f", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
+                         st.st_size, st.st_ino, prev.hash, prev.extents), -1, rel_dir
+        path = os.path.join(self.root, rel_dir, name)
+        try:
+            fd = self._open(path)
+        except FileNotFoundError:
+            if scan.maildir_sub:
+                moved = mailstore.relocate(self.root, rel_dir, name)
+                if moved is not None:
+                    rel_dir, name = moved
+                    path = os.path.join(self.root, rel_dir, name)
+                    try:
+                        fd = self._open(path)
+                    except FileNotFoundError:
+                        moved = None
+                if moved is None:
+                    self.warn(f"message vanished during the backup (expunged or moved): {scan.rel}/{name}")
+                    return None, -1, rel_dir
+            else:
+                self.warn(f"file vanished during the backup: {scan.rel}/{name}")
+                return None, -1, rel_dir
+        except PermissionError:
+            self.warn(f"permission denied reading {scan.rel}/{name}: skipped")
+            return None, -1, rel_dir
+        except OSError as exc:
+            self.warn(f"cannot read {scan.rel}/{name} ({exc.strerror}): skipped")
+            return None, -1, rel_dir
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode):
+                self.warn(f"{rel_dir}/{name} is no longer a regular file: skipped")
+                return None, -1, rel_dir
+            key = (fst.st_dev, fst.st_ino)
+            if fst.st_nlink > 1 and key in self.inode_map:
+                digest, extents = self.inode_map[key]
+                size = sum(x[-1] for x in extents)
+                if size == fst.st_size:
+                    self.files += 1
+                    self.bytes += size
+                    self.app.progress.update(1, size)
+                    e = Entry(name, "f", stat.S_IMODE(fst.st_mode), fst.st_uid, fst.st_gid, fst.st_mtime_ns,
+                              size, fst.st_ino, digest, extents)
+                    seq = max((x[0] for x in extents if len(x) == 3), default=-1)
+                    return e, seq, rel_dir
+            entry, seq = self._store(fd, fst, name)
+            if fst.st_nlink > 1:
+                self.inode_map[key] = (entry.hash, entry.extents)
+            return entry, seq, rel_dir
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _open(path: str) -> int:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+        try:
+            return os.open(path, flags)
+        except PermissionError:
+            if flags & getattr(os, "O_NOATIME", 0):
+                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            raise
+
+    def _store(self, fd: int, fst, name: str):
+        h = hashlib.sha256()
+        head = self._read_upto(fd, BLOCK_SIZE + 1)
+        if len(head) <= BLOCK_SIZE:
+            data = head
+            h.update(data)
+            digest = h.hexdigest()
+            known = self._known(digest, len(data))
+            if known is not None:
+                extents, seq = known
+            else:
+                if len(data) > self.writer.room():
+                    self.writer.flush()
+                extents = [self.writer.add(data)] if data else []
+                seq = extents[0][0] if extents else -1
+                self.new_index[digest] = extents
+            size = len(data)
+        else:
+            # Large file: stream it into blocks; hash as we go.
+            extents = []
+            size = 0
+            os.lseek(fd, 0, os.SEEK_SET)
+            while True:
+                chunk = self._read_upto(fd, self.writer.room())
+                if not chunk:
+                    break
+                self.app.check_stop()
+                h.update(chunk)
+                size += len(chunk)
+                extents.append(self.writer.add(chunk))
+            digest = h.hexdigest()
+            seq = max((x[0] for x in extents), default=-1)
+            known = self._known(digest, size)
+            if known is not None:      # stored twice in this volume; harmless, keep the old refs
+                extents, seq = known
+            else:
+                self.new_index[digest] = extents
+        self.files += 1
+        self.bytes += size
+        self.app.progress.update(1, size)
+        e = Entry(name, "f", stat.S_IMODE(fst.st_mode), fst.st_uid, fst.st_gid, fst.st_mtime_ns, size,
+                  fst.st_ino, digest, extents)
+        return e, seq
+
+    def _known(self, digest: str, size: int):
+        ext = self.new_index.get(digest)
+        if ext is not None:
+            return ext, max((x[0] for x in ext if len(x) == 3), default=-1)
+        if self.parent_view is not None and size > 0:
+            ext = self.parent_view.lookup(digest)
+            if ext is not None:
+                return ext, -1
+        return None
+
+    @staticmethod
+    def _read_upto(fd: int, n: int) -> bytes:
+        chunks, total = [], 0
+        while total < n:
+            b = os.read(fd, n - total)
+            if not b:
+                break
+            chunks.append(b)
+            total += len(b)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # --- pages -----------------------------------------------------------------------------
+    def _resolve(self, extents: list) -> list:
+        out = []
+        for x in extents:
+            if len(x) == 3:
+                vol, voff, vlen = self.writer.location(x[0])
+                out.append([vol, voff, vlen, x[1], x[2]])
+            else:
+                out.append(x)
+        return out
+
+    def _finalize_pages(self, force: bool = False) -> None:
+        done = self.writer.written_seq
+        keep = []
+        for rel, entries, max_seq in self.pending:
+            if max_seq > done and not force:
+                keep.append((rel, entries, max_seq))
+                continue
+            for e in entries:
+                if e.type == "f" and e.extents and any(len(x) == 3 for x in e.extents):
+                    resolved = self._resolve(e.extents)
+                    if self.new_index.get(e.hash) is e.extents:
+                        self.new_index[e.hash] = resolved
+                    e.extents = resolved
+            self._write_pages(rel, entries)
+        self.pending = keep
+        # content index entries for content stored by this run must be resolved too
+        if force:
+            for k, v in self.new_index.items():
+                if any(len(x) == 3 for x in v):
+                    self.new_index[k] = self._resolve(v)
+
+    def _write_pages(self, rel: str, entries: list[Entry]) -> None:
+        cuts = split_points([e.name for e in entries]) if len(entries) > 128 else []
+        start = 0
+        for end in cuts + [len(entries) - 1]:
+            chunk = entries[start:end + 1]
+            start = end + 1
+            plain = encode_page(chunk)
+            digest = hashlib.sha256(plain).hexdigest()
+            reuse = self.parent_view.row_by_hash.get((rel, digest)) if self.parent_view else None
+            if reuse is not None:
+                self.rows.append(PageRow(rel, reuse.owner, reuse.offset, reuse.length, digest, len(chunk)))
+                continue
+            offset = self.pages_writer.size
+            sealed = self.repo.keys.catalog.seal(compress(plain), page_aad(self.repo.id, self.chain, self.snap, offset))
+            self.pages_writer.write(sealed)
+            self.pages_hash.update(sealed)
+            self.rows.append(PageRow(rel, self.snap, offset, len(sealed), digest, len(chunk)))
+        if not entries:
+            plain = encode_page([])
+            digest = hashlib.sha256(plain).hexdigest()
+            offset = self.pages_writer.size
+            sealed = self.repo.keys.catalog.seal(compress(plain), page_aad(self.repo.id, self.chain, self.snap, offset))
+            reuse = self.parent_view.row_by_hash.get((rel, digest)) if self.parent_view else None
+            if reuse is not None:
+                self.rows.append(PageRow(rel, reuse.owner, reuse.offset, reuse.length, digest, 0))
+                return
+            self.pages_writer.write(sealed)
+            self.pages_hash.update(sealed)
+            self.rows.append(PageRow(rel, self.snap, offset, len(sealed), digest, 0))
+
+
+def _store_size(root: str) -> int:
+    total = 0
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        elif e.is_file(follow_symlinks=False):
+                            total += e.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total
+
+
+def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> BackupResult:
+    target = app.target(target_name)
+    with target:
+        repo = open_repository(app, target, target_name)
+        repo.lock("backup")
+        try:
+            repo.cleanup_leftovers(app.log)
+            snaps = repo.snapshots()
+            parent = snaps[-1] if snaps else None
+            if parent is not None and job is not None and job.full_every is not None:
+                incs = sum(1 for s in snaps if s.chain == parent.chain) - 1
+                if incs >= job.full_every:
+                    parent = None
+            if full:
+                parent = None
+            now = utc_now()
+            existing = {s.id for s in snaps}
+            kind = "full" if parent is None else "inc"
+            while f"{snap_time(now)}-{kind}" in existing:
+                now += timedelta(seconds=1)
+            snap = f"{snap_time(now)}-{kind}"
+            if parent is None:
+                n = max((s.chain_no for s in snaps), default=0)
+                n = max(n, max((int(c[:4]) for c in repo.chains()), default=0)) + 1
+                chain, seq = f"{n:04d}-{snap_time(now)}", 0
+            else:
+                chain, seq = parent.chain, parent.header.seq + 1
+            _check_space(app, repo, parent, snaps)
+            app.log.info("backup_start", target=target_name, snapshot=snap, chain=chain,
+                         kind="full" if parent is None else "incremental")
+            result = BackupRun(app, repo, target_name, parent=parent, chain=chain, snap=snap, seq=seq,
+                               now=now, job_name=job.name if job else None).run()
+            app.log.info("backup_done", **result.as_dict())
+            return result
+        finally:
+            repo.unlock_repo()
+
+
+def _check_space(app, repo, parent, snaps) -> None:
+    free = repo.t.free_space()
+    if free is None:
+        return
+    if parent is None:
+        need = int(_store_size(app.config.source.mail_store) * 0.4) + 16 * MiB
+        what = "a full backup"
+    else:
+        recent = [s.header.stored_bytes for s in snaps if s.header.kind == "incremental"][-3:]
+        need = max(recent, default=0) + 16 * MiB
+        what = "an incremental backup"
+    if free < need:
+        raise NoSpace(
+            f"{repo.t.describe()} has {free // MiB} MiB free, {what} needs about {need // MiB} MiB: "
+            "free space (dmbackup prune) or use a larger disk; nothing was written")

@@ -1,0 +1,79 @@
+"""Logging: JSON lines (one object per event) for journald and scripts, never secrets.
+
+Events are ``{"time": ISO, "level": ..., "event": name, ...fields}``. The CLI sends them to
+stderr when stderr is not a terminal (a terminal gets a progress bar instead) and the daemon to
+stdout. A ring of the last lines is kept for failure notifications.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import IO
+
+
+class Logger:
+    def __init__(self, stream: IO[str] | None = None, *, level: str = "info", keep: int = 50):
+        self.stream = stream
+        self.levels = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+        self.min = self.levels[level]
+        self.recent: collections.deque[str] = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def log(self, level: str, event: str, **fields) -> None:
+        if self.levels[level] < self.min:
+            return
+        rec = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+               "level": level, "event": event}
+        rec.update(fields)
+        line = json.dumps(rec, default=str, ensure_ascii=False)
+        with self._lock:
+            self.recent.append(line)
+            if self.stream is not None:
+                try:
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def debug(self, event, **f):
+        self.log("debug", event, **f)
+
+    def info(self, event, **f):
+        self.log("info", event, **f)
+
+    def warning(self, event, **f):
+        self.log("warning", event, **f)
+
+    def error(self, event, **f):
+        self.log("error", event, **f)
+
+
+class Progress:
+    """Counts files and bytes; the CLI attaches a renderer on a terminal."""
+
+    def __init__(self):
+        self.files = 0
+        self.bytes = 0
+        self.total_files: int | None = None
+        self.total_bytes: int | None = None
+        self.started = time.monotonic()
+        self.listeners = []
+
+    def update(self, files: int = 0, nbytes: int = 0) -> None:
+        self.files += files
+        self.bytes += nbytes
+        for fn in self.listeners:
+            fn(self)
+
+
+def null_logger() -> Logger:
+    return Logger(None)
+
+
+def stderr_logger() -> Logger:
+    return Logger(sys.stderr)

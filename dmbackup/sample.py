@@ -1,0 +1,114 @@
+"""A small, seeded sample Maildir store: the quick start's data and the tests' fixture.
+
+It has what makes a real Dovecot store awkward: several domains and users, Maildir++
+folders with modified-UTF-7 names (``.Posta invi&AOA-ta``), messages in new/ and cur/ with
+flags, ``dovecot-uidlist`` (v3) and ``dovecot-keywords``, ``subscriptions``, index files, an
+empty file, a multi-MB attachment, a symlink, and odd file names. Messages are written the
+way Dovecot names them: ``<time>.M<usec>P<pid>.<host>,S=<size>,W=<vsize>:2,<flags>``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+WORDS = ("backup mail server dovecot postfix invoice meeting report fattura riunione "
+         "domani progetto cliente ufficio consegna ordine prezzo grazie saluti").split()
+FOLDERS = ["", ".Sent", ".Drafts", ".Trash", ".Archivio", ".Archivio.2024", ".Posta invi&AOA-ta"]
+FOLDER_NAMES = {"": "INBOX", ".Sent": "Sent", ".Drafts": "Drafts", ".Trash": "Trash",
+                ".Archivio": "Archivio", ".Archivio.2024": "Archivio/2024",
+                ".Posta invi&AOA-ta": "Posta inviàta"}
+
+
+@dataclass
+class SampleInfo:
+    root: str
+    users: list[str]
+    messages: int
+    bytes: int
+
+
+def _message(rng: random.Random, i: int, big: int = 0) -> bytes:
+    body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 600)))
+    msg = (f"Return-Path: <sender{i}@example.net>\r\n"
+           f"From: Sender {i} <sender{i}@example.net>\r\n"
+           f"To: user@example.it\r\nSubject: {rng.choice(WORDS)} {i}\r\n"
+           f"Message-ID: <{rng.getrandbits(64):016x}.{i}@example.net>\r\n"
+           f"Date: Mon, 2 Nov 2026 10:{i % 60:02d}:00 +0000\r\n\r\n{body}\r\n").encode()
+    if big:
+        msg += rng.randbytes(big)
+    return msg
+
+
+def generate(root: str, *, seed: int = 1, domains: int = 2, users_per_domain: int = 2,
+             messages_per_folder: int = 6, big_bytes: int = 3 << 20, uid: int | None = None,
+             gid: int | None = None) -> SampleInfo:
+    """Create the store under ``root`` (which may exist and must be empty)."""
+    rng = random.Random(seed)
+    os.makedirs(root, exist_ok=True)
+    users, total, nmsg = [], 0, 0
+    t0 = 1793000000
+    for d in range(domains):
+        dom = f"dom{d}.example.it" if d else "example.it"
+        for u in range(users_per_domain):
+            user = ["mario", "anna", "luca", "giulia"][u % 4] + (str(u // 4) if u >= 4 else "")
+            users.append(f"{user}@{dom}")
+            md = os.path.join(root, dom, user, "Maildir")
+            for fi, folder in enumerate(FOLDERS):
+                fdir = os.path.join(md, folder) if folder else md
+                for sub in ("cur", "new", "tmp"):
+                    os.makedirs(os.path.join(fdir, sub), exist_ok=True)
+                uidlines = []
+                kw_used = False
+                for m in range(messages_per_folder):
+                    n = nmsg
+                    nmsg += 1
+                    big = big_bytes if (d == 0 and u == 0 and fi == 0 and m == 0) else 0
+                    data = _message(rng, n, big)
+                    t = t0 + n
+                    base = f"{t}.M{rng.randint(0, 999999)}P{1000 + n}.mail,S={len(data)},W={len(data) + 40}"
+                    if m == messages_per_folder - 1:
+                        name, sub = base, "new"
+                    else:
+                        flags = "".join(sorted(rng.sample("FRS", rng.randint(0, 3))))
+                        if m % 3 == 0:
+                            flags += "a"   # keyword 0 ($Label1 / custom)
+                            kw_used = True
+                        name, sub = f"{base}:2,{flags}", "cur"
+                    path = os.path.join(fdir, sub, name)
+                    with open(path, "wb") as f:
+                        f.write(data)
+                    os.utime(path, (t, t))
+                    total += len(data)
+                    if sub == "cur":
+                        uidlines.append(f"{m + 1} :{base}")
+                with open(os.path.join(fdir, "dovecot-uidlist"), "w") as f:
+                    f.write(f"3 V{1700000000 + fi} N{messages_per_folder} G{rng.getrandbits(64):016x}\n")
+                    f.write("\n".join(uidlines) + "\n")
+                if kw_used:
+                    with open(os.path.join(fdir, "dovecot-keywords"), "w") as f:
+                        f.write("0 $Label1\n1 Importante\n")
+                with open(os.path.join(fdir, "dovecot.index.log"), "wb") as f:
+                    f.write(rng.randbytes(2048))
+            with open(os.path.join(md, "subscriptions"), "w") as f:
+                f.write("V\t2\n\n" + "\n".join(n for k, n in FOLDER_NAMES.items() if k) + "\n")
+            open(os.path.join(md, "dovecot.list.index.log"), "wb").close()     # empty file
+            # odd names and a symlink, as an administrator's leftovers might be
+            with open(os.path.join(md, "note with spaces & àccents.txt"), "w") as f:
+                f.write("kept by hand\n")
+            with open(os.path.join(md, b"raw-\xff-name".decode("utf-8", "surrogateescape")), "wb") as f:
+                f.write(b"latin-1 name\n")
+            os.symlink("subscriptions", os.path.join(md, "subscriptions.link"))
+            os.makedirs(os.path.join(md, ".Empty folder", "cur"), exist_ok=True)
+    if uid is not None:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for n in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, n), uid, gid if gid is not None else uid)
+            os.chmod(dirpath, 0o700)
+            for n in filenames:
+                p = os.path.join(dirpath, n)
+                if not os.path.islink(p):
+                    os.chmod(p, 0o600)
+        os.lchown(root, uid, gid if gid is not None else uid)
+    return SampleInfo(root, users, nmsg, total)
