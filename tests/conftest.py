@@ -1,0 +1,39 @@
+"""Shared test setup: isolated environment, weak KDF, and a ready-made dmbackup world.
+
+Every test runs with DMBACKUP_* variables cleared and the KDF weakened (restic's
+TestUseLowSecurityKDFParameters idea): the product's cost is unchanged, the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dmbackup import crypto
+from tests.world import World
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("DMBACKUP_"):
+            monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DMBACKUP_TEST_WEAK_KDF", "1")
+    monkeypatch.setattr(crypto, "SCRYPT_N", 1 << 10)
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A sample store, a dir target, a passphrase file and a config; not yet initialised."""
+    w = World(tmp_path)
+    w.make_store()
+    w.write_config()
+    return w
+
+
+@pytest.fixture
+def ready(world):
+    """A world whose repository exists (init done)."""
+    world.ok("init", "local")
+    return world
