@@ -32,8 +32,16 @@ def register(app: typer.Typer) -> None:
                 res = engine.backup(a, pick_target(a, target), what=what, full=full)
             d = res.as_dict() if hasattr(res, "as_dict") else res
             code = d.get("exit_code", 0)
-            text = (f"{d.get('kind', what)} snapshot {d.get('id')} on {d.get('target')}: {d.get('files')} files, "
-                    f"{human_bytes(d.get('bytes'))}, {human_bytes(d.get('stored_bytes'))} stored")
+            if "job" in d:        # a job run: its backup summary is nested
+                b = d.get("backup") or {}
+                text = (f"job {d['job']}: {d['status']}" + (f", snapshot {d['snapshot_id']}" if d.get("snapshot_id") else "")
+                        + (f" ({b.get('files')} files, {human_bytes(b.get('bytes'))}, "
+                           f"{human_bytes(b.get('stored_bytes'))} stored)" if b.get("files") is not None else ""))
+                if d.get("error"):
+                    typer.echo(f"dmbackup: {d['error']}", err=True)
+            else:
+                text = (f"{d.get('kind', what)} snapshot {d.get('id')} on {d.get('target')}: {d.get('files')} files, "
+                        f"{human_bytes(d.get('bytes'))}, {human_bytes(d.get('stored_bytes'))} stored")
             for w in d.get("warnings", [])[:20]:
                 typer.echo(f"warning: {w}", err=True)
             emit(d, json_out, text)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Quick start, command 2: install everything the tests need (Debian packages for the real
+# servers, Python packages) and run every test suite. Exit status is non-zero if any fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-test-deps.sh || { echo "install-test-deps failed" >&2; exit 2; }
+PY=${PYTHON:-python3}
+status=0
+run() { echo "== $*"; "$@" || status=1; }
+
+# 1. the main suite (real smbd, Dovecot, SMTP, loop devices; umockdev/netns tests skip here)
+run "$PY" -m pytest -q -p no:cacheprovider tests
+# 2. suites that need a special process environment
+for runner in tests/usb/run-umockdev-tests.sh tests/nfs/run-in-netns.sh; do
+  [ -x "$runner" ] && run "$runner"
+done
+exit $status
