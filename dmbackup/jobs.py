@@ -28,6 +28,7 @@ re-raised, so the CLI shows them and the daemon logs the traceback.
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -126,11 +127,12 @@ def run_log_lines(app, since: datetime, limit: int = LOG_LINES_IN_MAIL) -> list[
     return out[-limit:]
 
 
-def run_job(app, job_name: str, *, clock: Clock = utc_now, trigger: str = "manual", full: bool = False,
+def run_job(app, job_name: str, *, clock: Clock = utc_now, trigger: str | None = None, full: bool = False,
             send_notifications: bool = True, engine=None) -> JobResult:
     """Run the configured job ``job_name`` once; see the module docstring.
 
-    ``trigger`` ("manual", "schedule", "catch-up", "usb", "timer") is recorded and mailed.
+    ``trigger`` ("manual", "schedule", "catch-up", "usb", "timer") is recorded and mailed;
+    without it, ``$DMBACKUP_TRIGGER`` (set to "timer" by dmbackup-job@.service) or "manual".
     ``full`` forces a new chain (``dmbackup backup JOB --full``); otherwise the engine decides
     from ``full_every``.
     ``engine`` replaces ``dmbackup.engine`` (tests only). Raises ``ConfigError`` for an
@@ -139,6 +141,7 @@ def run_job(app, job_name: str, *, clock: Clock = utc_now, trigger: str = "manua
     if engine is None:
         from . import engine
     job = app.config.job(job_name)
+    trigger = trigger or os.environ.get("DMBACKUP_TRIGGER") or "manual"
     res = JobResult(job=job.name, target=job.target, what=job.what, trigger=trigger, started=clock())
     wall_start = utc_now()
     ctx = hooks.HookContext(action="backup", target=job.target, what=job.what, job=job.name)
