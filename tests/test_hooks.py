@@ -1,15 +1,21 @@
-"""Hook directories: order, environment, ignored files, timeout, abort, skip (75), teardown.
+"""Hook directories: order, environment, ignored files, timeout, abort, skip (75), teardown;
+and the example hooks shipped in hooks/.
 
 Hooks are real executables (shell scripts) run by the real code; the App is the real one with
-a config parsed from TOML. The engine-level test (on-failure after a real backup failure)
-uses a dir target whose directory does not exist, so the engine itself raises exit 7.
+a config parsed from TOML. The job-level tests use the real engine on a dir target; a failing
+backup is a target directory that does not exist, so the engine itself raises exit 7. The
+Dovecot staging example runs against a private Dovecot, the healthchecks one against an HTTP
+server on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import shutil
 import stat
+import subprocess
 import textwrap
 import threading
 from pathlib import Path
@@ -20,6 +26,7 @@ from dmbackup import hooks
 from dmbackup.app import App
 from dmbackup.config import parse
 from dmbackup.errors import HookFailed, Interrupted
+from dmbackup.jobs import run_job
 from dmbackup.log import Logger
 
 
@@ -252,6 +259,33 @@ def test_restore_phases(tmp_path):
     assert traces(trace)[1]["env"]["DMBACKUP_ACTION"] == "restore"
 
 
+def test_on_failure_runs_when_the_backup_itself_fails(tmp_path):
+    app = make_app(tmp_path, target_path=str(tmp_path / "unplugged"))
+    trace = tmp_path / "trace.jsonl"
+    add_hook(app, "pre-backup", "10-prepare", trace_hook(trace))
+    add_hook(app, "post-backup", "10-cleanup", trace_hook(trace))
+    add_hook(app, "on-failure", "10-alert", trace_hook(trace))
+    result = run_job(app, "nightly", send_notifications=False)
+    assert result.status == "failed" and result.exit_code == 7
+    runs = traces(trace)
+    assert [r["hook"] for r in runs] == ["10-prepare", "10-cleanup", "10-alert"]
+    alert = runs[2]["env"]
+    assert alert["DMBACKUP_STATUS"] == "failed" and alert["DMBACKUP_EXIT_CODE"] == "7"
+    assert "unplugged" in alert["DMBACKUP_ERROR"]
+    assert app.state.runs()["nightly"]["last_run"]["status"] == "failed"
+
+
+def test_job_skipped_by_a_hook_is_recorded_as_skipped(tmp_path):
+    app = make_app(tmp_path)
+    add_hook(app, "pre-backup", "10-only-on-weekdays", "echo not today\nexit 75\n")
+    result = run_job(app, "nightly")
+    assert result.status == "skipped" and result.exit_code == 0 and not result.notified
+    assert result.backup is None and result.snapshot_id is None
+    last = app.state.runs()["nightly"]
+    assert last["last_run"]["status"] == "skipped" and "last_success" not in last
+    assert list((tmp_path / "target").iterdir()) == [], "nothing was written"
+
+
 def test_scripts_listing_ignores_what_it_should(tmp_path):
     d = tmp_path / "pre-backup.d"
     d.mkdir()
@@ -264,3 +298,169 @@ def test_scripts_listing_ignores_what_it_should(tmp_path):
     assert hooks.scripts(str(tmp_path), "post-backup") == []
     with pytest.raises(ValueError):
         hooks.scripts(str(tmp_path), "pre-nothing")
+
+
+# --- the example hooks shipped in hooks/ ---------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "hooks"
+EXAMPLE_SCRIPTS = sorted(p for p in EXAMPLES.glob("*.d/*") if p.is_file())
+
+
+def install_example(app: App, rel: str) -> Path:
+    src = EXAMPLES / rel
+    dst = Path(app.config.hooks_dir) / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(dst.parent, 0o755)
+    shutil.copy2(src, dst)
+    return dst
+
+
+def hooks_conf(tmp_path: Path, monkeypatch, text: str) -> None:
+    conf = tmp_path / "hooks.conf"
+    conf.write_text(textwrap.dedent(text))
+    monkeypatch.setenv("DMBACKUP_HOOKS_CONF", str(conf))
+
+
+def test_examples_are_executable_and_listed():
+    assert {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLE_SCRIPTS} == {
+        "pre-backup.d/10-dovecot-staging", "pre-backup.d/20-postfix-queue", "pre-backup.d/30-lvm-snapshot",
+        "post-backup.d/30-lvm-snapshot", "post-backup.d/90-healthchecks-ping"}
+    for p in EXAMPLE_SCRIPTS:
+        assert os.access(p, os.X_OK), p
+        assert str(p) in hooks.scripts(str(EXAMPLES), p.parent.name.removesuffix(".d"))
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_examples_are_shellcheck_clean():
+    r = subprocess.run(["shellcheck", "--shell=sh", "-x", *map(str, EXAMPLE_SCRIPTS)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    hits: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        type(self).hits.append((self.path, body))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def ping_server():
+    _Recorder.hits = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv, _Recorder.hits
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_healthchecks_ping_on_success_and_failure(tmp_path, monkeypatch, ping_server):
+    from dmbackup import engine
+
+    srv, hits = ping_server
+    url_dir = tmp_path / "hc.d"
+    url_dir.mkdir()
+    (url_dir / "nightly.url").write_text(f"http://127.0.0.1:{srv.server_port}/ping/abc-123\n")
+    hooks_conf(tmp_path, monkeypatch, f"HEALTHCHECKS_URL_DIR={url_dir}\nHEALTHCHECKS_URL_FILE=/nonexistent\n")
+    mbox = tmp_path / "vmail" / "example.test" / "u" / "Maildir" / "cur"
+    mbox.mkdir(parents=True)
+    (mbox / "1.M1.host:2,S").write_text("Subject: hi\n\nhello\n")
+    app = make_app(tmp_path)
+    install_example(app, "post-backup.d/90-healthchecks-ping")
+    engine.init_repo(app, "local")
+    ok = run_job(app, "nightly")
+    assert ok.status == "ok", ok.error
+    assert len(hits) == 1 and hits[0][0] == "/ping/abc-123"
+    assert "job=nightly status=ok" in hits[0][1] and f"snapshot={ok.snapshot_id}" in hits[0][1]
+
+    broken = make_app(tmp_path, target_path=str(tmp_path / "unplugged"))
+    bad = run_job(broken, "nightly")
+    assert bad.status == "failed"
+    assert hits[1][0] == "/ping/abc-123/fail"
+    assert "status=failed" in hits[1][1] and "unplugged" in hits[1][1]
+    # the URL never reaches the log (it is a secret), only the outcome
+    assert all("abc-123" not in line for line in broken.log.recent)
+
+
+def test_postfix_queue_listing(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "postqueue"
+    fake.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        case "$1" in
+          -j) echo '{"queue_name": "deferred", "queue_id": "4F2A81C0A", "sender": "a@example.test"}'
+              echo '{"queue_name": "active", "queue_id": "9B3C12D0F", "sender": "b@example.test"}' ;;
+          -p) echo "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------" ;;
+        esac
+        """))
+    os.chmod(fake, 0o755)
+    extra = tmp_path / "extra"
+    hooks_conf(tmp_path, monkeypatch, f"EXTRA_DIR={extra}\nPOSTQUEUE={fake}\n")
+    app = make_app(tmp_path)
+    install_example(app, "pre-backup.d/20-postfix-queue")
+    ctx = hooks.HookContext(action="backup", target="local", job="nightly")
+    with hooks.around(app, ctx):
+        pass
+    lines = (extra / "postfix-queue.json").read_text().splitlines()
+    assert [json.loads(x)["queue_id"] for x in lines] == ["4F2A81C0A", "9B3C12D0F"]
+    assert (extra / "postfix-queue.txt").read_text().startswith("-Queue ID-")
+    assert stat.S_IMODE((extra / "postfix-queue.json").stat().st_mode) == 0o600
+    assert any("2 messages listed" in e["line"] for e in events(app, "hook_output"))
+
+
+def test_lvm_sketch_does_nothing_until_configured(tmp_path, monkeypatch):
+    hooks_conf(tmp_path, monkeypatch, "")
+    app = make_app(tmp_path)
+    install_example(app, "pre-backup.d/30-lvm-snapshot")
+    install_example(app, "post-backup.d/30-lvm-snapshot")
+    ctx = hooks.HookContext(action="backup", target="local", job="nightly")
+    with hooks.around(app, ctx):
+        pass
+    assert ctx.status == "ok" and ctx.warnings == []
+
+
+def test_dovecot_staging_copy_is_backed_up(tmp_path, monkeypatch):
+    """A real private Dovecot, the example hook, then a real backup of the staged tree."""
+    from dmbackup import engine
+    from tests.fixtures.dovecot import DovecotServer, shared_tmpdir
+
+    users = ["alice@example.test", "bob@example.test"]
+    with DovecotServer(None, users) as dove:
+        for i, u in enumerate(users * 3):
+            dove.lda(u, f"From: x@example.test\r\nSubject: m{i}\r\nMessage-ID: <{i}@t>\r\n\r\nbody {i}\r\n".encode())
+        c = dove.imap("alice@example.test")
+        c.create("Archivio/2024")
+        c.subscribe("Archivio/2024")
+        c.logout()
+        staging = shared_tmpdir("dmb-staging-") / "staging"
+        (staging / "example.test" / "gone").mkdir(parents=True)          # a deleted user's copy
+        hooks_conf(tmp_path, monkeypatch, f"STAGING_DIR={staging}\nDOVECOT_CONFIG={dove.config_file}\n")
+        app = make_app(tmp_path)
+        app = App(app.config.__class__(**{**app.config.__dict__,
+                                          "source": app.config.source.__class__(
+                                              **{**app.config.source.__dict__, "mail_store": str(staging)})}),
+                  log=app.log)
+        install_example(app, "pre-backup.d/10-dovecot-staging")
+        engine.init_repo(app, "local")
+        result = run_job(app, "nightly")
+        assert result.status == "ok", (result.error, [e.get("line") for e in events(app, "hook_output")])
+        for u in users:
+            local, dom = u.split("@")
+            live = dove.vmail_root / dom / local / "Maildir"
+            copy = staging / dom / local / "Maildir"
+            assert (copy / "dovecot-uidlist").read_text() == (live / "dovecot-uidlist").read_text()
+            assert not (copy / "maildirfolder").exists()
+        assert (staging / "example.test" / "alice" / "Maildir" / "subscriptions").read_text() == \
+            (dove.vmail_root / "example.test" / "alice" / "Maildir" / "subscriptions").read_text()
+        assert not (staging / "example.test" / "gone").exists()
+        assert result.backup["files"] >= 6
+        assert any("staged 2 mailboxes" in e["line"] for e in events(app, "hook_output"))
