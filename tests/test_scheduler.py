@@ -448,3 +448,63 @@ def test_state_file_is_json(tmp_path):
     d.shutdown()
     data = json.loads((Path(app.config.state_dir) / "scheduler.json").read_text())
     assert data["jobs"]["nightly"]["first_seen"] == "2026-11-02T00:00:00Z"
+
+
+DAEMON_SCRIPT = """
+import sys
+from dmbackup.app import App
+from dmbackup.config import load
+from dmbackup.log import Logger
+from dmbackup.scheduler import run_daemon
+sys.exit(run_daemon(App(load(sys.argv[1]), log=Logger(None)), usb=False))
+"""
+
+
+def test_daemon_process_signals_stdout_and_notify_socket(tmp_path):
+    """The daemon as its own process, real clock: READY, catch-up run, SIGHUP, SIGTERM."""
+    import subprocess
+    import sys
+
+    app = real_app(tmp_path)
+    scheduler.SchedulerState(app.config.state_dir).save({"jobs": {"nightly": {"first_seen": "2026-01-01T00:00:00Z"}}})
+    sock_path = Path(tempfile.mkdtemp(dir="/tmp")) / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(60)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-c", DAEMON_SCRIPT, app.config.file], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    notes: list[str] = []
+
+    def wait_note(prefix: str) -> str:
+        while True:
+            m = sock.recv(4096).decode()          # socket timeout bounds a hang
+            notes.append(m)
+            if m.startswith(prefix):
+                return m
+
+    try:
+        wait_note("READY=1")
+        wait_note("STATUS=idle")                  # the catch-up run is over
+        assert runs_of(app, "nightly")["last_run"]["trigger"] == "catch-up"
+        assert runs_of(app, "nightly")["last_run"]["status"] == "ok"
+        write_config(tmp_path, JOBS_DEFAULT.replace("02:30", "05:45"))
+        proc.send_signal(signal.SIGHUP)
+        wait_note("RELOADING=1")
+        wait_note("READY=1")
+        proc.send_signal(signal.SIGTERM)
+        wait_note("STOPPING=1")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        sock.close()
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]      # every stdout line is JSON
+    names = [r["event"] for r in records]
+    for expected in ("job_scheduled", "catch_up", "daemon_ready", "job_start", "backup_done", "job_done",
+                     "signal", "reloaded", "daemon_stopped"):
+        assert expected in names, (expected, names)
+    assert any(r["event"] == "job_scheduled" and r.get("schedule") == "daily at 05:45" for r in records)
+    assert all({"time", "level", "event"} <= r.keys() for r in records)
