@@ -11,9 +11,9 @@ One run generates a corpus (``bench/corpus.py``), and on that same corpus, for e
 5. restore of one user's Maildir (checked the same way);
 6. verify with a full read of the stored data.
 
-Each step is timed (wall clock) with its peak RSS taken by GNU time (``/usr/bin/time -f
-%M``) around every process; for a pipeline (tar | zstd) the stages' peaks are added up,
-since they run at the same time. Stored bytes are the repository's file sizes after each
+Each step is timed (wall clock, and user + system CPU) with its peak RSS taken by GNU time
+(``/usr/bin/time -f '%M %U %S'``) around every process; for a pipeline (tar | zstd) the
+stages' peaks are added up, since they run at the same time. Stored bytes are the repository's file sizes after each
 backup. A bare ``os.scandir`` + ``lstat`` walk of the corpus is timed as the floor any
 incremental pays. The whole sequence is repeated (``--repeat``, at least 2) on a corpus
 regenerated from the same seed, and medians are reported with ratios to tar+zstd.
@@ -85,6 +85,7 @@ class NotAvailable(Exception):
 @dataclass
 class Measure:
     seconds: float = 0.0
+    cpu_s: float | None = None        # user + system CPU of every process in the step
     rss_kb: int | None = None
     stored_bytes: int | None = None
     check: str | None = None
@@ -129,7 +130,7 @@ class Runner:
         """Each pipeline is a list of argv stages joined by ``|``; pipelines run one after another."""
         m = Measure()
         log = os.path.join(self.logdir, label + ".log")
-        peak = 0
+        peak, cpu = 0, 0.0
         with open(log, "ab") as lf, tempfile.TemporaryDirectory(prefix="rss-") as tmp:
             for pi, stages in enumerate(pipelines):
                 parts, rss_files = [], []
@@ -138,7 +139,7 @@ class Runner:
                     if self.have_time:
                         rf = os.path.join(tmp, f"{pi}-{si}")
                         rss_files.append(rf)
-                        q = f"{GNU_TIME} -f %M -o {shlex.quote(rf)} {q}"
+                        q = f"{GNU_TIME} -f '%M %U %S' -o {shlex.quote(rf)} {q}"
                     parts.append(q)
                 cmd = "set -o pipefail; " + " | ".join(parts) + (" >/dev/null" if stdout_null else "")
                 lf.write(f"$ {cmd}\n".encode())
@@ -154,11 +155,14 @@ class Runner:
                     s = 0
                     for rf in rss_files:
                         try:
-                            s += int(open(rf).read().split()[-1])
-                        except (OSError, ValueError, IndexError):
+                            rss, user, system = open(rf).read().split()[-3:]
+                            s += int(rss)
+                            cpu += float(user) + float(system)
+                        except (OSError, ValueError):
                             pass
                     peak = max(peak, s)
         m.rss_kb = peak if self.have_time else None
+        m.cpu_s = cpu if self.have_time else None
         return m
 
 
@@ -647,10 +651,13 @@ def run_bench(a) -> dict:
                 continue
             secs = [m.seconds for m in ms]
             rss = [m.rss_kb for m in ms if m.rss_kb is not None]
+            cpu = [m.cpu_s for m in ms if m.cpu_s is not None]
             stored = [m.stored_bytes for m in ms if m.stored_bytes is not None]
             out["results"][tool][stp] = {
                 "seconds": [round(s, 3) for s in secs],
                 "median_s": round(statistics.median(secs), 3),
+                "cpu_s": [round(c, 2) for c in cpu],
+                "median_cpu_s": round(statistics.median(cpu), 2) if cpu else None,
                 "peak_rss_kib": rss, "median_rss_kib": int(statistics.median(rss)) if rss else None,
                 "stored_bytes": stored,
                 "median_stored_bytes": int(statistics.median(stored)) if stored else None,
@@ -740,6 +747,8 @@ def markdown(r: dict) -> str:
         L.append("")
 
     table("Wall time (median; ratio to tar+zstd)", lambda d: d and d["median_s"], fmt_s)
+    table("CPU time, user + system (median; less sensitive than wall time to a busy machine)",
+          lambda d: d and d["median_cpu_s"], fmt_s)
     table("Peak RSS (median of per-run peaks; a pipeline's stages are added up)",
           lambda d: d and d["median_rss_kib"], lambda v: f"{v / 1024:.0f} MiB")
     L.append("### Stored bytes written by each backup")
