@@ -103,8 +103,20 @@ def schedule_clock(clock: Clock):
 # --- due times, shared with `status` ---------------------------------------------------------
 
 def _local_at(day: _dt.date, hhmm: str) -> datetime:
+    """``hhmm`` on ``day`` as local wall time, aware.
+
+    A wall time skipped by a DST change (02:30 on the spring-forward night) means the first
+    moment after the gap, which is when the ``schedule`` library fires too (local time reaches
+    02:30 only at 03:00); a repeated one (autumn) means its first occurrence.
+    """
     h, m = (int(x) for x in hhmm.split(":"))
-    return datetime(day.year, day.month, day.day, h, m).astimezone()   # naive local -> aware
+    naive = datetime(day.year, day.month, day.day, h, m)
+    for minutes in range(0, 24 * 60):
+        wall = naive + timedelta(minutes=minutes)
+        t = wall.replace(fold=0).astimezone()
+        if t.astimezone().replace(tzinfo=None) == wall:
+            return t
+    raise ValueError(f"no local time {hhmm} on {day}")   # pragma: no cover
 
 
 def previous_due(spec: ScheduleSpec, now: datetime) -> datetime:

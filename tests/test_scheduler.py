@@ -162,6 +162,31 @@ def test_next_due_agrees_with_the_schedule_library(text):
             assert (lib - prev).total_seconds() == spec.interval_seconds
 
 
+@pytest.mark.skipif(not Path("/usr/share/zoneinfo/Europe/Rome").exists(), reason="tzdata missing")
+def test_daylight_saving_nights_run_once_each(tmp_path):
+    """02:30 does not exist on the spring-forward night and happens twice in autumn."""
+    os.environ["TZ"] = "Europe/Rome"
+    time.tzset()
+    spec = parse_schedule("daily at 02:30")
+    for start, expected in (
+            (datetime(2026, 3, 28, 12, 0, tzinfo=UTC), [datetime(2026, 3, 29, 1, 0, tzinfo=UTC),     # 03:00 CEST
+                                                        datetime(2026, 3, 30, 0, 30, tzinfo=UTC)]),
+            (datetime(2026, 10, 24, 12, 0, tzinfo=UTC), [datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # first 02:30
+                                                         datetime(2026, 10, 26, 1, 30, tzinfo=UTC)])):
+        clock = FakeClock(start)
+        runner = CountingRunner(clock)
+        (tmp_path / start.strftime("%m")).mkdir()
+        app = make_app(tmp_path / start.strftime("%m"))
+        d = Daemon(app, clock=clock, runner=runner, usb=False, inhibit=False)
+        d.start()
+        try:
+            assert next_due(spec, start) == expected[0]
+            run_until(d, clock, start + timedelta(days=2))
+        finally:
+            d.shutdown()
+        assert [r[2] for r in runner.runs] == expected
+
+
 # --- timing logic (counting runner) ------------------------------------------------------------
 
 def test_jobs_run_at_their_times(tmp_path):
