@@ -362,6 +362,7 @@ def ping_server():
     srv.server_close()
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_healthchecks_ping_on_success_and_failure(tmp_path, monkeypatch, ping_server):
     from dmbackup import engine
 
