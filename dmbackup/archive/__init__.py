@@ -8,7 +8,8 @@ Layout on a target (``<target root>/dmbackup/<hostname>/``)::
     locks/lock                     the one writer: host, PID, boot id, start time (JSON)
     chains/<chain>/                a full snapshot and its incrementals: the unit of retention
         <snap>.v0001 ...           data volumes: sealed blocks of file content
-        <snap>.pages               sealed catalog pages written by this snapshot
+        <snap>.pages               sealed directory pages written by this snapshot (if any)
+        <snap>.index               content index of what this snapshot stored (if any)
         <snap>.catalog             written LAST; its presence is what makes the snapshot exist
     config/<snap>.bundle           config-only bundles (see dmbackup.bundle)
 
@@ -29,34 +30,47 @@ copied or swapped to another place fails to open. In a volume each block is fram
 A volume is closed before it would exceed the volume size (never 4 GiB: FAT32).
 
 Entries and pages. The tree is stored directory by directory: a *page* is the JSON list of
-entries of one directory, sorted by name; a huge directory is split into several pages at
-content-defined points (after a name whose hash ends in 8 zero bits), so one new message
-does not rewrite the whole page. An entry is
+entries of one directory, sorted by name. An entry is
 ``[name, type, mode, uid, gid, mtime_ns, size, ino, sha256-hex|null, extents|link target]``,
 type ``f`` (file), ``d`` (directory) or ``l`` (symlink); extents are
 ``[volume, volume offset, sealed length, offset in block, length]``. Names are file-system
-names decoded with surrogateescape, so any byte string round-trips. A page is serialized
-canonically, zstd-compressed and sealed (AD ``repo id | "page" | chain | owner | offset``) into
-``<owner snapshot>.pages``. A snapshot whose directory produces a page identical to one of
-its parent's refers to the parent's copy instead of writing it again: an incremental writes
-only the pages of directories that changed.
+names decoded with surrogateescape, so any byte string round-trips. A stored page is
+serialized canonically, zstd-compressed and sealed (AD ``repo id | "page" | chain | owner |
+offset``) into ``<owner snapshot>.pages``.
 
-Catalog. ``<snap>.catalog`` is ``b"DMCAT1\\n" | u32 header length | sealed header |
+Page table. The catalog maps every directory to a row
+``[dir, owner, offset, length, page hash (128-bit hex), entries, delta|null]``: the directory's
+entries are the stored page at (owner, offset, length) with the row's inline *delta* applied.
+A delta (``{"del": [names], "ren": [[old name, new suffix, new mtime|null]], "put":
+[entries]}``) lists the changes since that stored page; ``ren`` is a Maildir flag rename,
+written as the part of the new name after the base name. An incremental keeps the parent's
+row when a directory is unchanged, extends the cumulative delta while it stays under a quarter
+of the directory (at least 16 changes), and stores a fresh page otherwise. The table itself is
+stored in full (``{"pages": rows}``) or, in an incremental, as changes to its parent's table
+(``{"base": parent id, "depth": n, "changed": rows, "removed": dirs}``); a full table is
+written again after 30 levels or when most rows changed. So a night of flag renames costs a
+few dozen bytes per renamed message, not a rewrite of the catalog.
+
+Catalog. ``<snap>.catalog`` is ``b"DMCAT1\n" | u32 header length | sealed header |
 sealed body``. The header (JSON, AD ``repo id | "cat-head" | chain | snap``) holds id, chain,
 seq (0 for the full), parent, kind, what, time, hostname, counts (files, dirs, bytes, stored
-bytes), the root directory's metadata, the list of volumes and pages objects this snapshot
+bytes), the root directory's metadata, the volumes, pages and index objects this snapshot
 wrote with their sizes and SHA-256, and the config bundle it carries. The body (zstd JSON,
-AD ``... "cat-body" ...``) holds the page table ``[dir, owner snapshot, offset, length,
-page sha256, entries]`` in tree order, the *content index* of content first stored by this
-snapshot (``sha256 -> extents``; a later incremental finds moved or copied messages there
-without storing them again) and the snapshot's warnings. Listing snapshots reads only headers.
+AD ``... "cat-body" ...``) holds the page table and the snapshot's warnings. Listing
+snapshots reads only headers.
+
+Content index. ``<snap>.index`` (sealed zstd JSON, AD ``... "index" ...``) maps the first
+128 bits (hex) of the SHA-256 of each content this snapshot stored to its extents. It is
+read only by a later incremental that meets a file it cannot match by name (a message moved
+to another folder), never by a restore.
 
 Incrementals. An incremental lists the whole tree of its moment (deleted files are simply
 absent) but stores only content that is new to the chain: an unchanged file (same size and
 mtime; for Maildir messages matched by folder and base name, so a flag rename or a new/ ->
 cur/ move counts as unchanged) reuses its parent's extents without being read; a file with
 new metadata but known content (a move between folders) is read, hashed, found in the chain's
-content index and not stored again.
+content index and not stored again. Full backups compress at zstd level 3 (the speed of
+tar | zstd); incrementals, which are small, at level 9.
 """
 
 FORMAT_VERSION = 1

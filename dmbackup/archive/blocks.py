@@ -31,7 +31,7 @@ def block_aad(repo_id: str, chain: str, volume: str, offset: int) -> bytes:
 class BlockWriter:
     def __init__(self, target, repo_id: str, chain: str, snap: str, sealer,
                  volume_size: int, on_stored: Callable[[int], None] | None = None,
-                 workers: int = 2, stop_check: Callable[[], None] | None = None):
+                 workers: int = 2, stop_check: Callable[[], None] | None = None, level: int = ZLEVEL):
         self.target, self.repo_id, self.chain, self.snap = target, repo_id, chain, snap
         self.sealer = sealer
         self.volume_size = volume_size
@@ -44,6 +44,7 @@ class BlockWriter:
         self.pending: collections.deque[tuple[int, Future]] = collections.deque()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal")
         self.depth = workers * 2
+        self.level = level
         self.vol_no = 0
         self.vol = None
         self.vol_name = ""
@@ -74,13 +75,13 @@ class BlockWriter:
         self.buf = bytearray()
         seq = self.seq
         self.seq += 1
-        self.pending.append((seq, self.pool.submit(self._compress, data)))
+        self.pending.append((seq, self.pool.submit(self._compress, data, self.level)))
         while len(self.pending) > self.depth:
             self._write_one()
 
     @staticmethod
-    def _compress(data: bytes) -> bytes:
-        return zstandard.ZstdCompressor(level=ZLEVEL).compress(data)
+    def _compress(data: bytes, level: int) -> bytes:
+        return zstandard.ZstdCompressor(level=level).compress(data)
 
     # --- writing ---------------------------------------------------------------------------
     def _write_one(self) -> None:

@@ -118,21 +118,92 @@ def encode_page(entries: list[Entry]) -> bytes:
     return dumps([e.encode() for e in entries])
 
 
-def decode_page(plain: bytes, what: str) -> list[Entry]:
+def decode_page_list(plain: bytes, what: str) -> list[Entry]:
     raw = loads(plain, what)
     if not isinstance(raw, list):
         raise CorruptObject(f"{what}: not a list of entries")
     return [decode_entry(r, what) for r in raw]
 
 
-def split_points(names: list[str]) -> list[int]:
-    """Content-defined page boundaries: indexes after which a page ends."""
-    cuts = []
-    for i, n in enumerate(names[:-1]):
-        if i - (cuts[-1] if cuts else -1) >= 64 and hashlib.blake2b(
-                n.encode("utf-8", "surrogatepass"), digest_size=2).digest()[1] == 0:
-            cuts.append(i)
-    return cuts
+@dataclass
+class Delta:
+    """Changes from a directory's stored base page to its state in this snapshot.
+
+    Kept inline in the catalog's page table (all deltas of a snapshot compress together).
+    ``rens`` are Maildir flag renames: [old name, new name's part after the base name,
+    new mtime_ns or null when unchanged].
+    """
+    dels: list[str]
+    rens: list[list]
+    puts: list[Entry]
+
+    @property
+    def size(self) -> int:
+        return len(self.dels) + len(self.rens) + len(self.puts)
+
+    def encode(self) -> dict:
+        return {"del": self.dels, "ren": self.rens, "put": [e.encode() for e in self.puts]}
+
+
+def decode_delta(raw, what: str) -> "Delta | None":
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise CorruptObject(f"{what}: malformed delta")
+    dels, rens, puts = raw.get("del"), raw.get("ren"), raw.get("put")
+    if not isinstance(dels, list) or not isinstance(rens, list) or not isinstance(puts, list):
+        raise CorruptObject(f"{what}: malformed delta")
+    if not all(isinstance(d, str) for d in dels):
+        raise CorruptObject(f"{what}: malformed delta")
+    for r in rens:
+        if not (isinstance(r, list) and len(r) == 3 and isinstance(r[0], str) and isinstance(r[1], str)):
+            raise CorruptObject(f"{what}: malformed rename in delta")
+        if r[2] is not None:
+            _int(r[2], what, -(1 << 63))
+    return Delta(dels, rens, [decode_entry(e, what) for e in puts])
+
+
+def apply_delta(base: list[Entry], delta: "Delta | None", what: str) -> list[Entry]:
+    if delta is None:
+        return base
+    d = {e.name: e for e in base}
+    for n in delta.dels:
+        d.pop(n, None)
+    for old, suffix, mtime in delta.rens:
+        e = d.pop(old, None)
+        if e is None:
+            raise CorruptObject(f"{what}: delta renames {old!r}, which its base page does not have")
+        new = old.split(":", 1)[0] + suffix
+        d[new] = Entry(new, e.type, e.mode, e.uid, e.gid, e.mtime_ns if mtime is None else mtime, e.size,
+                       e.ino, e.hash, e.extents, e.link)
+    for e in delta.puts:
+        d[e.name] = e
+    return [d[k] for k in sorted(d)]
+
+
+def make_delta(old: list[Entry], new: list[Entry], maildir: bool) -> Delta:
+    """Changes from ``old`` to ``new``. Renames keep everything but the name and mtime."""
+    olds = {e.name: e for e in old}
+    news = {e.name: e for e in new}
+    dels = [n for n in olds if n not in news]
+    puts = [e for n, e in news.items() if n not in olds or olds[n].encode() != e.encode()]
+    rens = []
+    if maildir and dels and puts:
+        by_base = {n.split(":", 1)[0]: olds[n] for n in dels}
+        keep_puts, gone = [], set()
+        for e in puts:
+            base = e.name.split(":", 1)[0]
+            o = by_base.get(base)
+            if (o is not None and e.name not in olds and o.name not in gone
+                    and (o.type, o.mode, o.uid, o.gid, o.size, o.ino, o.hash, o.extents, o.link)
+                    == (e.type, e.mode, e.uid, e.gid, e.size, e.ino, e.hash, e.extents, e.link)):
+                rens.append([o.name, e.name[len(base):], None if e.mtime_ns == o.mtime_ns else e.mtime_ns])
+                gone.add(o.name)
+            else:
+                keep_puts.append(e)
+        puts = keep_puts
+        dels = [n for n in dels if n not in gone]
+    return Delta(dels, rens, puts)
 
 
 # --- catalog -----------------------------------------------------------------------------
@@ -153,6 +224,7 @@ class Header:
     root: list = field(default_factory=lambda: [0o755, 0, 0, 0])
     volumes: list = field(default_factory=list)   # [{"name","size","sha256"}]
     pages: dict | None = None                    # {"name","size","sha256"} or None
+    index: dict | None = None                    # {"name","size","sha256"} or None
     config_bundle: str | None = None
     warnings: int = 0
     job: str | None = None
@@ -193,11 +265,13 @@ class PageRow:
     owner: str
     offset: int
     length: int
-    sha256: str
+    sha256: str                     # first 128 bits (hex) of SHA-256 of the directory's full page
     entries: int
+    delta: "Delta | None" = None    # inline changes applied to the stored base page
 
     def encode(self) -> list:
-        return [self.dir, self.owner, self.offset, self.length, self.sha256, self.entries]
+        return [self.dir, self.owner, self.offset, self.length, self.sha256, self.entries,
+                self.delta.encode() if self.delta else None]
 
 
 def decode_rows(raw: Any, what: str) -> list[PageRow]:
@@ -205,18 +279,39 @@ def decode_rows(raw: Any, what: str) -> list[PageRow]:
         raise CorruptObject(f"{what}: page table is not a list")
     rows = []
     for r in raw:
-        if (not isinstance(r, list) or len(r) != 6 or not isinstance(r[0], str)
+        if (not isinstance(r, list) or len(r) != 7 or not isinstance(r[0], str)
                 or not isinstance(r[1], str) or not isinstance(r[4], str)):
             raise CorruptObject(f"{what}: malformed page table row")
         rows.append(PageRow(r[0], r[1], _int(r[2], what), _int(r[3], what, 1, MAX_PAGE_PLAIN),
-                            r[4], _int(r[5], what)))
+                            r[4], _int(r[5], what), decode_delta(r[6], what)))
     return rows
 
 
-def encode_catalog(header: Header, rows: list[PageRow], index: dict, warnings: list[str],
-                   sealer, repo_id: str) -> bytes:
+def index_aad(repo_id: str, chain: str, snap: str) -> bytes:
+    return f"{repo_id}|index|{chain}|{snap}".encode()
+
+
+def encode_index(index: dict, sealer, repo_id: str, chain: str, snap: str) -> bytes:
+    return sealer.seal(compress(dumps(index)), index_aad(repo_id, chain, snap))
+
+
+def decode_index(data: bytes, sealer, repo_id: str, chain: str, snap: str) -> dict:
+    what = f"content index {chain}/{snap}"
+    obj = loads(decompress(sealer.open(data, index_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN), what)
+    if not isinstance(obj, dict):
+        raise CorruptObject(f"{what} is not an object")
+    return obj
+
+
+def encode_catalog(header: Header, table: dict, warnings: list[str], sealer, repo_id: str) -> bytes:
+    """``table`` is {"pages": rows} (a full table) or {"base": parent id, "depth": n,
+    "changed": rows, "removed": dirs} (changes to the parent's table)."""
     head = sealer.seal(dumps(header.as_dict()), head_aad(repo_id, header.chain, header.id))
-    body_obj = {"pages": [r.encode() for r in rows], "index": index, "warnings": warnings[:1000]}
+    body_obj = dict(table)
+    for k in ("pages", "changed"):
+        if k in body_obj:
+            body_obj[k] = [r.encode() for r in body_obj[k]]
+    body_obj["warnings"] = warnings[:1000]
     body = sealer.seal(compress(dumps(body_obj)), body_aad(repo_id, header.chain, header.id))
     return CATALOG_MAGIC + U32.pack(len(head)) + head + body
 
@@ -236,15 +331,30 @@ def decode_catalog_header(data: bytes, sealer, repo_id: str, chain: str, snap: s
     return header, start + n
 
 
-def decode_catalog_body(data: bytes, sealer, repo_id: str, chain: str, snap: str):
+@dataclass
+class Table:
+    rows: list[PageRow] | None = None         # a full table
+    base: str | None = None                   # or: changes to this (parent) snapshot's table
+    depth: int = 0
+    changed: list[PageRow] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def decode_catalog_body(data: bytes, sealer, repo_id: str, chain: str, snap: str) -> tuple[Table, list]:
     what = f"catalog {chain}/{snap}"
     plain = decompress(sealer.open(data, body_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN)
     obj = loads(plain, what)
     if not isinstance(obj, dict):
         raise CorruptObject(f"{what}: body is not an object")
-    rows = decode_rows(obj.get("pages"), what)
-    index = obj.get("index")
-    if not isinstance(index, dict):
-        raise CorruptObject(f"{what}: content index missing")
     warnings = obj.get("warnings") or []
-    return rows, index, warnings
+    if "pages" in obj:
+        return Table(rows=decode_rows(obj["pages"], what)), warnings
+    base, removed = obj.get("base"), obj.get("removed")
+    if not isinstance(base, str) or not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
+        raise CorruptObject(f"{what}: malformed page table")
+    return Table(base=base, depth=_int(obj.get("depth"), what, 1, 1000),
+                 changed=decode_rows(obj.get("changed"), what), removed=removed), warnings
+
+
+def tree_order(rows) -> list:
+    return sorted(rows, key=lambda r: tuple(r.dir.split("/")) if r.dir else ())

@@ -23,9 +23,12 @@ from . import FORMAT_VERSION
 from .catalog import (
     Header,
     PageRow,
+    apply_delta,
     decode_catalog_body,
     decode_catalog_header,
-    decode_page,
+    decode_index,
+    decode_page_list,
+    tree_order,
     decompress,
     page_aad,
     MAX_PAGE_PLAIN,
@@ -106,7 +109,10 @@ class Repository:
         self.meta: dict | None = None
         self.keys: crypto.Keys | None = None
         self._lock_name: str | None = None
-        self._page_objects: dict[str, bytes] = {}
+        self._page_cache: dict = {}
+        self._tables: dict = {}
+        self._warnings: dict = {}
+        self._depths: dict = {}
 
     # --- creation and opening ------------------------------------------------------------
     @property
@@ -256,18 +262,72 @@ class Repository:
         return out
 
     def catalog_body(self, ref: SnapshotRef):
-        data = self.t.get(f"chains/{ref.chain}/{ref.id}.catalog")
-        _, start = decode_catalog_header(data, self.keys.catalog, self.id, ref.chain, ref.id)
-        return decode_catalog_body(data[start:], self.keys.catalog, self.id, ref.chain, ref.id)
+        """(page rows in tree order, warnings) of a snapshot, its table resolved through its parents."""
+        return self._table(ref.chain, ref.id, 0), self._warnings.get((ref.chain, ref.id), [])
+
+    def table_depth(self, ref: SnapshotRef) -> int:
+        """How many parent tables a snapshot's table builds on (0: a full table)."""
+        self._table(ref.chain, ref.id, 0)
+        return self._depths.get((ref.chain, ref.id), 0)
+
+    def _table(self, chain: str, snap: str, depth: int) -> list[PageRow]:
+        key = (chain, snap)
+        hit = self._tables.get(key)
+        if hit is not None:
+            return hit
+        if depth > 1000 or not SNAP_RE.match(snap):
+            raise CorruptObject(f"catalog {chain}/{snap}: bad page table chain")
+        data = self.t.get(f"chains/{chain}/{snap}.catalog")
+        _, start = decode_catalog_header(data, self.keys.catalog, self.id, chain, snap)
+        table, warnings = decode_catalog_body(data[start:], self.keys.catalog, self.id, chain, snap)
+        self._warnings[key] = warnings
+        self._depths[key] = table.depth
+        if table.rows is not None:
+            rows = tree_order(table.rows)
+        else:
+            try:
+                base = {r.dir: r for r in self._table(chain, table.base, depth + 1)}
+            except NotFound:
+                raise CorruptObject(
+                    f"catalog {chain}/{snap} builds on snapshot {table.base}, whose catalog is missing") from None
+            for d in table.removed:
+                base.pop(d, None)
+            for r in table.changed:
+                base[r.dir] = r
+            rows = tree_order(base.values())
+        self._tables[key] = rows
+        if len(self._tables) > 64:
+            self._tables.pop(next(iter(self._tables)))
+        return rows
+
+    def content_index(self, ref: SnapshotRef) -> dict:
+        if not ref.header.index:
+            return {}
+        data = self.t.get(f"chains/{ref.chain}/{ref.header.index['name']}")
+        return decode_index(data, self.keys.catalog, self.id, ref.chain, ref.id)
 
     def page(self, chain: str, row: PageRow) -> list:
-        name = f"chains/{chain}/{row.owner}.pages"
-        sealed = self.t.get(name, row.offset, row.length)
-        what = f"page of {row.dir or '/'} in {chain}/{row.owner}"
+        """The entries of one directory: its stored base page with the row's delta applied."""
+        base = self.page_at(chain, row.owner, row.offset, row.length, row.dir)
+        return apply_delta(base, row.delta, f"page of {row.dir or '/'} in {chain}")
+
+    def page_at(self, chain: str, owner: str, offset: int, length: int, d: str = "") -> list:
+        key = (chain, owner, offset)
+        hit = self._page_cache.get(key)
+        if hit is not None:
+            return hit
+        what = f"page of {d or '/'} in {chain}/{owner}@{offset}"
+        if not SNAP_RE.match(owner):
+            raise CorruptObject(f"{what}: bad owner name")
+        sealed = self.t.get(f"chains/{chain}/{owner}.pages", offset, length)
         plain = decompress(
-            self.keys.catalog.open(sealed, page_aad(self.id, chain, row.owner, row.offset), what),
+            self.keys.catalog.open(sealed, page_aad(self.id, chain, owner, offset), what),
             what, MAX_PAGE_PLAIN)
-        return decode_page(plain, what)
+        page = decode_page_list(plain, what)
+        self._page_cache[key] = page
+        if len(self._page_cache) > 16:
+            self._page_cache.pop(next(iter(self._page_cache)))
+        return page
 
     def resolve(self, spec: str | None, snaps: list[SnapshotRef] | None = None) -> SnapshotRef:
         snaps = snaps if snaps is not None else self.snapshots()

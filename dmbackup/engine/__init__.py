@@ -203,7 +203,7 @@ def restore(app, target_name: str, snapshot: str | None = None, *, at: str | Non
     with target:
         repo = open_repository(app, target, target_name, require_enrolled=False)
         ref = pick_snapshot(repo, snapshot, at)
-        rows, _, _ = repo.catalog_body(ref)
+        rows, _ = repo.catalog_body(ref)
         app.log.info("restore_start", target=target_name, snapshot=ref.id, selection=prefix or "/", to=dest)
         res = TreeRestorer(repo, ref, dest, prefix=prefix, only_dir_files=inbox_only, app=app).run(rows)
         app.log.info("restore_done", **res.as_dict())

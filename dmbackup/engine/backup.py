@@ -24,9 +24,11 @@ from ..archive.catalog import (
     PageRow,
     compress,
     encode_catalog,
+    encode_index,
     encode_page,
+    make_delta,
+    tree_order,
     page_aad,
-    split_points,
 )
 from ..archive.repository import Repository, SnapshotRef, iso, snap_time, utc_now
 from ..errors import NoSpace, SourceError, WrongRepository, EXIT_OK, EXIT_WARNING
@@ -83,31 +85,23 @@ class ParentView:
         self.repo = repo
         self.parent = parent
         self.chain_snaps = chain_snaps
-        self.rows: dict[str, list[PageRow]] = {}
-        self.row_by_hash: dict[tuple[str, str], PageRow] = {}
+        self.rows: dict[str, PageRow] = {}
         self._index: dict | None = None
-        self._own_index = None
         if parent is not None:
-            rows, index, _ = repo.catalog_body(parent)
-            self._own_index = index
+            rows, _ = repo.catalog_body(parent)
+            self.table_depth = repo.table_depth(parent)
             for r in rows:
-                self.rows.setdefault(r.dir, []).append(r)
-                self.row_by_hash[(r.dir, r.sha256)] = r
+                self.rows[r.dir] = r
 
     def entries(self, rel: str) -> list[Entry]:
-        out = []
-        for row in self.rows.get(rel, ()):
-            out.extend(self.repo.page(self.parent.chain, row))
-        return out
+        row = self.rows.get(rel)
+        return self.repo.page(self.parent.chain, row) if row is not None else []
 
     def lookup(self, digest: str):
         if self._index is None:
             idx: dict = {}
             for s in self.chain_snaps:
-                if s is self.parent:
-                    idx.update(self._own_index or {})
-                else:
-                    idx.update(self.repo.catalog_body(s)[1])
+                idx.update(self.repo.content_index(s))
             self._index = idx
         return self._index.get(digest)
 
@@ -126,13 +120,15 @@ class BackupRun:
         self.warnings: list[str] = []
         self.files = self.dirs = self.bytes = 0
         self.new_index: dict[str, list] = {}
-        self.pending: list[tuple[str, list[Entry], int]] = []
+        self.pending: list[tuple[str, list[Entry], int, bool]] = []
         self.rows: list[PageRow] = []
         self.extra: dict[str, list[Entry]] = {}     # relocated messages waiting for their dir
         self.inode_map: dict[tuple[int, int], tuple[str, list]] = {}
         self.writer = BlockWriter(repo.t, repo.id, chain, snap, repo.keys.data,
                                   min(app.config.volume_size, repo.t.capabilities.max_object_size),
-                                  stop_check=app.check_stop)
+                                  stop_check=app.check_stop,
+                                  # incrementals are small: a stronger level costs little CPU
+                                  level=3 if parent is None else 9)
         self.pages_writer = None
         self.pages_hash = hashlib.sha256()
         self.mailbox = None
@@ -157,13 +153,22 @@ class BackupRun:
             self.writer.drain()
             self._finalize_pages(force=True)
             volumes = self.writer.finish()
-            self.pages_writer.commit()
-            pages_info = {"name": f"{self.snap}.pages", "size": self.pages_writer.size,
-                          "sha256": self.pages_hash.hexdigest()}
+            pages_info = index_info = None
+            if self.pages_writer.size:
+                self.pages_writer.commit()
+                pages_info = {"name": f"{self.snap}.pages", "size": self.pages_writer.size,
+                              "sha256": self.pages_hash.hexdigest()}
+            else:
+                self.pages_writer.abort()
+            if self.new_index:
+                index_blob = encode_index(self.new_index, self.repo.keys.catalog, self.repo.id, self.chain, self.snap)
+                index_info = {"name": f"{self.snap}.index", "size": len(index_blob),
+                              "sha256": hashlib.sha256(index_blob).hexdigest()}
+                self.repo.t.put(f"chains/{self.chain}/{self.snap}.index", index_blob)
             bundle_name = self._config_bundle()
             self.repo.t.sync()
-            self.rows.sort(key=lambda r: tuple(r.dir.split("/")) if r.dir else ())
-            stored = sum(v["size"] for v in volumes) + pages_info["size"]
+            table = self._table()
+            stored = sum(v["size"] for v in volumes) + sum(i["size"] for i in (pages_info, index_info) if i)
             header = Header(
                 id=self.snap, chain=self.chain, seq=self.seq,
                 parent=self.parent.id if self.parent else None,
@@ -171,13 +176,11 @@ class BackupRun:
                 hostname=self.app.config.hostname, files=self.files, dirs=self.dirs, bytes=self.bytes,
                 stored_bytes=stored,
                 root=[stat.S_IMODE(root_st.st_mode), root_st.st_uid, root_st.st_gid, root_st.st_mtime_ns],
-                volumes=volumes, pages=pages_info, config_bundle=bundle_name,
+                volumes=volumes, pages=pages_info, index=index_info, config_bundle=bundle_name,
                 warnings=len(self.warnings), job=self.job_name)
-            body = encode_catalog(header, self.rows, self.new_index, self.warnings,
-                                  self.repo.keys.catalog, self.repo.id)
+            body = encode_catalog(header, table, self.warnings, self.repo.keys.catalog, self.repo.id)
             header.stored_bytes = stored + len(body)
-            body = encode_catalog(header, self.rows, self.new_index, self.warnings,
-                                  self.repo.keys.catalog, self.repo.id)
+            body = encode_catalog(header, table, self.warnings, self.repo.keys.catalog, self.repo.id)
             self.repo.t.put(f"chains/{self.chain}/{self.snap}.catalog", body)
             self.repo.t.sync()
         except BaseException:
@@ -188,6 +191,21 @@ class BackupRun:
         return BackupResult(self.snap, self.chain, header.kind, self.files, self.bytes,
                             header.stored_bytes, header.time, self.target_name, self.warnings,
                             bundle_name)
+
+    TABLE_MAX_DEPTH = 30
+
+    def _table(self) -> dict:
+        """The page table: only the rows that differ from the parent's, unless that is most of them."""
+        rows = tree_order(self.rows)
+        pv = self.parent_view
+        if pv is None or pv.table_depth >= self.TABLE_MAX_DEPTH:
+            return {"pages": rows}
+        current = {r.dir for r in rows}
+        changed = [r for r in rows if (p := pv.rows.get(r.dir)) is None or p.encode() != r.encode()]
+        removed = sorted(d for d in pv.rows if d not in current)
+        if len(changed) + len(removed) > len(rows) // 2 + 8:
+            return {"pages": rows}
+        return {"base": self.parent.id, "depth": pv.table_depth + 1, "changed": changed, "removed": removed}
 
     def _config_bundle(self) -> str | None:
         try:
@@ -258,7 +276,7 @@ class BackupRun:
                     if e.extents and len(e.extents[0]) == 3:
                         max_seq = max(max_seq, max(x[0] for x in e.extents))
         entries.sort(key=lambda e: e.name)
-        self.pending.append((scan.rel, entries, max_seq))
+        self.pending.append((scan.rel, entries, max_seq, bool(scan.maildir_sub)))
         self._finalize_pages()
 
     def _file(self, scan, name, st, prev):
@@ -345,7 +363,7 @@ class BackupRun:
                     self.writer.flush()
                 extents = [self.writer.add(data)] if data else []
                 seq = extents[0][0] if extents else -1
-                self.new_index[digest] = extents
+                self.new_index[digest[:32]] = extents
             size = len(data)
         else:
             # Large file: stream it into blocks; hash as we go.
@@ -366,7 +384,7 @@ class BackupRun:
             if known is not None:      # stored twice in this volume; harmless, keep the old refs
                 extents, seq = known
             else:
-                self.new_index[digest] = extents
+                self.new_index[digest[:32]] = extents
         self.files += 1
         self.bytes += size
         self.app.progress.update(1, size)
@@ -375,11 +393,11 @@ class BackupRun:
         return e, seq
 
     def _known(self, digest: str, size: int):
-        ext = self.new_index.get(digest)
+        ext = self.new_index.get(digest[:32])
         if ext is not None:
             return ext, max((x[0] for x in ext if len(x) == 3), default=-1)
         if self.parent_view is not None and size > 0:
-            ext = self.parent_view.lookup(digest)
+            ext = self.parent_view.lookup(digest[:32])
             if ext is not None:
                 return ext, -1
         return None
@@ -409,17 +427,17 @@ class BackupRun:
     def _finalize_pages(self, force: bool = False) -> None:
         done = self.writer.written_seq
         keep = []
-        for rel, entries, max_seq in self.pending:
+        for rel, entries, max_seq, maildir in self.pending:
             if max_seq > done and not force:
-                keep.append((rel, entries, max_seq))
+                keep.append((rel, entries, max_seq, maildir))
                 continue
             for e in entries:
                 if e.type == "f" and e.extents and any(len(x) == 3 for x in e.extents):
                     resolved = self._resolve(e.extents)
-                    if self.new_index.get(e.hash) is e.extents:
-                        self.new_index[e.hash] = resolved
+                    if self.new_index.get(e.hash[:32]) is e.extents:
+                        self.new_index[e.hash[:32]] = resolved
                     e.extents = resolved
-            self._write_pages(rel, entries)
+            self._write_page(rel, entries, maildir)
         self.pending = keep
         # content index entries for content stored by this run must be resolved too
         if force:
@@ -427,35 +445,27 @@ class BackupRun:
                 if any(len(x) == 3 for x in v):
                     self.new_index[k] = self._resolve(v)
 
-    def _write_pages(self, rel: str, entries: list[Entry]) -> None:
-        cuts = split_points([e.name for e in entries]) if len(entries) > 128 else []
-        start = 0
-        for end in cuts + [len(entries) - 1]:
-            chunk = entries[start:end + 1]
-            start = end + 1
-            plain = encode_page(chunk)
-            digest = hashlib.sha256(plain).hexdigest()
-            reuse = self.parent_view.row_by_hash.get((rel, digest)) if self.parent_view else None
-            if reuse is not None:
-                self.rows.append(PageRow(rel, reuse.owner, reuse.offset, reuse.length, digest, len(chunk)))
-                continue
-            offset = self.pages_writer.size
-            sealed = self.repo.keys.catalog.seal(compress(plain), page_aad(self.repo.id, self.chain, self.snap, offset))
-            self.pages_writer.write(sealed)
-            self.pages_hash.update(sealed)
-            self.rows.append(PageRow(rel, self.snap, offset, len(sealed), digest, len(chunk)))
-        if not entries:
-            plain = encode_page([])
-            digest = hashlib.sha256(plain).hexdigest()
-            offset = self.pages_writer.size
-            sealed = self.repo.keys.catalog.seal(compress(plain), page_aad(self.repo.id, self.chain, self.snap, offset))
-            reuse = self.parent_view.row_by_hash.get((rel, digest)) if self.parent_view else None
-            if reuse is not None:
-                self.rows.append(PageRow(rel, reuse.owner, reuse.offset, reuse.length, digest, 0))
+    def _write_page(self, rel: str, entries: list[Entry], maildir: bool) -> None:
+        """Reuse the parent's row if unchanged; else an inline delta on the parent's stored base
+        page while the accumulated changes stay small; else store a new full page."""
+        plain = encode_page(entries)
+        digest = hashlib.sha256(plain).hexdigest()[:32]
+        prow = self.parent_view.rows.get(rel) if self.parent_view else None
+        if prow is not None and prow.sha256 == digest:
+            self.rows.append(prow)
+            return
+        if prow is not None:
+            base = self.repo.page_at(self.chain, prow.owner, prow.offset, prow.length, rel)
+            delta = make_delta(base, entries, maildir)
+            if delta.size <= max(16, len(entries) // 4):
+                self.rows.append(PageRow(rel, prow.owner, prow.offset, prow.length, digest, len(entries),
+                                         delta if delta.size else None))
                 return
-            self.pages_writer.write(sealed)
-            self.pages_hash.update(sealed)
-            self.rows.append(PageRow(rel, self.snap, offset, len(sealed), digest, 0))
+        offset = self.pages_writer.size
+        sealed = self.repo.keys.catalog.seal(compress(plain), page_aad(self.repo.id, self.chain, self.snap, offset))
+        self.pages_writer.write(sealed)
+        self.pages_hash.update(sealed)
+        self.rows.append(PageRow(rel, self.snap, offset, len(sealed), digest, len(entries)))
 
 
 def _store_size(root: str) -> int:

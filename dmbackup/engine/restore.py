@@ -86,7 +86,7 @@ class TreeRestorer:
             self._apply_dir_meta(tree)
         finally:
             tree.close()
-        self.result.bytes_fetched = self.reader.bytes_fetched
+        self.result.bytes_fetched = self.repo.t.bytes_read
         return self.result
 
     def _selected_row(self, d: str) -> bool:

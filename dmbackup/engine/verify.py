@@ -77,6 +77,8 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
             objs[v["name"]] = v
         if s.header.pages:
             objs[s.header.pages["name"]] = s.header.pages
+        if s.header.index:
+            objs[s.header.index["name"]] = s.header.index
         for name, info in objs.items():
             key = (s.chain, name)
             if app:
@@ -89,7 +91,12 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
                         bad_volumes.add(key)
                         damaged(s.id, f"{s.chain}/{name}: size or checksum differs from the catalog "
                                       f"(expected {info['size']} bytes)")
-                    if name.endswith(".pages"):
+                    if name.endswith(".index"):
+                        try:
+                            repo.content_index(s)
+                        except CorruptObject as exc:
+                            damaged(s.id, f"{s.chain}/{name}: {exc}")
+                    if name.endswith((".pages", ".index")):
                         continue
                     reader = BlockReader(repo.t, repo.id, repo.keys.data)
                     try:
@@ -101,13 +108,13 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
                                 damaged(s.id, f"{s.chain}/{name}: {exc}")
                     except CorruptObject as exc:
                         damaged(s.id, f"{s.chain}/{name}: {exc}")
-                    res.volumes += 0 if name.endswith(".pages") else 1
+                    res.volumes += 1
                 else:
                     size = repo.t.stat(f"chains/{s.chain}/{name}").size
                     if size != info["size"]:
                         bad_volumes.add(key)
                         damaged(s.id, f"{s.chain}/{name}: {size} bytes, the catalog says {info['size']}")
-                    if not name.endswith(".pages"):
+                    if not name.endswith((".pages", ".index")):
                         res.volumes += 1
             except NotFound:
                 bad_volumes.add(key)
@@ -120,7 +127,7 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
         if app:
             app.check_stop()
         try:
-            rows, _, _ = repo.catalog_body(s)
+            rows, _ = repo.catalog_body(s)
         except (CorruptObject, NotFound) as exc:
             damaged(s.id, f"{s.chain}/{s.id}: {exc}")
             continue

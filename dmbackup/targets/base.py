@@ -174,6 +174,7 @@ class PrefixedTarget(Target):
         self.name = inner.name
         self.kind = inner.kind
         self.capabilities = inner.capabilities
+        self.bytes_read = 0          # everything fetched through this view (restore efficiency)
 
     def _n(self, name: str) -> str:
         return f"{self.prefix}/{name}" if name else self.prefix
@@ -197,7 +198,9 @@ class PrefixedTarget(Target):
         self.inner.create_exclusive(self._n(name), data)
 
     def get(self, name, offset=0, length=None):
-        return self.inner.get(self._n(name), offset, length)
+        data = self.inner.get(self._n(name), offset, length)
+        self.bytes_read += len(data)
+        return data
 
     def stat(self, name):
         info = self.inner.stat(self._n(name))

@@ -44,10 +44,10 @@ def forge(world, pages: dict[str, list[list]], snap: str = "20991231T000000Z-inc
     repo.t.put(f"chains/{chain}/{snap}.pages", blob)
     header = parent.header
     header.id, header.parent, header.seq = snap, parent.id, parent.header.seq + 1
-    header.kind, header.volumes = "incremental", []
+    header.kind, header.volumes, header.index = "incremental", [], None
     header.pages = {"name": f"{snap}.pages", "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
     header.time = "2099-12-31T00:00:00Z"
-    repo.t.put(f"chains/{chain}/{snap}.catalog", encode_catalog(header, rows, {}, [], repo.keys.catalog, repo.id))
+    repo.t.put(f"chains/{chain}/{snap}.catalog", encode_catalog(header, {"pages": rows}, [], repo.keys.catalog, repo.id))
     return snap
 
 
@@ -55,7 +55,7 @@ def some_file_entry(world) -> list:
     """A real file entry (raw form) from the newest snapshot, to borrow valid extents."""
     repo = open_repo(world)
     ref = repo.snapshots()[-1]
-    rows, _, _ = repo.catalog_body(ref)
+    rows, _ = repo.catalog_body(ref)
     for row in rows:
         for e in repo.page(ref.chain, row):
             if e.type == "f" and e.size > 0:

@@ -1,0 +1,198 @@
+"""Incremental chains: every snapshot restores its own moment; incrementals store little;
+restoring one mailbox reads little; prune keeps what it must."""
+
+import json
+import os
+import shutil
+
+import pytest
+import zstandard
+
+from tests.engine import mailsim
+from tests.world import diff_trees, tree
+
+
+@pytest.fixture
+def sim_world(ready):
+    shutil.rmtree(ready.store)
+    os.makedirs(ready.store)
+    sim = mailsim.build(ready.store)
+    return ready, sim
+
+
+def snaps(w):
+    return [r for r in json.loads(w.ok("snapshots", "--json").out) if r["kind"] != "config"]
+
+
+def test_every_snapshot_restores_exactly_its_moment(sim_world):
+    w, sim = sim_world
+    moments = []
+    for d in range(5):
+        if d:
+            mailsim.day(sim)
+        moments.append(tree(w.store))
+        w.ok("backup", "--target", "local")
+    rows = snaps(w)
+    assert [r["kind"] for r in rows] == ["full"] + ["incremental"] * 4
+    for i, (r, want) in enumerate(zip(rows, moments)):
+        by_id = os.path.join(w.tmp, f"by-id-{i}")
+        w.ok("restore", r["id"], "--to", by_id)
+        assert diff_trees(want, tree(by_id)) == [], r["id"]
+        by_time = os.path.join(w.tmp, f"by-time-{i}")
+        w.ok("restore", "--at", r["time"], "--to", by_time)
+        assert diff_trees(want, tree(by_time)) == [], r["time"]
+    # one file per base name: no message appears twice under two names
+    for i in range(5):
+        bases = {}
+        for dp, _, fns in os.walk(os.path.join(w.tmp, f"by-id-{i}")):
+            if os.path.basename(dp) in ("cur", "new"):
+                for n in fns:
+                    key = (os.path.dirname(dp), n.split(":")[0])
+                    assert key not in bases, key
+                    bases[key] = n
+    w.ok("verify", "--read-data")
+
+
+def test_flag_renames_and_moves_store_under_one_percent(ready):
+    """A day of renames on a store of 1,440 messages (a snapshot's fixed cost is ~1.5 KB)."""
+    w = ready
+    shutil.rmtree(w.store)
+    os.makedirs(w.store)
+    sim = mailsim.build(w.store, per_folder=120)
+    w.ok("backup", "--target", "local")
+    renamed = mailsim.flag_renames(sim, 0.05) + mailsim.moves(sim, 0.005)
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    assert r["kind"] == "incremental"
+    ratio = r["stored_bytes"] / renamed
+    print(f"renamed/moved {renamed} bytes; incremental stored {r['stored_bytes']} bytes ({ratio:.2%})")
+    assert ratio < 0.01
+
+
+def test_new_mail_stored_within_ten_percent_of_its_compressed_size(sim_world):
+    w, sim = sim_world
+    w.ok("backup", "--target", "local")
+    new = mailsim.new_mail(sim, 0.05)
+    compressed = len(zstandard.ZstdCompressor(level=3).compress(b"".join(new)))
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    ratio = r["stored_bytes"] / compressed
+    print(f"{len(new)} new messages, {compressed} bytes compressed together; stored {r['stored_bytes']} ({ratio:.3f}x)")
+    assert ratio < 1.10
+
+
+def _mailbox_stored_bytes(w, user_rel: str) -> int:
+    """Distinct sealed block bytes that the mailbox's files use in the newest snapshot."""
+    from tests.engine.forge import open_repo
+    repo = open_repo(w)
+    ref = repo.snapshots()[-1]
+    rows, _ = repo.catalog_body(ref)
+    blocks = {}
+    for row in rows:
+        if row.dir == user_rel or row.dir.startswith(user_rel + "/"):
+            for e in repo.page(ref.chain, row):
+                for vol, voff, vlen, _, _ in (e.extents or []) if e.type == "f" else []:
+                    blocks[(vol, voff)] = vlen
+    return sum(blocks.values())
+
+
+def test_one_mailbox_restore_reads_less_than_twice_its_stored_size(sim_world):
+    w, sim = sim_world
+    w.ok("backup", "--target", "local")
+    for _ in range(6):
+        mailsim.day(sim)
+        w.ok("backup", "--target", "local")
+    assert [r["kind"] for r in snaps(w)] == ["full"] + ["incremental"] * 6
+    user = sim.users[1]
+    local, dom = user.split("@")
+    stored = _mailbox_stored_bytes(w, f"{dom}/{local}")
+    out = os.path.join(w.tmp, "one")
+    res = json.loads(w.ok("restore", "--mailbox", user, "--to", out, "--json").out)
+    print(f"mailbox stored {stored} bytes; restore fetched {res['bytes_fetched']} bytes "
+          f"({res['bytes_fetched'] / stored:.2f}x)")
+    assert res["bytes_fetched"] < 2 * stored
+    want = {k: v for k, v in tree(w.store).items() if k.startswith(f"{dom}/{local}".encode())}
+    got = {k: v for k, v in tree(out).items() if k.startswith(f"{dom}/{local}".encode())}
+    assert diff_trees(want, got) == []
+    assert sorted(os.listdir(out)) == [dom]
+
+
+def test_folder_restore_by_imap_name(sim_world):
+    w, sim = sim_world
+    w.ok("backup", "--target", "local")
+    user = sim.users[0]
+    local, dom = user.split("@")
+    out = os.path.join(w.tmp, "folder")
+    w.ok("restore", "--mailbox", user, "--folder", "Posta inviàta", "--to", out)
+    folder = os.path.join(out, dom, local, "Maildir", ".Posta invi&AOA-ta")
+    src = os.path.join(w.store, dom, local, "Maildir", ".Posta invi&AOA-ta")
+    assert diff_trees(tree(src), tree(folder)) == []
+    assert sorted(os.listdir(os.path.join(out, dom, local, "Maildir"))) == [".Posta invi&AOA-ta"]
+    out2 = os.path.join(w.tmp, "archivio")
+    w.ok("restore", "--mailbox", user, "--folder", "Archivio/2024", "--to", out2)
+    assert os.path.isdir(os.path.join(out2, dom, local, "Maildir", ".Archivio.2024", "cur"))
+    out3 = os.path.join(w.tmp, "inbox")
+    w.ok("restore", "--mailbox", user, "--folder", "INBOX", "--to", out3)
+    md = os.path.join(out3, dom, local, "Maildir")
+    assert set(os.listdir(md)) >= {"cur", "new", "tmp"} and not [n for n in os.listdir(md) if n.startswith(".")]
+    r = w.run("restore", "--mailbox", "nobody@nowhere.it", "--to", os.path.join(w.tmp, "x"))
+    assert r.code == 2 and "not in snapshot" in r.err
+
+
+def test_full_every_starts_new_chains_and_prune_keeps_newest(sim_world):
+    w, sim = sim_world
+    with open(w.config, "a") as f:
+        f.write('[jobs.nightly]\nwhat = "mail"\ntarget = "local"\nfull_every = 1\nkeep_chains = 2\nprune_after = false\n')
+    for _ in range(6):
+        mailsim.day(sim)
+        w.ok("backup", "nightly")
+    rows = snaps(w)
+    assert [r["kind"] for r in rows] == ["full", "incremental"] * 3
+    chains = sorted({r["chain"] for r in rows})
+    assert len(chains) == 3
+    before = sorted(os.listdir(os.path.join(w.repo_root, "chains")))
+    dry = json.loads(w.ok("prune", "--dry-run", "--json").out)
+    assert dry["deleted"] == [chains[0]] and dry["dry_run"]
+    assert sorted(os.listdir(os.path.join(w.repo_root, "chains"))) == before
+    res = json.loads(w.ok("prune", "--json").out)
+    assert res["deleted"] == [chains[0]]
+    assert {r["chain"] for r in snaps(w)} == set(chains[1:])
+    w.ok("verify", "--read-data")
+    # never the chain of the newest snapshot, even with keep 1
+    res = json.loads(w.ok("prune", "--keep-chains", "1", "--json").out)
+    assert res["kept"] == [chains[2]]
+
+
+def test_prune_killed_at_every_point_keeps_every_kept_snapshot(sim_world, monkeypatch):
+    w, sim = sim_world
+    for i in range(4):
+        mailsim.day(sim)
+        w.ok("backup", "--target", "local", *(["--full"] if i % 2 == 0 else []))
+    chains = sorted({r["chain"] for r in snaps(w)})
+    kept = [r for r in snaps(w) if r["chain"] == chains[-1]]
+    n_objects = len(os.listdir(os.path.join(w.repo_root, "chains", chains[0])))
+    from dmbackup.targets.dir import DirTarget
+    real_delete = DirTarget.delete
+
+    class Killed(BaseException):
+        pass
+
+    for k in range(n_objects + 1):
+        calls = {"n": 0}
+
+        def dying_delete(self, name, k=k, calls=calls):
+            if "/chains/" in name:
+                if calls["n"] == k:
+                    raise Killed()
+                calls["n"] += 1
+            return real_delete(self, name)
+
+        monkeypatch.setattr(DirTarget, "delete", dying_delete)
+        try:
+            w.run("prune", "--keep-chains", "1")
+        except Killed:
+            pass
+        monkeypatch.setattr(DirTarget, "delete", real_delete)
+        lock = os.path.join(w.repo_root, "locks", "lock")
+        if os.path.exists(lock):
+            os.unlink(lock)       # a killed process's lock; here the same PID lives on
+        assert [r for r in snaps(w) if r["chain"] == chains[-1]] == kept
+        w.ok("verify", "--read-data")
