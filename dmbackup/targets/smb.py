@@ -394,7 +394,7 @@ class SmbTarget(Target):
                 encrypt=kw["encrypt"], connection_timeout=self.timeout, connection_cache=self._cache)
             st = smbclient.stat(self._share_unc, **kw)
         except Exception as exc:
-            err = self._map(exc, "the share")
+            err = self._map(exc, "connecting")
             if isinstance(err, NotFound):
                 err = self._share_missing()
             raise err from exc
@@ -405,7 +405,7 @@ class SmbTarget(Target):
                 smbclient.makedirs(self._root, exist_ok=True, **kw)
                 st = smbclient.stat(self._root, **kw)
             except Exception as exc:
-                raise self._map(exc, f"directory {self.path}") from exc
+                raise self._map(exc, f"creating {self.path}") from exc
             if not stat_mod.S_ISDIR(st.st_mode):
                 raise TargetUnavailable(f"{self.describe()}: {self.path} exists on the share but is not a directory")
 
@@ -446,6 +446,11 @@ class SmbTarget(Target):
             f"{self.describe()}: share {self.share!r} does not exist on server {self.server}: "
             "check the share name (it is case-insensitive, without slashes)")
 
+    def _silent(self, what: str) -> TransientTargetError:
+        return TransientTargetError(
+            f"{self.describe()}: no answer from the server within {self.timeout}s ({what}): "
+            "it may be hung or overloaded")
+
     def _map(self, exc: BaseException, what: str) -> Exception:
         """Translate an smbprotocol/socket exception into the dmbackup error tree."""
         from smbprotocol import exceptions as smbexc
@@ -479,7 +484,7 @@ class SmbTarget(Target):
                 "read and write access to the share")
         if status in _TRANSIENT_STATUSES:
             self._drop_connections()
-            return TransientTargetError(f"{self.describe()}: the server dropped the session during {what}")
+            return TransientTargetError(f"{self.describe()}: the server dropped the session ({what})")
 
         if isinstance(exc, smbexc.SMBOSError):
             if exc.errno == errno.ENOENT:
@@ -491,18 +496,16 @@ class SmbTarget(Target):
         if isinstance(exc, smbexc.SMBConnectionClosed):
             self._drop_connections()
             if "timed out" in str(exc).lower():
-                return TransientTargetError(
-                    f"{self.describe()}: no answer from the server within {self.timeout}s during {what}")
-            return TransientTargetError(f"{self.describe()}: connection lost during {what}")
+                return self._silent(what)
+            return TransientTargetError(f"{self.describe()}: connection lost ({what})")
         if isinstance(exc, (TimeoutError, socket.timeout, BlockingIOError)):
             self._drop_connections()
-            return TransientTargetError(
-                f"{self.describe()}: no answer from the server within {self.timeout}s during {what}")
+            return self._silent(what)
         if isinstance(exc, OSError):
             # BrokenPipeError, ConnectionResetError, ConnectionAbortedError, EPIPE, ...
             self._drop_connections()
             return TransientTargetError(
-                f"{self.describe()}: connection lost during {what}: {exc.strerror or type(exc).__name__}")
+                f"{self.describe()}: connection lost ({what}): {exc.strerror or type(exc).__name__}")
         if isinstance(exc, smbexc.SMBException):
             text = str(exc)
             if "encryption is required" in text.lower():
@@ -512,8 +515,7 @@ class SmbTarget(Target):
                     f"requires: enable it on the server, or set encrypt = false in [targets.{self.name}]")
             if "timeout" in text.lower():
                 self._drop_connections()
-                return TransientTargetError(
-                    f"{self.describe()}: no answer from the server within {self.timeout}s during {what}")
+                return self._silent(what)
             self._drop_connections()
             return TargetUnavailable(f"{self.describe()}: SMB error on {what}: {text}")
         # spnego and other unexpected failures: never retried, never with arguments shown

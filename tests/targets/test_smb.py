@@ -183,6 +183,13 @@ def test_wrong_password_is_not_retried(smbd, tmp_path):
     assert sleeps == []
 
 
+def test_domain_qualified_user_name(smbd):
+    # what an Active Directory share needs; a standalone Samba accepts its own workgroup
+    with smb_target(smbd, username="WORKGROUP\\" + smbd.username) as t:
+        t.put("x", b"1")
+        assert t.get("x") == b"1"
+
+
 def test_password_is_read_at_open(smbd, tmp_path):
     pw = tmp_path / "later.pw"
     pw.write_text("wrong at build time\n")
