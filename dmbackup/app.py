@@ -36,6 +36,13 @@ class App:
             raise Interrupted("interrupted: the run was stopped; nothing of it was committed")
 
     def target(self, name: str):
+        """The target, opened by the caller; network targets retry transient errors."""
         from .targets import registry
 
-        return registry.build(self.config.target(name), self)
+        cfg = self.config.target(name)
+        t = registry.build(cfg, self)
+        if cfg.type in ("smb", "nfs"):
+            from .targets.retry import RetryingTarget
+
+            t = RetryingTarget(t)
+        return t

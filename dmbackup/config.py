@@ -297,6 +297,14 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
     for name, tdata in top.table("targets", {}).items():
         targets[name] = registry.parse_target(name, tdata, file)
 
+    if not encryption.enabled:
+        for name, t in targets.items():
+            if not getattr(t, "repository", True):
+                raise ConfigError(
+                    f"target {name!r} sends config bundles off the machine, which must be encrypted, "
+                    "but encryption.mode = \"none\": set a passphrase or remove the target",
+                    file=file, field=f"targets.{name}")
+
     jobs = {}
     for name, jdata in top.table("jobs", {}).items():
         s = Section(jdata, file, f"jobs.{name}")

@@ -52,7 +52,8 @@ class ConfigBundle:
 
 
 def make_config_bundle(config, *, passphrase=None, key=None, context: bytes = b"",
-                       time: _dt.datetime | None = None, aad: bytes | None = None) -> ConfigBundle:
+                       time: _dt.datetime | None = None, aad: bytes | None = None,
+                       domains: list[dict] | None = None) -> ConfigBundle:
     """Collect ``config.source.config_paths`` and seal them with a manifest of the appliance.
 
     ``passphrase`` seals for use outside a repository (the mailbox target); ``key`` is a
@@ -70,7 +71,7 @@ def make_config_bundle(config, *, passphrase=None, key=None, context: bytes = b"
     manifest = configset.build_manifest(
         hostname=config.hostname, mail_store=src.mail_store, config_paths=src.config_paths,
         collection=coll, vmail_uid=src.vmail_uid, vmail_gid=src.vmail_gid,
-        dovecot_config=src.dovecot_config, time=time)
+        dovecot_config=src.dovecot_config, time=time, domains=domains)
     data, info = bundle.bundle_bytes(coll, manifest, passphrase=passphrase, key=key, context=context)
     files, nbytes = info.pop("files_count"), info.pop("bytes")
     info.pop("stored_bytes")

@@ -272,12 +272,17 @@ def vmail_owner(mail_store: str, uid: int | None = None, gid: int | None = None)
 
 def build_manifest(*, hostname: str, mail_store: str, config_paths, collection: Collection,
                    vmail_uid: int | None = None, vmail_gid: int | None = None,
-                   dovecot_config: str | None = None, time: _dt.datetime | None = None) -> dict:
-    """The manifest dict (JSON-ready). ``bundle.write_bundle`` adds ``id`` and ``files``."""
+                   dovecot_config: str | None = None, time: _dt.datetime | None = None,
+                   domains: list[dict] | None = None) -> dict:
+    """The manifest dict (JSON-ready). ``bundle.write_bundle`` adds ``id`` and ``files``.
+
+    ``domains`` (the shape ``mailboxes`` returns) lets a mail backup pass the counts its own
+    walk of the store produced, instead of walking the store a second time.
+    """
     when = time or utc_now()
     location, location_source = mail_location(mail_store, dovecot_config)
     uid, gid = vmail_owner(mail_store, vmail_uid, vmail_gid)
-    doms = mailboxes(mail_store)
+    doms = domains if domains is not None else mailboxes(mail_store)
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,

@@ -24,6 +24,7 @@ DEBS=(
   e2fsprogs dosfstools exfatprogs exfat-fuse fusefat mtools fuse3   # loop-device file systems
   nfs-ganesha nfs-ganesha-vfs libnfs13 libnfs-utils rpcbind        # NFS server + userspace client
   iproute2 util-linux openssl systemd zstd tar procps              # tools used by tests
+  shellcheck curl tzdata                                           # hook script checks, DST tests
 )
 need=()
 for p in "${DEBS[@]}"; do

@@ -456,9 +456,9 @@ def test_wrong_passphrase_is_exit_6(tmp_path, smtp, tls_dovecot):
 
 
 def test_unencrypted_mode_is_refused_for_a_mailbox_target(tmp_path, smtp, tls_dovecot):
-    cfg = write_config(tmp_path, smtp, tls_dovecot, mode="none")
+    # refused when the config is read (so `check-config` catches it), before any operation
     with pytest.raises(ConfigError, match="target 'offbox'") as ei:
-        configbackup.backup_config_to_mailbox(cfg, "offbox")
+        write_config(tmp_path, smtp, tls_dovecot, mode="none")
     assert ei.value.exit_code == EXIT_USAGE and "encryption.mode" in str(ei.value)
     assert smtp.messages == []
 

@@ -39,6 +39,9 @@ class World:
         self.config = os.path.join(self.tmp, "dmbackup.toml")
         self.passfile = os.path.join(self.tmp, "passphrase")
         os.makedirs(self.repo_dir, exist_ok=True)
+        os.makedirs(os.path.join(self.tmp, "etc", "postfix"), exist_ok=True)
+        with open(os.path.join(self.tmp, "etc", "postfix", "main.cf"), "w") as f:
+            f.write("myhostname = mx.test\nmydestination = example.it\n")
         with open(self.passfile, "w") as f:
             f.write(PASSPHRASE + "\n")
         os.chmod(self.passfile, 0o600)

@@ -29,7 +29,18 @@ def register(app: typer.Typer) -> None:
                     raise UsageError("give either a JOB or --target, not both")
                 res = _run_job(a, job, full)
             else:
-                res = engine.backup(a, pick_target(a, target), what=what, full=full)
+                from .. import hooks
+
+                tname = pick_target(a, target)
+                ctx = hooks.HookContext(action="backup", target=tname, what=what)
+                res = None
+                with hooks.around(a, ctx):
+                    res = engine.backup(a, tname, what=what, full=full)
+                    ctx.snapshot = getattr(res, "snapshot_id", None) or (res.get("id") if isinstance(res, dict) else None)
+                    ctx.warnings.extend(getattr(res, "warnings", None) or [])
+                if res is None:       # a pre hook said 75: skip this run
+                    typer.echo(f"backup of {tname} skipped by a pre-backup hook")
+                    return
             d = res.as_dict() if hasattr(res, "as_dict") else res
             code = d.get("exit_code", 0)
             if "job" in d:        # a job run: its backup summary is nested

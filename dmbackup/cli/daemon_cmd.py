@@ -10,7 +10,7 @@ def register(app: typer.Typer) -> None:
     def daemon():
         """Run jobs on their schedules (and on USB plug-in) until SIGTERM."""
         with handled():
-            load_app()     # validate the config before starting
+            a = load_app()
             from .. import scheduler
 
-            scheduler.main()
+            raise typer.Exit(scheduler.run_daemon(a))

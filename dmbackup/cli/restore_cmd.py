@@ -30,12 +30,40 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("give either SNAPSHOT or --at, not both")
             if what not in ("mail", "config"):
                 raise UsageError(f"--what must be mail or config, not {what!r}")
-            res = engine.restore(a, pick_target(a, target), snapshot, at=at, what=what, mailbox=mailbox,
-                                 folder=folder, to=to, overwrite=overwrite)
+            from .. import hooks
+
+            tname = pick_target(a, target)
+            ctx = hooks.HookContext(action="restore", target=tname, what=what)
+            res = None
+            with hooks.around(a, ctx):
+                res = engine.restore(a, tname, snapshot, at=at, what=what, mailbox=mailbox,
+                                     folder=folder, to=to, overwrite=overwrite)
+                ctx.snapshot = getattr(res, "snapshot_id", None) or (res.get("snapshot") if isinstance(res, dict) else None)
+            if res is None:
+                typer.echo(f"restore from {tname} skipped by a pre-restore hook")
+                return
             d = res.as_dict() if hasattr(res, "as_dict") else res
             for w in d.get("warnings", [])[:20]:
                 typer.echo(f"warning: {w}", err=True)
-            emit(d, json_out, f"restored {d.get('files')} files ({human_bytes(d.get('bytes'))}) from "
-                              f"{d.get('snapshot')} into {d.get('destination')}")
+            if what == "config" and not to:
+                text = _preflight_text(d)
+            else:
+                text = (f"restored {d.get('files')} files ({human_bytes(d.get('bytes'))}) from "
+                        f"{d.get('snapshot')} into {d.get('destination')}")
+            emit(d, json_out, text)
             if d.get("exit_code", 0):
                 raise typer.Exit(d["exit_code"])
+
+
+def _preflight_text(d: dict) -> str:
+    """A config restore into the live system: what would change, and whether it was applied."""
+    lines = []
+    for c in (d.get("changes") or [])[:200]:
+        if isinstance(c, dict) and c.get("action") != "unchanged":
+            lines.append(f"  {c.get('action', '?'):<9} {c.get('path', '?')}")
+    counts = d.get("counts") or {}
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    head = (f"applied config bundle {d.get('snapshot')}: {summary or 'nothing to change'}" if d.get("applied")
+            else f"preflight of config bundle {d.get('snapshot')}: {summary or 'nothing to change'}; "
+                 "nothing written (add --overwrite to apply; replaced files are kept as <file>.dmbackup-<time>)")
+    return "\n".join([head] + lines)

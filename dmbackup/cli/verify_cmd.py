@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         with handled(a):
             res = engine.verify(a, pick_target(a, target), snapshot=snapshot, read_data=read_data)
             d = res.as_dict() if hasattr(res, "as_dict") else res
-            text = res.summary() if hasattr(res, "summary") else str(d)
+            text = res.summary() if hasattr(res, "summary") else _mailbox_summary(d)
             if json_out:
                 emit(d, True)
             elif d.get("exit_code", 0):
@@ -34,3 +34,10 @@ def register(app: typer.Typer) -> None:
                 typer.echo(text)
             if d.get("exit_code", 0):
                 raise typer.Exit(d["exit_code"])
+
+
+def _mailbox_summary(d: dict) -> str:
+    if d.get("exit_code", 0):
+        return f"verify found damage: {'; '.join(map(str, d.get('problems') or [d.get('error', 'see --json')]))}"
+    return (f"verify ok: config bundle {d.get('id') or d.get('snapshot') or ''} fetched, decrypted and "
+            f"matches its manifest ({d.get('files', '?')} files)")

@@ -217,6 +217,7 @@ class PruneResult:
     keep_chains: int
     kept: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    deleted_bundles: list[str] = field(default_factory=list)
     exit_code: int = EXIT_OK
 
     def as_dict(self) -> dict:
@@ -256,12 +257,28 @@ def prune(app, target_name: str, keep_chains: int | None = None, dry_run: bool =
                 cats = sorted((o for o in objs if o.endswith(".catalog")), reverse=True)
                 for o in cats + [o for o in objs if not o.endswith(".catalog")]:
                     repo.t.delete(f"chains/{chain}/{o}")
+                    if o.endswith(".catalog"):
+                        repo.t.delete(f"config/{o[:-len('.catalog')]}.bundle")
                 app.log.info("chain_deleted", target=target_name, chain=chain)
+            res.deleted_bundles = _prune_config_bundles(repo, snaps, keep, dry_run)
             if not dry_run and res.deleted:
                 _remove_empty_dirs(repo, res.deleted)
             return res
         finally:
             repo.unlock_repo()
+
+
+def _prune_config_bundles(repo, snaps, keep: set, dry_run: bool) -> list[str]:
+    """Config-only bundles live as long as the oldest kept chain; the newest one always stays."""
+    kept_times = [s.id[:16] for s in snaps if s.chain in keep]
+    oldest = min(kept_times) if kept_times else None
+    config_only = sorted(n.rsplit("/", 1)[-1][: -len(".bundle")] for n in repo.t.list("config")
+                         if n.endswith("-config.bundle"))
+    doomed = [c for c in config_only[:-1] if oldest is not None and c[:16] < oldest]
+    if not dry_run:
+        for c in doomed:
+            repo.t.delete(f"config/{c}.bundle")
+    return doomed
 
 
 def _remove_empty_dirs(repo, chains) -> None:

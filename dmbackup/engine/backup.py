@@ -31,7 +31,7 @@ from ..archive.catalog import (
     page_aad,
 )
 from ..archive.repository import Repository, SnapshotRef, iso, snap_time, utc_now
-from ..errors import NoSpace, SourceError, WrongRepository, EXIT_OK, EXIT_WARNING
+from ..errors import DmError, NoSpace, SourceError, WrongRepository, EXIT_OK, EXIT_WARNING
 
 MiB = 1 << 20
 
@@ -132,6 +132,8 @@ class BackupRun:
         self.pages_writer = None
         self.pages_hash = hashlib.sha256()
         self.mailbox = None
+        self.mailboxes: dict[str, list[int]] = {}   # domain/user -> [messages, bytes, folders]
+        self.bundle_bytes = 0
 
     def warn(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -168,7 +170,8 @@ class BackupRun:
             bundle_name = self._config_bundle()
             self.repo.t.sync()
             table = self._table()
-            stored = sum(v["size"] for v in volumes) + sum(i["size"] for i in (pages_info, index_info) if i)
+            stored = (sum(v["size"] for v in volumes) + sum(i["size"] for i in (pages_info, index_info) if i)
+                      + self.bundle_bytes)
             header = Header(
                 id=self.snap, chain=self.chain, seq=self.seq,
                 parent=self.parent.id if self.parent else None,
@@ -208,21 +211,34 @@ class BackupRun:
         return {"base": self.parent.id, "depth": pv.table_depth + 1, "changed": changed, "removed": removed}
 
     def _config_bundle(self) -> str | None:
-        try:
-            from ..configbackup import build_config_bundle
-        except ImportError:
-            return None
+        """Every mail snapshot carries the config bundle: one disk restores the whole appliance."""
+        from ..configbackup import make_config_bundle
+
         name = f"config/{self.snap}.bundle"
         try:
-            data = build_config_bundle(self.app.config, key=self.repo.keys.bundle,
-                                       aad=f"{self.repo.id}|bundle|{self.snap}".encode())
-        except TypeError:
-            return None
-        except Exception as exc:  # the mail snapshot stays useful without it
+            b = make_config_bundle(self.app.config, key=self.repo.keys.bundle,
+                                   context=f"{self.repo.id}|bundle|{self.snap}".encode(),
+                                   time=self.now, domains=self.mailbox_stats())
+        except DmError as exc:     # the mail snapshot stays useful without it
             self.warn(f"config bundle not included: {exc}")
             return None
-        self.repo.t.put(name, data)
+        for w in b.manifest.get("warnings", []):
+            self.warn(f"config bundle: {w}")
+        self.repo.t.put(name, b.data)
+        self.bundle_bytes = len(b.data)
         return name
+
+    def mailbox_stats(self) -> list[dict]:
+        """Per-domain mailboxes with message counts and bytes, from this run's own walk."""
+        doms: dict[str, list] = {}
+        for key, (n, size, folders) in sorted(self.mailboxes.items()):
+            if key.count("/") != 1:
+                continue
+            dom, user = key.split("/")
+            doms.setdefault(dom, []).append({"user": user, "address": f"{user}@{dom}", "messages": n,
+                                             "bytes": size, "folders": folders})
+        return [{"domain": d, "mailboxes": boxes, "messages": sum(b["messages"] for b in boxes),
+                 "bytes": sum(b["bytes"] for b in boxes)} for d, boxes in doms.items()]
 
     def _directory(self, scan: mailstore.DirScan) -> None:
         mbox = mailstore.mailbox_key(scan.rel)
@@ -244,6 +260,9 @@ class BackupRun:
         entries: list[Entry] = []
         max_seq = -1
         self.dirs += 1
+        stats = self.mailboxes.setdefault(mbox, [0, 0, 0])
+        if scan.maildir_sub == "cur":
+            stats[2] += 1
         for name, st in scan.dirs:
             entries.append(Entry(name, "d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, 0))
         for name, st in scan.links:
@@ -263,6 +282,9 @@ class BackupRun:
                 entry, seq, where = self._file(scan, name, st, prev)
                 if entry is None:
                     continue
+                if scan.maildir_sub:
+                    stats[0] += 1
+                    stats[1] += entry.size
                 max_seq = max(max_seq, seq)
                 if where == scan.rel:
                     entries.append(entry)

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from ..archive.blocks import BlockReader, walk_volume
-from ..errors import CorruptObject, NotFound, EXIT_DAMAGE, EXIT_OK
+from ..errors import CorruptObject, DmError, NotFound, EXIT_DAMAGE, EXIT_OK
 
 
 @dataclass
@@ -119,6 +119,23 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
             except NotFound:
                 bad_volumes.add(key)
                 damaged(s.id, f"{s.chain}/{name} is missing")
+
+    # the config bundle each snapshot carries
+    for s in snaps:
+        if s.id not in check or not s.header.config_bundle:
+            continue
+        name = s.header.config_bundle
+        try:
+            if read_data:
+                from ..configbackup import _open_repo_bundle
+
+                _open_repo_bundle(repo, s.id)
+            else:
+                repo.t.stat(name)
+        except NotFound:
+            damaged(s.id, f"{name} (the config bundle of {s.id}) is missing")
+        except (CorruptObject, DmError) as exc:
+            damaged(s.id, f"{name} (the config bundle of {s.id}): {exc}")
 
     # walk every checked snapshot's tree
     for s in snaps:

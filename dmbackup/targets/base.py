@@ -177,7 +177,12 @@ class PrefixedTarget(Target):
         self.bytes_read = 0          # everything fetched through this view (restore efficiency)
 
     def _n(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if name else self.prefix
+        """An object name under the prefix (validated: never the prefix itself)."""
+        return f"{self.prefix}/{validate_name(name)}"
+
+    def _d(self, directory: str) -> str:
+        """A directory under the prefix; "" is the prefix itself."""
+        return f"{self.prefix}/{validate_name(directory)}" if directory else self.prefix
 
     def describe(self) -> str:
         return self.inner.describe()
@@ -208,12 +213,12 @@ class PrefixedTarget(Target):
 
     def list(self, directory=""):
         cut = len(self.prefix) + 1
-        for n in self.inner.list(self._n(directory)):
+        for n in self.inner.list(self._d(directory)):
             yield n[cut:]
 
     def list_dirs(self, directory=""):
         cut = len(self.prefix) + 1
-        for n in self.inner.list_dirs(self._n(directory)):
+        for n in self.inner.list_dirs(self._d(directory)):
             yield n[cut:]
 
     def delete(self, name):

@@ -30,7 +30,7 @@ from .mounts import is_mount_point
 def _map_oserror(target: "DirTarget", exc: OSError, what: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return NoSpace(f"{target.describe()} is full while writing {what}: free space on {target.root} and run again")
-    if exc.errno == errno.ENOENT:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return NotFound(f"{what} not found on {target.describe()}")
     if exc.errno in (errno.EROFS,):
         return TargetUnavailable(f"{target.describe()} is read-only ({target.root}): remount it read-write")

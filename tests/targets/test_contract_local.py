@@ -14,10 +14,6 @@ from tests.targets.contract import TargetContract
 
 
 class TestDirContract(TargetContract):
-    known_failures = {
-        "test_name_below_an_object_is_not_found":
-            "DirTarget maps ENOTDIR (a path through a file) to TargetUnavailable, not NotFound",
-    }
 
     @pytest.fixture
     def target(self, tmp_path):
@@ -37,12 +33,6 @@ class TestMemoryContract(TargetContract):
 
 
 class TestPrefixedMemoryContract(TargetContract):
-    known_failures = {
-        f"test_invalid_names_rejected_before_io[{bad!r}]":
-            "PrefixedTarget._n() does not validate: '' and None address the prefix itself, "
-            "7 becomes the name 'prefix/7'"
-        for bad in ("", None, 7)
-    }
 
     @pytest.fixture
     def target(self):

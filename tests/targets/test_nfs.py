@@ -438,11 +438,6 @@ class TestNfsUserspaceContract(TargetContract):
 class TestNfsMountContract(TargetContract):
     """The mount transport, with the overlay stand-in for the export."""
 
-    known_failures = {
-        "test_name_below_an_object_is_not_found":
-            "inherited from DirTarget: ENOTDIR (a path through a file) maps to TargetUnavailable",
-    }
-
     @pytest.fixture
     def target(self, mount_env):
         mp = str(mount_env / "mnt")
