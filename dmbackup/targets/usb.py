@@ -32,15 +32,23 @@ Config keys (``[targets.NAME]`` with ``type = "usb"``):
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..errors import NotFound, TargetUnavailable
+from ..errors import NoSpace, TargetUnavailable
 from ..usb.detect import BUSES, DiskNotPresent, UsbDisk, find_disk, matches, probe_node, wanted
-from ..usb.mount import DEFAULT_MOUNT_ROOT, DiskMount, oserror_means_gone
-from .base import Capabilities, ObjectInfo, ObjectWriter, Target
+from ..usb.mount import (
+    DEFAULT_MOUNT_ROOT,
+    DiskMount,
+    device_present,
+    fat_cluster_bytes,
+    fusefat_free_bytes,
+    oserror_means_gone,
+)
+from .base import Capabilities, ObjectInfo, ObjectWriter, Target, validate_name
 from .dir import DirTarget
 
 GiB = 1 << 30
@@ -145,8 +153,16 @@ class _GuardedWriter(ObjectWriter):
 
     def write(self, data: bytes) -> None:
         # an open file keeps writing to the disk it was opened on: no path, no guard needed
-        with self.target._mapped():
-            self.inner.write(data)
+        written = self.inner.size
+        try:
+            with self.target._mapped():
+                self.inner.write(data)
+        except TargetUnavailable as exc:
+            # the failed writer already removed its temporary: its bytes are free again
+            full = self.target._fusefat_full(exc.__context__, released=written + len(data))
+            if full is not None:
+                raise full from None
+            raise
 
     def commit(self) -> None:
         try:
@@ -186,7 +202,12 @@ class UsbTarget(Target):
     def _locate(self) -> UsbDisk:
         cfg = self.cfg
         if cfg.device:
-            disk = probe_node(cfg.device)
+            try:
+                disk = probe_node(cfg.device)
+            except DiskNotPresent as exc:
+                raise DiskNotPresent(f"{self.describe()}: {exc}; nothing was written") from None
+            except TargetUnavailable as exc:
+                raise TargetUnavailable(f"{self.describe()}: {exc}") from None
             if (cfg.label is not None or cfg.uuid is not None) and not matches(
                     disk, label=cfg.label, uuid=cfg.uuid):
                 raise TargetUnavailable(
@@ -238,7 +259,7 @@ class UsbTarget(Target):
         mount = self._mount
         if mount is None or mount.path is None:
             return True
-        if not os.path.exists(mount.device) or not mount.is_mounted():
+        if not device_present(mount.device) or not mount.is_mounted():
             return True
         try:
             os.statvfs(mount.path)
@@ -257,6 +278,7 @@ class UsbTarget(Target):
         """fusefat lists the FAT volume label as an empty file in the top folder, and its
         case-insensitive lookup finds that file first: with a disk labelled DMBACKUP the
         folder "dmbackup" can be neither created nor read. Say so instead of ENOTDIR."""
+        validate_name(name)         # names are checked before anything else, as base.py promises
         if self._shadowed is not None and name.split("/", 1)[0].casefold() == self._shadowed:
             disk = self.disk
             node = disk.device_node if disk else "the disk"
@@ -266,10 +288,24 @@ class UsbTarget(Target):
                 f"{name.split('/', 1)[0]!r}: give the disk another label (fatlabel {node} DMBACKUP1, "
                 "and set label in the target), or run on a kernel with vfat")
 
+    def _fusefat_full(self, cause: BaseException | None, released: int = 0) -> NoSpace | None:
+        """fusefat answers a write to a full disk with EPERM ("permission denied"). Full means
+        no more free space than the failed write itself released (plus a cluster or two)."""
+        mount = self._mount
+        if (mount is None or mount.fstype != "fuse.fusefat" or mount.path is None
+                or not isinstance(cause, OSError) or cause.errno not in (errno.EPERM, errno.EACCES)):
+            return None
+        free = fusefat_free_bytes(mount.path, mount.device)
+        cluster = fat_cluster_bytes(mount.device) or 0
+        if free is None or free > released + 2 * cluster:
+            return None
+        return NoSpace(f"{self.describe()} is full: free space on the disk (dmbackup prune) or use a "
+                       "larger disk; nothing was committed")
+
     def _guard(self, name: str | None = None) -> DirTarget:
-        inner = self._inner()
         if name is not None:
             self._check_name(name)
+        inner = self._inner()
         if self._gone():
             raise self._gone_error()
         return inner
@@ -282,10 +318,21 @@ class UsbTarget(Target):
             return self
 
         def __exit__(self, exc_type, exc, tb):
-            if exc_type is None or not issubclass(exc_type, TargetUnavailable):
+            if exc_type is None:
                 return False
-            if self.target._gone():
-                raise self.target._gone_error() from None
+            if issubclass(exc_type, TargetUnavailable):
+                if self.target._gone():
+                    raise self.target._gone_error() from None
+                full = self.target._fusefat_full(exc.__context__)
+                if full is not None:
+                    raise full from None
+                return False
+            if issubclass(exc_type, OSError):
+                # the dir target maps its errors, but a cleanup step on a dying disk (unlink
+                # after a failed fsync) can still raise a raw OSError: never a traceback
+                if self.target._gone():
+                    raise self.target._gone_error() from None
+                raise TargetUnavailable(f"{self.target.describe()}: I/O error: {exc}") from None
             return False
 
     def _mapped(self) -> "UsbTarget._Mapper":
@@ -308,14 +355,14 @@ class UsbTarget(Target):
             inner.create_exclusive(name, data)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        inner = self._inner()
         self._check_name(name)
+        inner = self._inner()
         with self._mapped():
             return inner.get(name, offset, length)
 
     def stat(self, name: str) -> ObjectInfo:
-        inner = self._inner()
         self._check_name(name)
+        inner = self._inner()
         with self._mapped():
             return inner.stat(name)
 
@@ -339,6 +386,11 @@ class UsbTarget(Target):
         with self._mapped():
             inner.delete(name)
 
+    def rmdir(self, name: str) -> None:
+        """Remove an empty directory (the engine tidies pruned chains); like DirTarget.rmdir."""
+        inner = self._guard(name)
+        inner.rmdir(name)
+
     def free_space(self) -> int | None:
         if self._dir is None or self._gone():
             return None
@@ -347,7 +399,10 @@ class UsbTarget(Target):
         except OSError:
             return None
         if st.f_blocks == 0:
-            return None     # fusefat reports no block counts at all: "cannot tell", not "full"
+            # fusefat reports no block counts, only clusters; anything else: "cannot tell"
+            if self._mount is not None and self._mount.fstype == "fuse.fusefat":
+                return fusefat_free_bytes(self._dir.root, self._mount.device)
+            return None
         return st.f_bavail * st.f_frsize
 
     def sync(self) -> None:

@@ -60,6 +60,12 @@ class UsbDisk:
     def is_usb(self) -> bool:
         return self.bus == "usb"
 
+    def as_dict(self) -> dict:
+        """Stable keys for ``dmbackup usb list --json``."""
+        return {"device": self.device_node, "label": self.label, "uuid": self.uuid,
+                "fstype": self.fs_type, "size": self.size, "vendor": self.vendor, "model": self.model,
+                "serial": self.serial, "bus": self.bus, "devtype": self.devtype}
+
     def describe(self) -> str:
         """One line an administrator recognises the disk by."""
         parts = []
@@ -235,8 +241,12 @@ def find_disk(*, label: str | None = None, uuid: str | None = None, bus: str = "
 
 def probe_node(device: str) -> UsbDisk:
     """Describe a device node without udev, from ``blkid -p`` (used with ``device = ...``)."""
+    from .mount import device_present
+
     if not os.path.exists(device):
         raise DiskNotPresent(f"device {device} does not exist: is the disk plugged in?")
+    if not device_present(device):
+        raise DiskNotPresent(f"device {device} has no medium (size 0): is the disk plugged in?")
     try:
         out = subprocess.run(["blkid", "-p", "-o", "export", device], stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=60)

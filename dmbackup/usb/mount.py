@@ -375,6 +375,48 @@ class DiskMount:
         return False
 
 
+def fat_cluster_bytes(device: str) -> int | None:
+    """Cluster size of the FAT file system on ``device``, from its boot sector."""
+    try:
+        with open(device, "rb") as f:
+            boot = f.read(16)
+    except OSError:
+        return None
+    if len(boot) < 14:
+        return None
+    per_sector = int.from_bytes(boot[11:13], "little")
+    sectors = boot[13]
+    if per_sector not in (512, 1024, 2048, 4096) or sectors == 0 or sectors & (sectors - 1):
+        return None
+    return per_sector * sectors
+
+
+def fusefat_free_bytes(path: str, device: str) -> int | None:
+    """Free bytes on a fusefat mount. Its statfs reports no blocks at all, but counts data
+    clusters in f_files and free clusters in f_ffree (seen with fusefat 0.1a)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    cluster = fat_cluster_bytes(device)
+    if cluster is None or st.f_blocks != 0 or st.f_files == 0:
+        return None
+    return st.f_ffree * cluster
+
+
+def device_present(device: str) -> bool:
+    """Is the disk behind ``device`` still there? A pulled USB disk loses its node; a card
+    reader without its card, or a loop device whose backing is gone, reports size 0."""
+    if not os.path.exists(device):
+        return False
+    name = os.path.basename(os.path.realpath(device))
+    try:
+        with open(f"/sys/class/block/{name}/size", encoding="ascii") as f:
+            return int(f.read().strip() or "0") > 0
+    except (OSError, ValueError):
+        return True          # no sysfs entry to ask (not a block device node): assume present
+
+
 def oserror_means_gone(exc: BaseException) -> bool:
     """Errors seen when a disk disappears under a mount (kernel or FUSE)."""
     return isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ENODEV, errno.ENOTCONN,

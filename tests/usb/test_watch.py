@@ -19,8 +19,6 @@ pytestmark = pytest.mark.umockdev
 USB = "/sys/devices/pci0000:00/0000:00:14.0/usb2"
 SDB = f"{USB}/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb"
 SDB1 = f"{SDB}/sdb1"
-SDC = f"{USB}/2-3/2-3:1.0/host7/target7:0:0/7:0:0:0/block/sdc"
-SDD1 = f"{USB}/2-4/2-4:1.0/host8/target8:0:0/8:0:0:0/block/sdd/sdd1"
 SDE1 = f"{USB}/2-5/2-5:1.0/host9/target9:0:0/9:0:0:0/block/sde/sde1"
 DEADLINE = 30
 
