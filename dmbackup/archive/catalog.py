@@ -85,15 +85,24 @@ def _int(v: Any, what: str, lo: int = 0, hi: int = 1 << 63) -> int:
     return v
 
 
+_I = int
+
+
 def decode_entry(raw: Any, what: str) -> Entry:
-    if not isinstance(raw, list) or len(raw) != 10:
+    if type(raw) is not list or len(raw) != 10:
         raise CorruptObject(f"{what}: malformed entry")
     name, typ, mode, uid, gid, mtime, size, ino, h, tail = raw
-    if not isinstance(name, str) or typ not in TYPES:
+    if type(name) is not str or typ not in TYPES:
         raise CorruptObject(f"{what}: malformed entry name or type")
-    e = Entry(name, typ, _int(mode, what, 0, 0o7777), _int(uid, what, 0, 1 << 32),
-              _int(gid, what, 0, 1 << 32), _int(mtime, what, -(1 << 63)), _int(size, what),
-              _int(ino, what))
+    if (type(mode) is _I and type(uid) is _I and type(gid) is _I and type(mtime) is _I
+            and type(size) is _I and type(ino) is _I and 0 <= mode <= 0o7777 and 0 <= uid <= 1 << 32
+            and 0 <= gid <= 1 << 32 and 0 <= size < 1 << 63 and 0 <= ino < 1 << 63
+            and -(1 << 63) <= mtime < 1 << 63):
+        e = Entry(name, typ, mode, uid, gid, mtime, size, ino)
+    else:
+        e = Entry(name, typ, _int(mode, what, 0, 0o7777), _int(uid, what, 0, 1 << 32),
+                  _int(gid, what, 0, 1 << 32), _int(mtime, what, -(1 << 63)), _int(size, what),
+                  _int(ino, what))
     if typ == "f":
         if not (isinstance(h, str) and len(h) == 64) or not isinstance(tail, list):
             raise CorruptObject(f"{what}: file entry without hash or extents")

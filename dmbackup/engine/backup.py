@@ -48,6 +48,7 @@ class BackupResult:
     target: str
     warnings: list[str] = field(default_factory=list)
     config_bundle: str | None = None
+    unchanged_dirs: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -57,7 +58,7 @@ class BackupResult:
         return {"id": self.snapshot_id, "chain": self.chain, "kind": self.kind, "time": self.time,
                 "files": self.files, "bytes": self.bytes, "stored_bytes": self.stored_bytes,
                 "target": self.target, "warnings": self.warnings, "config_bundle": self.config_bundle,
-                "exit_code": self.exit_code}
+                "unchanged_dirs": self.unchanged_dirs, "exit_code": self.exit_code}
 
 
 def open_repository(app, target, target_name: str, *, require_enrolled: bool = True) -> Repository:
@@ -90,12 +91,21 @@ class ParentView:
         if parent is not None:
             rows, _ = repo.catalog_body(parent)
             self.table_depth = repo.table_depth(parent)
+            from . import parse_time
+
+            self.start_ns = int(parse_time(parent.header.time).timestamp()) * 1_000_000_000
             for r in rows:
                 self.rows[r.dir] = r
 
     def entries(self, rel: str) -> list[Entry]:
         row = self.rows.get(rel)
         return self.repo.page(self.parent.chain, row) if row is not None else []
+
+    def dir_entry(self, rel: str, name: str) -> Entry | None:
+        for e in self.entries(rel):
+            if e.name == name:
+                return e if e.type == "d" else None
+        return None
 
     def lookup(self, digest: str):
         if self._index is None:
@@ -134,6 +144,7 @@ class BackupRun:
         self.mailbox = None
         self.mailboxes: dict[str, list[int]] = {}   # domain/user -> [messages, bytes, folders]
         self.bundle_bytes = 0
+        self.unchanged_dirs = 0
 
     def warn(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -193,7 +204,7 @@ class BackupRun:
             raise
         return BackupResult(self.snap, self.chain, header.kind, self.files, self.bytes,
                             header.stored_bytes, header.time, self.target_name, self.warnings,
-                            bundle_name)
+                            bundle_name, self.unchanged_dirs)
 
     TABLE_MAX_DEPTH = 30
 
@@ -240,11 +251,49 @@ class BackupRun:
         return [{"domain": d, "mailboxes": boxes, "messages": sum(b["messages"] for b in boxes),
                  "bytes": sum(b["bytes"] for b in boxes)} for d, boxes in doms.items()]
 
+    def _unchanged_message_dir(self, scan: mailstore.DirScan) -> PageRow | None:
+        """The parent's row for a cur/ or new/ that provably did not change since the parent.
+
+        Messages are immutable and every change to a message directory (delivery, flag
+        rename, expunge, move) changes the directory's mtime. A directory whose mtime and
+        entry count equal the parent's, with that mtime at least 2 s older than the parent's
+        start (git's "racy" rule: timestamps are coarse), is taken over without matching its
+        files one by one. Metadata-only changes of a message file (chmod) inside such a
+        directory are picked up by the next full backup.
+        """
+        pv = self.parent_view
+        if pv is None or not scan.maildir_sub or scan.rel in self.extra or scan.others or scan.dirs:
+            return None
+        prow = pv.rows.get(scan.rel)
+        if prow is None or prow.entries != len(scan.files) + len(scan.links):
+            return None
+        folder, _, name = scan.rel.rpartition("/")
+        pdir = pv.dir_entry(folder, name)
+        if pdir is None or pdir.mtime_ns != scan.st.st_mtime_ns:
+            return None
+        if scan.st.st_mtime_ns >= pv.start_ns - 2_000_000_000:
+            return None
+        return prow
+
     def _directory(self, scan: mailstore.DirScan) -> None:
         mbox = mailstore.mailbox_key(scan.rel)
         if mbox != self.mailbox:
             self.writer.flush()
             self.mailbox = mbox
+        same = self._unchanged_message_dir(scan)
+        if same is not None:
+            self.dirs += 1
+            size = sum(st.st_size for _, st in scan.files)
+            stats = self.mailboxes.setdefault(mbox, [0, 0, 0])
+            stats[0] += len(scan.files)
+            stats[1] += size
+            stats[2] += scan.maildir_sub == "cur"
+            self.files += len(scan.files)
+            self.bytes += size
+            self.app.progress.update(len(scan.files), size)
+            self.rows.append(same)
+            self.unchanged_dirs += 1
+            return
         parent_entries: dict[str, Entry] = {}
         by_base: dict[str, Entry] = {}
         if self.parent_view is not None:

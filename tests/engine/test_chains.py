@@ -196,3 +196,37 @@ def test_prune_killed_at_every_point_keeps_every_kept_snapshot(sim_world, monkey
             os.unlink(lock)       # a killed process's lock; here the same PID lives on
         assert [r for r in snaps(w) if r["chain"] == chains[-1]] == kept
         w.ok("verify", "--read-data")
+
+
+def _age_dirs(root: str, seconds: int = 3600) -> None:
+    t = os.stat(root).st_mtime - seconds
+    for dp, dns, _ in os.walk(root):
+        for d in dns:
+            os.utime(os.path.join(dp, d), (t, t))
+
+
+def test_unchanged_message_dirs_are_taken_over_and_changed_ones_are_not(sim_world):
+    """The directory-mtime fast path: exact trees whether or not it is taken."""
+    w, sim = sim_world
+    _age_dirs(w.store)
+    w.ok("backup", "--target", "local")
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    n_msg_dirs = sum(1 for dp, _, _ in os.walk(w.store) if os.path.basename(dp) in ("cur", "new"))
+    assert r["unchanged_dirs"] == n_msg_dirs          # nothing changed: every cur/ and new/ reused
+    moments = []
+    for _ in range(3):
+        mailsim.flag_renames(sim, 0.01)                # touched dirs get a new mtime
+        mailsim.new_mail(sim, 0.005)
+        mailsim.expunges(sim, 0.003)
+        moments.append(tree(w.store))
+        r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+        assert 0 < r["unchanged_dirs"] < n_msg_dirs
+        _age_dirs(w.store)                             # let the next run trust them again
+    rows = snaps(w)[-3:]
+    for i, (row, want) in enumerate(zip(rows, moments)):
+        out = os.path.join(w.tmp, f"fast-{i}")
+        w.ok("restore", row["id"], "--to", out)
+        got = tree(out)
+        # directory mtimes were aged after the backup; compare everything else
+        assert diff_trees({k: v for k, v in want.items() if v[0][0] != "d"},
+                          {k: v for k, v in got.items() if v[0][0] != "d"}) == []
