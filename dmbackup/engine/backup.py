@@ -201,12 +201,26 @@ class BackupRun:
             self.writer.abort()
             if self.pages_writer is not None:
                 self.pages_writer.abort()
+            self._remove_committed()
             raise
         return BackupResult(self.snap, self.chain, header.kind, self.files, self.bytes,
                             header.stored_bytes, header.time, self.target_name, self.warnings,
                             bundle_name, self.unchanged_dirs)
 
     TABLE_MAX_DEPTH = 30
+
+    def _remove_committed(self) -> None:
+        """After a failure: delete what this snapshot already committed (volumes, pages, index,
+        bundle), so a full disk does not stay full. Best effort: a vanished target is cleaned
+        by the next run (everything here belongs to a snapshot without a catalog)."""
+        names = [f"chains/{self.chain}/{v['name']}" for v in self.writer.volumes]
+        names += [f"chains/{self.chain}/{self.snap}.pages", f"chains/{self.chain}/{self.snap}.index",
+                  f"config/{self.snap}.bundle"]
+        for n in names:
+            try:
+                self.repo.t.delete(n)
+            except Exception:   # noqa: BLE001 - the original error is what the user must see
+                break
 
     def _table(self) -> dict:
         """The page table: only the rows that differ from the parent's, unless that is most of them."""
@@ -575,9 +589,10 @@ def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> Backu
             if full:
                 parent = None
             now = utc_now()
-            existing = {s.id for s in snaps}
+            # one snapshot per second, whatever its kind: --at TIME must name exactly one
+            taken = {s.id.split("-", 1)[0] for s in snaps}
             kind = "full" if parent is None else "inc"
-            while f"{snap_time(now)}-{kind}" in existing:
+            while snap_time(now) in taken:
                 now += timedelta(seconds=1)
             snap = f"{snap_time(now)}-{kind}"
             if parent is None:
