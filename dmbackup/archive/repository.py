@@ -357,6 +357,16 @@ class Repository:
                     removed += 1
                     if log:
                         log.info("removed_leftover", object=f"chains/{chain}/{o}")
+        all_committed = {s.id for s in self.snapshots(on_error=lambda *a: None)}
+        for o in self.t.list("config"):
+            base = o.rsplit("/", 1)[-1]
+            snap = base[: -len(".bundle")] if base.endswith(".bundle") else ""
+            # a mail snapshot's bundle without its catalog: left by an interrupted run
+            if SNAP_RE.match(snap) and snap not in all_committed:
+                self.t.delete(o)
+                removed += 1
+                if log:
+                    log.info("removed_leftover", object=o)
         for d in ("config", "keys", ""):
             for o in self.t.list(d):
                 if is_temporary(o):
