@@ -437,7 +437,7 @@ class Dmbackup(Tool):
             raise NotAvailable(f"`dmbackup init` failed: {e}") from None
 
     def backup(self, label):
-        full = ["--full"] if label == "full" else []
+        full = ["--full"] if label.startswith("full") else []
         return self.run(label, [[self.cli("backup", "--target", "bench", "--what", "mail", *full)]])
 
     def restore(self, label, dest, member=None):
@@ -718,6 +718,8 @@ def markdown(r: dict) -> str:
     for name, st in r["status"].items():
         if st != "ok":
             L.append(f"- **{TOOL_TITLES[name]}: {st}**")
+    for note in r.get("notes", []):
+        L.append(f"Note: {note}")
     for name, f in r["failures"].items():
         for stp, msg in f.items():
             L.append(f"- **{TOOL_TITLES[name]} {stp} failed**: `{msg[:300]}`")
