@@ -326,25 +326,29 @@ class DiskMount:
             self.sync()
             if not self.mounted_by_us:
                 return
-            if mount_at(path) is not None:
+            if self._ours_at(path):       # never unmount what someone mounted there since
                 self._unmount(path)
             if self._fuse:
                 self._wait_released()
             self._remove_mount_point()
         finally:
-            if not self.mounted_by_us or mount_at(path) is None:
+            if not self.mounted_by_us or not self._ours_at(path):
                 self.path = None
                 self.mounted_by_us = False
+
+    def _ours_at(self, path: str) -> bool:
+        m = mount_at(path)
+        return m is not None and self._is_ours(m)
 
     def _unmount(self, path: str) -> None:
         last = ""
         for attempt in range(10):
             code, last = _run(["umount", path], timeout=_HELPER_TIMEOUT)
-            if code == 0 or mount_at(path) is None:
+            if code == 0 or not self._ours_at(path):
                 return
             if self._fuse and shutil.which("fusermount"):
                 code, last = _run(["fusermount", "-u", path], timeout=_HELPER_TIMEOUT)
-                if code == 0 or mount_at(path) is None:
+                if code == 0 or not self._ours_at(path):
                     return
             if "busy" not in last.lower() and attempt:
                 break

@@ -171,3 +171,16 @@ def test_close_after_the_fuse_daemon_died(loop_disk, mount_dir):
     assert m.is_mounted()                 # still in mountinfo, but dead
     m.close()
     assert mount_at(mount_dir) is None and not os.path.exists(mount_dir)
+
+
+@pytest.mark.realdev
+def test_close_never_unmounts_a_mount_that_is_not_its_own(loop_disk, mount_dir):
+    ours, theirs = loop_disk("ext4"), loop_disk("ext4", label="THEIRS")
+    m = DiskMount(ours.device, mount_dir, "ext4")
+    m.open()
+    loopdev.run("umount", mount_dir)                   # ours goes away behind its back...
+    loopdev.run("mount", theirs.device, mount_dir)     # ...and somebody mounts another disk there
+    assert not m.is_mounted()
+    m.close()
+    info = mount_at(mount_dir)
+    assert info is not None and os.path.realpath(info.source) == os.path.realpath(theirs.device)

@@ -85,3 +85,21 @@ on_plug = true
     # the SATA disk with the same label only matches the bus = "any" target
     assert on_plug_jobs(cfg, "/dev/sda1", ctx) == ["internal"]
     assert on_plug_jobs(cfg, "/dev/sde1", ctx) == []
+
+
+def test_usb_list_cli_shows_usb_file_systems_only(bed, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dmbackup.cli.main import app
+
+    bed.load("usb_disk", "usb_stick", "sata_decoy", "virtio_decoy")
+    cfg = tmp_path / "dmbackup.toml"
+    cfg.write_text(f'hostname = "mx.test"\nstate_dir = "{tmp_path}/state"\n[encryption]\nmode = "none"\n')
+    res = CliRunner().invoke(app, ["--config", str(cfg), "usb", "list", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [(r["device"], r["label"], r["fstype"], r["bus"]) for r in rows] == [
+        ("/dev/sdb1", "DMBACKUP", "ext4", "usb"), ("/dev/sdc", "MAIL BACKUP", "vfat", "usb")]
+    assert rows[0]["uuid"] == "3316ca0d-967d-41cd-8cd6-8dac3a4c37e4" and rows[0]["size"] == 58017792 * 512
