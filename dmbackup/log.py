@@ -30,7 +30,7 @@ class Logger:
         rec = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                "level": level, "event": event}
         rec.update(fields)
-        line = json.dumps(rec, default=str, ensure_ascii=False)
+        line = json.dumps(rec, default=str, ensure_ascii=True)
         with self._lock:
             self.recent.append(line)
             if self.stream is not None:

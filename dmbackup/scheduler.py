@@ -655,6 +655,22 @@ class Daemon:
         self.restore_signal_handlers()
 
 
+def daemon_running(state_dir: str) -> bool:
+    """True when a daemon holds ``<state_dir>/daemon.lock`` (it then handles USB plug-ins)."""
+    path = os.path.join(state_dir, "daemon.lock")
+    try:
+        f = open(path, "r", encoding="utf-8")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def run_daemon(app, *, clock: Clock = utc_now, runner: Runner | None = None,
                log_to_stdout: bool = True, install_signals: bool = True, **kw) -> int:
     """``dmbackup daemon``: run until SIGTERM/SIGINT; returns the exit code.

@@ -192,3 +192,49 @@ def walk_volume(data: bytes):
             raise CorruptObject(f"block frame at offset {pos} runs past the end of the volume")
         yield start, data[start:start + n]
         pos = start + n
+
+
+def stream_volume(target, name: str, size: int, hasher, window: int = 16 << 20):
+    """Yield (offset, sealed) for each block of a volume read in windows (bounded memory),
+    feeding every byte read to ``hasher``. Raises CorruptObject on a broken frame."""
+    pos = 0
+    buf = b""
+    buf_start = 0
+    while True:
+        # make sure a whole frame header and body are buffered
+        need_hdr = pos + FRAME.size - buf_start
+        if need_hdr > len(buf):
+            if buf_start + len(buf) >= size:
+                if pos < size:
+                    raise CorruptObject(f"truncated block frame at offset {pos}")
+                return
+            more = target.get(name, buf_start + len(buf), window)
+            if not more:
+                if pos < buf_start + len(buf):
+                    raise CorruptObject(f"truncated block frame at offset {pos}")
+                return
+            hasher.update(more)
+            buf = buf[pos - buf_start:] + more
+            buf_start = pos
+            continue
+        (n,) = FRAME.unpack_from(buf, pos - buf_start)
+        start = pos + FRAME.size
+        end = start + n
+        if n <= 0 or end > size:
+            raise CorruptObject(f"block frame at offset {pos} runs past the end of the volume")
+        if end - buf_start > len(buf):
+            more = target.get(name, buf_start + len(buf), max(window, end - buf_start - len(buf)))
+            if not more:
+                raise CorruptObject(f"block frame at offset {pos} runs past the end of the volume")
+            hasher.update(more)
+            buf = buf[pos - buf_start:] + more
+            buf_start = pos
+            continue
+        yield start, buf[start - buf_start:end - buf_start]
+        pos = end
+        if pos >= size:
+            # hash whatever lies beyond the recorded size (a volume that grew is damaged)
+            tail = target.get(name, buf_start + len(buf), window) if buf_start + len(buf) < size + 1 else b""
+            if tail:
+                hasher.update(tail)
+            return

@@ -300,16 +300,15 @@ def index_aad(repo_id: str, chain: str, snap: str) -> bytes:
     return f"{repo_id}|index|{chain}|{snap}".encode()
 
 
-def encode_index(index: dict, sealer, repo_id: str, chain: str, snap: str) -> bytes:
-    return sealer.seal(compress(dumps(index)), index_aad(repo_id, chain, snap))
+def encode_index(builder, sealer, repo_id: str, chain: str, snap: str) -> bytes:
+    return sealer.seal(compress(builder.encode()), index_aad(repo_id, chain, snap))
 
 
-def decode_index(data: bytes, sealer, repo_id: str, chain: str, snap: str) -> dict:
+def decode_index(data: bytes, sealer, repo_id: str, chain: str, snap: str):
+    from .contentindex import Index
+
     what = f"content index {chain}/{snap}"
-    obj = loads(decompress(sealer.open(data, index_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN), what)
-    if not isinstance(obj, dict):
-        raise CorruptObject(f"{what} is not an object")
-    return obj
+    return Index(decompress(sealer.open(data, index_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN), what)
 
 
 def encode_catalog(header: Header, table: dict, warnings: list[str], sealer, repo_id: str) -> bytes:

@@ -300,9 +300,10 @@ class Repository:
             self._tables.pop(next(iter(self._tables)))
         return rows
 
-    def content_index(self, ref: SnapshotRef) -> dict:
+    def content_index(self, ref: SnapshotRef):
+        """The snapshot's content index (``.get(sha256 hex)`` -> extents), or None."""
         if not ref.header.index:
-            return {}
+            return None
         data = self.t.get(f"chains/{ref.chain}/{ref.header.index['name']}")
         return decode_index(data, self.keys.catalog, self.id, ref.chain, ref.id)
 

@@ -6,7 +6,7 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, handled, human_bytes, load_app, pick_target
+from .common import emit, handled, human_bytes, load_app, pick_target, echo
 
 
 def register(app: typer.Typer) -> None:
@@ -17,6 +17,9 @@ def register(app: typer.Typer) -> None:
         what: str = typer.Option("mail", "--what", help="mail or config."),
         full: bool = typer.Option(False, "--full", help="Start a new chain with a full backup."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+        on_plug_device: Optional[str] = typer.Option(
+            None, "--on-plug-device", metavar="DEVNAME",
+            help="Run the on_plug jobs of the USB disk at DEVNAME (used by the udev rule)."),
     ):
         """Back up the mail store (full or incremental) or the configuration."""
         with handled():
@@ -24,6 +27,8 @@ def register(app: typer.Typer) -> None:
         with handled(a):
             if what not in ("mail", "config"):
                 raise UsageError(f"--what must be mail or config, not {what!r}")
+            if on_plug_device:
+                raise typer.Exit(_on_plug(a, on_plug_device, json_out))
             if job:
                 if target:
                     raise UsageError("give either a JOB or --target, not both")
@@ -39,7 +44,7 @@ def register(app: typer.Typer) -> None:
                     ctx.snapshot = getattr(res, "snapshot_id", None) or (res.get("id") if isinstance(res, dict) else None)
                     ctx.warnings.extend(getattr(res, "warnings", None) or [])
                 if res is None:       # a pre hook said 75: skip this run
-                    typer.echo(f"backup of {tname} skipped by a pre-backup hook")
+                    echo(f"backup of {tname} skipped by a pre-backup hook")
                     return
             d = res.as_dict() if hasattr(res, "as_dict") else res
             code = d.get("exit_code", 0)
@@ -49,15 +54,39 @@ def register(app: typer.Typer) -> None:
                         + (f" ({b.get('files')} files, {human_bytes(b.get('bytes'))}, "
                            f"{human_bytes(b.get('stored_bytes'))} stored)" if b.get("files") is not None else ""))
                 if d.get("error"):
-                    typer.echo(f"dmbackup: {d['error']}", err=True)
+                    echo(f"dmbackup: {d['error']}", err=True)
             else:
                 text = (f"{d.get('kind', what)} snapshot {d.get('id')} on {d.get('target')}: {d.get('files')} files, "
                         f"{human_bytes(d.get('bytes'))}, {human_bytes(d.get('stored_bytes'))} stored")
             for w in d.get("warnings", [])[:20]:
-                typer.echo(f"warning: {w}", err=True)
+                echo(f"warning: {w}", err=True)
             emit(d, json_out, text)
             if code:
                 raise typer.Exit(code)
+
+
+def _on_plug(a, device: str, json_out: bool) -> int:
+    """Jobs with on_plug = true whose USB target is this disk; the worst exit code wins."""
+    from ..jobs import run_job
+    from ..scheduler import daemon_running
+    from ..targets.usb import on_plug_jobs
+
+    if daemon_running(a.config.state_dir):
+        echo(f"the dmbackup daemon is running and handles plug-ins: nothing to do for {device}")
+        return 0
+    names = on_plug_jobs(a.config, device)
+    if not names:
+        echo(f"no on_plug job uses the disk at {device}: nothing to do")
+        return 0
+    worst, out = 0, []
+    for name in names:
+        d = run_job(a, name, trigger="usb").as_dict()
+        out.append(d)
+        if d.get("error"):
+            echo(f"dmbackup: {d['error']}", err=True)
+        worst = max(worst, d.get("exit_code", 0))
+    emit(out, json_out, "\n".join(f"job {d['job']}: {d['status']}" for d in out))
+    return worst
 
 
 def _run_job(a, job_name: str, full: bool):

@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import handled, load_app
+from .common import handled, load_app, echo
 
 
 def register(app: typer.Typer) -> None:
@@ -12,5 +12,5 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
             c = a.config
-            typer.echo(f"{c.file}: ok ({len(c.targets)} target(s), {len(c.jobs)} job(s), "
+            echo(f"{c.file}: ok ({len(c.targets)} target(s), {len(c.jobs)} job(s), "
                        f"encryption {c.encryption.mode})")

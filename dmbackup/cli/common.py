@@ -50,16 +50,26 @@ def pick_target(app: App, target: str | None) -> str:
     raise UsageError(f"several targets configured ({', '.join(names)}): choose one with --target")
 
 
+def printable(text: str) -> str:
+    """File names may hold any bytes (surrogate-escaped): show them, never crash on them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def echo(text: str, err: bool = False) -> None:
+    typer.echo(printable(text), err=err)
+
+
 def emit(obj, json_out: bool, text: str | None = None) -> None:
     if json_out:
-        typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+        # ASCII escapes keep any file name (even undecodable bytes) valid JSON
+        typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=True))
     elif text is not None:
-        typer.echo(text)
+        echo(text)
 
 
 def fail(err: DmError) -> None:
     msg = str(err).replace("\n", " ")
-    typer.echo(f"dmbackup: {msg}", err=True)
+    echo(f"dmbackup: {msg}", err=True)
     raise typer.Exit(err.exit_code)
 
 

@@ -6,7 +6,7 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, handled, human_bytes, load_app, pick_target
+from .common import emit, handled, human_bytes, load_app, pick_target, echo
 
 
 def register(app: typer.Typer) -> None:
@@ -40,11 +40,11 @@ def register(app: typer.Typer) -> None:
                                      folder=folder, to=to, overwrite=overwrite)
                 ctx.snapshot = getattr(res, "snapshot_id", None) or (res.get("snapshot") if isinstance(res, dict) else None)
             if res is None:
-                typer.echo(f"restore from {tname} skipped by a pre-restore hook")
+                echo(f"restore from {tname} skipped by a pre-restore hook")
                 return
             d = res.as_dict() if hasattr(res, "as_dict") else res
             for w in d.get("warnings", [])[:20]:
-                typer.echo(f"warning: {w}", err=True)
+                echo(f"warning: {w}", err=True)
             if what == "config" and not to:
                 text = _preflight_text(d)
             else:

@@ -6,7 +6,7 @@ import typer
 
 from .. import engine
 from ..errors import DmError
-from .common import emit, handled, human_bytes, load_app
+from .common import emit, handled, human_bytes, load_app, echo
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
                 except DmError as exc:
                     if target:
                         raise
-                    typer.echo(f"dmbackup: {name}: {exc}", err=True)
+                    echo(f"dmbackup: {name}: {exc}", err=True)
                     continue
                 for s in infos:
                     d = s.as_dict()
@@ -35,11 +35,11 @@ def register(app: typer.Typer) -> None:
                 emit(rows, True)
                 return
             if not rows:
-                typer.echo("no snapshots")
+                echo("no snapshots")
                 return
-            typer.echo(f"{'target':<10} {'chain':<22} {'id':<24} {'kind':<11} {'time':<20} {'files':>8} "
+            echo(f"{'target':<10} {'chain':<22} {'id':<24} {'kind':<11} {'time':<20} {'files':>8} "
                        f"{'bytes':>10} {'stored':>10}")
             for d in rows:
-                typer.echo(f"{d['target']:<10} {str(d['chain'] or '-'):<22} {d['id']:<24} {d['kind']:<11} "
+                echo(f"{d['target']:<10} {str(d['chain'] or '-'):<22} {d['id']:<24} {d['kind']:<11} "
                            f"{d['time']:<20} {d['files']:>8} {human_bytes(d['bytes']):>10} "
                            f"{human_bytes(d['stored_bytes']):>10}")

@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import emit, handled, human_bytes, load_app
+from .common import emit, handled, human_bytes, load_app, echo
 
 usb_app = typer.Typer(help="USB backup disks.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ def usb_list(json_out: bool = typer.Option(False, "--json", help="JSON list.")):
             emit(rows, True)
             return
         if not rows:
-            typer.echo("no USB disks found")
+            echo("no USB disks found")
         for r in rows:
-            typer.echo(f"{r.get('device', '-'):<12} {r.get('label') or '-':<16} {r.get('uuid') or '-':<38} "
+            echo(f"{r.get('device', '-'):<12} {r.get('label') or '-':<16} {r.get('uuid') or '-':<38} "
                        f"{r.get('fstype') or '-':<6} {human_bytes(r.get('size'))}")

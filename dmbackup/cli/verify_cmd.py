@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from .. import engine
-from .common import emit, handled, load_app, pick_target
+from .common import emit, handled, load_app, pick_target, echo
 
 
 def register(app: typer.Typer) -> None:
@@ -24,12 +24,12 @@ def register(app: typer.Typer) -> None:
             if json_out:
                 emit(d, True)
             elif d.get("exit_code", 0):
-                typer.echo(f"dmbackup: {text}", err=True)
+                echo(f"dmbackup: {text}", err=True)
                 for p in d.get("problems", [])[1:20]:
-                    typer.echo(f"  {p}", err=True)
+                    echo(f"  {p}", err=True)
                 for snap, files in (d.get("damaged_files") or {}).items():
                     for f in files[:20]:
-                        typer.echo(f"  damaged in {snap}: {f}", err=True)
+                        echo(f"  damaged in {snap}: {f}", err=True)
             else:
                 typer.echo(text)
             if d.get("exit_code", 0):

@@ -18,6 +18,7 @@ from datetime import timedelta
 from .. import mailstore
 from ..archive import BLOCK_SIZE
 from ..archive.blocks import BlockWriter
+from ..archive.contentindex import IndexBuilder
 from ..archive.catalog import (
     Entry,
     Header,
@@ -109,11 +110,12 @@ class ParentView:
 
     def lookup(self, digest: str):
         if self._index is None:
-            idx: dict = {}
-            for s in self.chain_snaps:
-                idx.update(self.repo.content_index(s))
-            self._index = idx
-        return self._index.get(digest)
+            self._index = [i for i in (self.repo.content_index(s) for s in self.chain_snaps) if i is not None]
+        for idx in reversed(self._index):
+            ext = idx.get(digest)
+            if ext is not None:
+                return ext
+        return None
 
 
 class BackupRun:
@@ -129,7 +131,7 @@ class BackupRun:
         self.parent = parent
         self.warnings: list[str] = []
         self.files = self.dirs = self.bytes = 0
-        self.new_index: dict[str, list] = {}
+        self.new_index = IndexBuilder()       # content stored by this run, compact
         self.pending: list[tuple[str, list[Entry], int, bool]] = []
         self.rows: list[PageRow] = []
         self.extra: dict[str, list[Entry]] = {}     # relocated messages waiting for their dir
@@ -175,6 +177,7 @@ class BackupRun:
                 self.pages_writer.abort()
             if self.new_index:
                 index_blob = encode_index(self.new_index, self.repo.keys.catalog, self.repo.id, self.chain, self.snap)
+                self.new_index = None
                 index_info = {"name": f"{self.snap}.index", "size": len(index_blob),
                               "sha256": hashlib.sha256(index_blob).hexdigest()}
                 self.repo.t.put(f"chains/{self.chain}/{self.snap}.index", index_blob)
@@ -448,7 +451,6 @@ class BackupRun:
                     self.writer.flush()
                 extents = [self.writer.add(data)] if data else []
                 seq = extents[0][0] if extents else -1
-                self.new_index[digest[:32]] = extents
             size = len(data)
         else:
             # Large file: stream it into blocks; hash as we go.
@@ -468,8 +470,6 @@ class BackupRun:
             known = self._known(digest, size)
             if known is not None:      # stored twice in this volume; harmless, keep the old refs
                 extents, seq = known
-            else:
-                self.new_index[digest[:32]] = extents
         self.files += 1
         self.bytes += size
         self.app.progress.update(1, size)
@@ -478,11 +478,9 @@ class BackupRun:
         return e, seq
 
     def _known(self, digest: str, size: int):
-        ext = self.new_index.get(digest[:32])
-        if ext is not None:
-            return ext, max((x[0] for x in ext if len(x) == 3), default=-1)
+        """Extents of content the chain already holds (a message moved to another folder)."""
         if self.parent_view is not None and size > 0:
-            ext = self.parent_view.lookup(digest[:32])
+            ext = self.parent_view.lookup(digest)
             if ext is not None:
                 return ext, -1
         return None
@@ -518,17 +516,10 @@ class BackupRun:
                 continue
             for e in entries:
                 if e.type == "f" and e.extents and any(len(x) == 3 for x in e.extents):
-                    resolved = self._resolve(e.extents)
-                    if self.new_index.get(e.hash[:32]) is e.extents:
-                        self.new_index[e.hash[:32]] = resolved
-                    e.extents = resolved
+                    e.extents = self._resolve(e.extents)
+                    self.new_index.add(e.hash, e.extents)    # stored by this run
             self._write_page(rel, entries, maildir)
         self.pending = keep
-        # content index entries for content stored by this run must be resolved too
-        if force:
-            for k, v in self.new_index.items():
-                if any(len(x) == 3 for x in v):
-                    self.new_index[k] = self._resolve(v)
 
     def _write_page(self, rel: str, entries: list[Entry], maildir: bool) -> None:
         """Reuse the parent's row if unchanged; else an inline delta on the parent's stored base

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from ..archive.blocks import BlockReader, walk_volume
+from ..archive.blocks import BlockReader, stream_volume
 from ..errors import CorruptObject, DmError, NotFound, EXIT_DAMAGE, EXIT_OK
 
 
@@ -85,30 +85,36 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
                 app.check_stop()
             try:
                 if read_data:
-                    data = repo.t.get(f"chains/{s.chain}/{name}")
-                    res.bytes_read += len(data)
-                    if len(data) != info["size"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
+                    h = hashlib.sha256()
+                    counted = _Counting(h)
+                    if name.endswith((".pages", ".index")):
+                        data = repo.t.get(f"chains/{s.chain}/{name}")
+                        counted.update(data)
+                        res.bytes_read += len(data)
+                        if name.endswith(".index"):
+                            try:
+                                repo.content_index(s)
+                            except CorruptObject as exc:
+                                damaged(s.id, f"{s.chain}/{name}: {exc}")
+                    else:
+                        reader = BlockReader(repo.t, repo.id, repo.keys.data)
+                        try:
+                            for off, sealed in stream_volume(repo.t, f"chains/{s.chain}/{name}", info["size"], counted):
+                                if app:
+                                    app.check_stop()
+                                try:
+                                    plain = reader.open_block(s.chain, name, off, sealed)
+                                    good_blocks[(s.chain, name, off)] = len(plain)
+                                except CorruptObject as exc:
+                                    damaged(s.id, f"{s.chain}/{name}: {exc}")
+                        except CorruptObject as exc:
+                            damaged(s.id, f"{s.chain}/{name}: {exc}")
+                        res.bytes_read += counted.n
+                        res.volumes += 1
+                    if h.hexdigest() != info["sha256"] or counted.n != info["size"]:
                         bad_volumes.add(key)
                         damaged(s.id, f"{s.chain}/{name}: size or checksum differs from the catalog "
                                       f"(expected {info['size']} bytes)")
-                    if name.endswith(".index"):
-                        try:
-                            repo.content_index(s)
-                        except CorruptObject as exc:
-                            damaged(s.id, f"{s.chain}/{name}: {exc}")
-                    if name.endswith((".pages", ".index")):
-                        continue
-                    reader = BlockReader(repo.t, repo.id, repo.keys.data)
-                    try:
-                        for off, sealed in walk_volume(data):
-                            try:
-                                plain = reader.open_block(s.chain, name, off, sealed)
-                                good_blocks[(s.chain, name, off)] = len(plain)
-                            except CorruptObject as exc:
-                                damaged(s.id, f"{s.chain}/{name}: {exc}")
-                    except CorruptObject as exc:
-                        damaged(s.id, f"{s.chain}/{name}: {exc}")
-                    res.volumes += 1
                 else:
                     size = repo.t.stat(f"chains/{s.chain}/{name}").size
                     if size != info["size"]:
@@ -175,3 +181,14 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
                             res.problems.append(f"{s.chain}/{s.id}: file {path} lies in a damaged or missing block")
                         break
     return res
+
+
+class _Counting:
+    """A hasher that also counts the bytes it saw."""
+
+    def __init__(self, h):
+        self.h, self.n = h, 0
+
+    def update(self, b: bytes) -> None:
+        self.h.update(b)
+        self.n += len(b)

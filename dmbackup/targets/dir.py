@@ -167,7 +167,10 @@ class DirTarget(Target):
             os.fsync(fd)
         except OSError as exc:
             os.close(fd)
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass           # a pulled disk or read-only file system: the first error matters
             raise _map_oserror(self, exc, name) from None
         os.close(fd)
 
