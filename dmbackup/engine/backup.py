@@ -604,17 +604,21 @@ def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> Backu
 
 
 def _check_space(app, repo, parent, snaps) -> None:
+    if parent is not None:
+        app.progress.total_bytes = parent.header.bytes   # yesterday's size: a good ETA
     free = repo.t.free_space()
-    if free is None:
+    if free is None and parent is not None:
         return
     if parent is None:
-        need = int(_store_size(app.config.source.mail_store) * 0.4) + 16 * MiB
+        total = _store_size(app.config.source.mail_store)
+        app.progress.total_bytes = total          # lets the progress line show an ETA
+        need = int(total * 0.4) + 16 * MiB
         what = "a full backup"
     else:
         recent = [s.header.stored_bytes for s in snaps if s.header.kind == "incremental"][-3:]
         need = max(recent, default=0) + 16 * MiB
         what = "an incremental backup"
-    if free < need:
+    if free is not None and free < need:
         raise NoSpace(
             f"{repo.t.describe()} has {free // MiB} MiB free, {what} needs about {need // MiB} MiB: "
             "free space (dmbackup prune) or use a larger disk; nothing was written")
