@@ -166,6 +166,8 @@ def _raise_next_uids(store: str) -> int:
         os.chown(tmp, st.st_uid, st.st_gid)
         os.chmod(tmp, st.st_mode & 0o7777)
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        dst = os.stat(dp)
         os.replace(tmp, p)
+        os.utime(dp, ns=(dst.st_atime_ns, dst.st_mtime_ns))    # the folder keeps its recorded mtime
         count += 1
     return count

@@ -230,3 +230,29 @@ def test_unchanged_message_dirs_are_taken_over_and_changed_ones_are_not(sim_worl
         # directory mtimes were aged after the backup; compare everything else
         assert diff_trees({k: v for k, v in want.items() if v[0][0] != "d"},
                           {k: v for k, v in got.items() if v[0][0] != "d"}) == []
+
+
+def test_disaster_restore_into_empty_live_store_raises_next_uid(ready):
+    w = ready
+    w.ok("backup", "--target", "local")
+    want = tree(w.store)
+    old = w.store + ".broken"
+    os.rename(w.store, old)
+    os.makedirs(w.store)
+    r = w.run("restore", "--target", "local", "--overwrite")
+    assert r.code == 0, r.err
+    got = tree(w.store)
+    uidlists = [k for k in want if k.endswith(b"dovecot-uidlist")]
+    assert uidlists
+    assert diff_trees({k: v for k, v in want.items() if k not in uidlists},
+                      {k: v for k, v in got.items() if k not in uidlists}) == []
+    for k in uidlists:
+        with open(os.path.join(old, os.fsdecode(k)), "rb") as f:
+            n_old = int(f.readline().split(b" N")[1].split()[0])
+        with open(os.path.join(w.store, os.fsdecode(k)), "rb") as f:
+            n_new = int(f.readline().split(b" N")[1].split()[0])
+        assert n_new == n_old + 1000
+    # a store that is not empty is refused, and left alone
+    r = w.run("restore", "--target", "local", "--overwrite")
+    assert r.code == 3 and "not empty" in r.err
+    assert tree(w.store) == got
