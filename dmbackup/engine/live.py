@@ -160,13 +160,13 @@ def _raise_next_uids(store: str) -> int:
             continue
         head = m.group(1) + b"N" + str(int(m.group(2)) + UID_GAP).encode() + m.group(3)
         st = os.stat(p)
+        dst = os.stat(dp)
         tmp = p + ".dmbackup-tmp"
         with open(tmp, "wb") as f:
             f.write(head + sep + rest)
         os.chown(tmp, st.st_uid, st.st_gid)
         os.chmod(tmp, st.st_mode & 0o7777)
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        dst = os.stat(dp)
         os.replace(tmp, p)
         os.utime(dp, ns=(dst.st_atime_ns, dst.st_mtime_ns))    # the folder keeps its recorded mtime
         count += 1
