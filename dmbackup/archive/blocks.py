@@ -38,6 +38,8 @@ class BlockWriter:
         self.on_stored = on_stored or (lambda n: None)
         self.stop_check = stop_check or (lambda: None)
         self.buf = bytearray()
+        self.to_hash: list[tuple[int, int]] = []   # (offset, length) in the open block
+        self.hashes: dict[int, list[str]] = {}     # seq -> SHA-256 hex of those slices
         self.seq = 0                      # seq of the block being filled
         self.written_seq = -1             # highest seq whose location is known
         self.locations: dict[int, tuple[str, int, int]] = {}
@@ -57,15 +59,24 @@ class BlockWriter:
     def room(self) -> int:
         return BLOCK_SIZE - len(self.buf)
 
-    def add(self, data: bytes | memoryview) -> tuple[int, int, int]:
-        """Append content that fits in the current block; returns (seq, offset, length)."""
+    def add(self, data: bytes | memoryview, *, want_hash: bool = False):
+        """Append content that fits in the current block; returns (seq, offset, length), and
+        with ``want_hash`` also the index under which the workers will record its SHA-256
+        (``hash_of(seq, index)`` once the block is written): hashing then runs in parallel."""
         assert len(data) <= self.room()
         off = len(self.buf)
         self.buf += data
         ref = (self.seq, off, len(data))
+        hidx = None
+        if want_hash:
+            hidx = len(self.to_hash)
+            self.to_hash.append((off, len(data)))
         if not self.room():
             self.flush()
-        return ref
+        return (ref, hidx) if want_hash else ref
+
+    def hash_of(self, seq: int, index: int) -> str:
+        return self.hashes[seq][index]
 
     def flush(self) -> None:
         """Close the current block (called at mailbox boundaries and when full)."""
@@ -73,15 +84,20 @@ class BlockWriter:
             return
         data = bytes(self.buf)
         self.buf = bytearray()
+        slices, self.to_hash = self.to_hash, []
         seq = self.seq
         self.seq += 1
-        self.pending.append((seq, self.pool.submit(self._compress, data, self.level)))
+        self.pending.append((seq, self.pool.submit(self._compress, data, self.level, slices)))
         while len(self.pending) > self.depth:
             self._write_one()
 
     @staticmethod
-    def _compress(data: bytes, level: int) -> bytes:
-        return zstandard.ZstdCompressor(level=level).compress(data)
+    def _compress(data: bytes, level: int, slices: list[tuple[int, int]]):
+        import hashlib
+
+        view = memoryview(data)
+        digests = [hashlib.sha256(view[o:o + n]).hexdigest() for o, n in slices]
+        return zstandard.ZstdCompressor(level=level).compress(data), digests
 
     # --- writing ---------------------------------------------------------------------------
     def _write_one(self) -> None:
@@ -89,7 +105,9 @@ class BlockWriter:
 
         self.stop_check()
         seq, fut = self.pending.popleft()
-        compressed = fut.result()
+        compressed, digests = fut.result()
+        if digests:
+            self.hashes[seq] = digests
         framed_len = FRAME.size + len(compressed) + 64
         if self.vol is not None and self.vol.size + framed_len > self.volume_size:
             self._close_volume()

@@ -34,7 +34,6 @@ from tests.faults.conftest import (
     mail_snaps,
     no_traceback,
     repo_objects,
-    sample,
 )
 from tests.fixtures.smbd import SmbServer
 from tests.world import diff_trees, tree
@@ -284,10 +283,6 @@ def test_sweep_every_operation_on_smb_target(template, smb_server, tmp_path, sce
         kill_and_check(template, str(tmp_path / f"w{n}"), scenario, point, "smb", smb_server, f"s-{scenario}-{n}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Repository.cleanup_leftovers (dmbackup/archive/repository.py) removes a killed run's "
-    "chains/ objects but not its config/<snap>.bundle, committed just before the catalog; "
-    "nothing ever deletes it (prune only deletes bundles of catalogs it deletes, and -config ones)"))
 def test_killed_run_leaves_no_orphan_config_bundle(template, tmp_path):
     w, t, argv, earlier = make_point_world(template, str(tmp_path / "w"), "incremental", "dir")
     r = w.killer(*argv, kill="commit|/config/.*\\.bundle$|1:after")
