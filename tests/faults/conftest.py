@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
-
-import pytest
 
 from tests.world import ROOT, Result, World
 
@@ -96,13 +93,6 @@ def repo_objects(repo_root: str) -> list[str]:
         for n in fns:
             out.append(os.path.relpath(os.path.join(dp, n), repo_root))
     return sorted(out)
-
-
-def sample(points: list, k: int, seed: int = 1) -> list:
-    """The whole list in a full sweep, else k of them (deterministic)."""
-    if FULL_SWEEP or len(points) <= k:
-        return list(points)
-    return random.Random(seed).sample(points, k)
 
 
 def add_random_message(store: str, mailbox: str, size: int, seed: int, *, sub: str = "cur",

@@ -21,7 +21,6 @@ import pytest
 from dmbackup.archive.catalog import decode_catalog_body, decode_catalog_header, encode_catalog
 from tests.engine.forge import forge, open_repo, some_file_entry
 from tests.faults.conftest import FaultWorld, copy_tree, no_traceback, one_line
-from tests.world import diff_trees, tree
 
 
 @pytest.fixture(scope="module")
