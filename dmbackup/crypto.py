@@ -60,7 +60,10 @@ def b64(b: bytes) -> str:
 
 
 def unb64(s: str) -> bytes:
-    return base64.b64decode(s.encode("ascii"), validate=True)
+    try:
+        return base64.b64decode(s.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, ValueError):
+        raise ValueError("not base64") from None
 
 
 def derive_kek(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -84,23 +87,36 @@ def wrap_master(master: bytes, passphrase: bytes, repo_id: str) -> bytes:
 
 
 def unwrap_master(keyfile: bytes, passphrase: bytes, repo_id: str) -> bytes:
+    damaged = "the repository key file is damaged ({}): restore keys/ from another copy"
     try:
         doc = json.loads(keyfile)
-        if doc.get("version") != 1 or doc.get("kdf") != "scrypt":
+        if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "scrypt":
             raise ValueError("unsupported key file")
-        n, r, p = int(doc["n"]), int(doc["r"]), int(doc["p"])
-        if not (2 <= n <= 1 << 22 and 1 <= r <= 32 and 1 <= p <= 16):
+        n, r, p = doc.get("n"), doc.get("r"), doc.get("p")
+        if not all(type(v) is int for v in (n, r, p)):
+            raise ValueError("cost parameters are not integers")
+        if not (2 <= n <= 1 << 22 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
             raise ValueError("key file parameters out of range")
-        salt, nonce, wrapped = unb64(doc["salt"]), unb64(doc["nonce"]), unb64(doc["wrapped"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptObject(f"the repository key file is damaged ({exc}): restore keys/ from another copy") from None
-    kek = derive_kek(passphrase, salt, n, r, p)
+        fields = [doc.get(k) for k in ("salt", "nonce", "wrapped")]
+        if not all(isinstance(v, str) for v in fields):
+            raise ValueError("salt, nonce or wrapped key missing")
+        salt, nonce, wrapped = (unb64(v) for v in fields)
+        if len(nonce) != NONCE or len(salt) < 8 or len(wrapped) < TAG:
+            raise ValueError("salt, nonce or wrapped key of the wrong size")
+    except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError) as exc:
+        raise CorruptObject(damaged.format(exc)) from None
+    try:
+        kek = derive_kek(passphrase, salt, n, r, p)
+    except (ValueError, MemoryError) as exc:
+        raise CorruptObject(damaged.format(exc)) from None
     try:
         return AESGCM(kek).decrypt(nonce, wrapped, b"dmbackup-key\0" + repo_id.encode())
     except InvalidTag:
         raise WrongPassphrase(
             "wrong passphrase: it does not unlock this repository's key "
             "(check encryption.passphrase_file or $DMBACKUP_PASSPHRASE)") from None
+    except ValueError as exc:
+        raise CorruptObject(damaged.format(exc)) from None
 
 
 class Sealer:

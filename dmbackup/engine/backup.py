@@ -160,6 +160,13 @@ class BackupRun:
             raise SourceError(f"mail store {self.root} cannot be read ({exc.strerror}): check [source] mail_store") from None
         if not stat.S_ISDIR(root_st.st_mode):
             raise SourceError(f"mail store {self.root} is not a directory: check [source] mail_store")
+        try:
+            with os.scandir(self.root):
+                pass
+        except OSError as exc:
+            # never commit an empty snapshot of a store we could not read
+            raise SourceError(f"mail store {self.root} cannot be listed ({exc.strerror}): "
+                              "check its permissions; nothing was committed") from None
         self.pages_writer = self.repo.t.writer(f"chains/{self.chain}/{self.snap}.pages")
         try:
             for scan in mailstore.walk(self.root, self.warn):

@@ -249,7 +249,6 @@ UNWRAP_BUG = (
     "and wrap derive_kek/decrypt errors into CorruptObject")
 
 
-@pytest.mark.xfail(strict=True, reason=UNWRAP_BUG)
 @SETTINGS
 @given(st.binary(max_size=200))
 @example(b"0")
@@ -258,7 +257,6 @@ def test_unwrap_master_random_bytes(data):
     expect_dm_error(unwrap, data)
 
 
-@pytest.mark.xfail(strict=True, reason=UNWRAP_BUG)
 @SETTINGS
 @given(st.one_of(keydoc, json_values))
 @example([1, 2])

@@ -214,13 +214,6 @@ def test_file_replaced_mid_scan_is_a_warning(world, monkeypatch, tmp_path, chang
 
 
 @root_only
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: an unreadable mail_store root commits an EMPTY snapshot with exit 1 ('permission denied "
-    "listing /: skipped') instead of failing with exit 3 (README: 'unreadable store'). "
-    "BackupRun.run (dmbackup/engine/backup.py) only lstat()s the root; mailstore._list turns the "
-    "PermissionError on the root itself into a warning. The empty snapshot then becomes 'latest' "
-    "and the parent of the next incremental. Suggest: open/scandir the root before writing and "
-    "raise SourceError"))
 def test_unreadable_store_root_fails_with_exit_3(tmp_path):
     w = FaultWorld(str(tmp_path / "w"))
     w.make_store(uid=None, gid=None, big_bytes=10_000)
