@@ -65,3 +65,43 @@ def mounts_of(source: str) -> list[Mount]:
     """Mounts of a device node or remote export (``server:/path``)."""
     real = os.path.realpath(source) if source.startswith("/") else source
     return [m for m in mounts() if m.source in (source, real)]
+
+
+class MountPointDirs:
+    """Creates the missing directories of a mount point and removes exactly those again
+    (innermost first, only while empty and not mounted): nothing of the administrator's is
+    ever removed. Used by every target that mounts something (USB, NFS)."""
+
+    def __init__(self):
+        self.created: list[str] = []
+
+    def make(self, mp: str) -> None:
+        """Raises OSError (with strerror) when the directories cannot be made."""
+        missing, p = [], mp
+        while not os.path.lexists(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        try:
+            for d in reversed(missing):
+                os.mkdir(d, 0o700 if d == mp else 0o755)
+                self.created.append(d)
+        except OSError:
+            self.remove()
+            raise
+        if not os.path.isdir(mp):
+            raise NotADirectoryError(20, "exists but is not a directory", mp)
+
+    def remove(self) -> None:
+        for d in reversed(self.created):
+            if mount_at(d) is not None:
+                break
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        self.created = []
+
+
+def unescape(field: str) -> str:
+    """Undo mountinfo's octal escapes (space, tab, newline, backslash)."""
+    return _unescape(field)

@@ -69,7 +69,8 @@ from .base import (
     validate_name,
 )
 from .dir import DirTarget
-from .mounts import Mount, _unescape, mount_at, mounts_of
+from .mounts import Mount, MountPointDirs, mount_at, mounts_of
+from .mounts import unescape as _unescape
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class NfsMountTarget(Target):
         self.mounted_by_us = False
         self._dir: DirTarget | None = None
         self._dev: int | None = None
-        self._created: list[str] = []
+        self._mp_dirs = MountPointDirs()
 
     def describe(self) -> str:
         return _describe(self.cfg)
@@ -365,29 +366,13 @@ class NfsMountTarget(Target):
             time.sleep(0.05)
 
     def _make_mount_point(self, mp: str) -> None:
-        missing, p = [], mp
-        while not os.path.lexists(p):
-            missing.append(p)
-            p = os.path.dirname(p)
         try:
-            for d in reversed(missing):
-                os.mkdir(d, 0o700 if d == mp else 0o755)
-                self._created.append(d)
+            self._mp_dirs.make(mp)
         except OSError as exc:
-            self._remove_mount_point()
-            raise TargetUnavailable(f"{self.describe()}: cannot create mount point {mp}: {exc.strerror}") from None
-        if not os.path.isdir(mp):
-            raise TargetUnavailable(f"{self.describe()}: mount point {mp} exists but is not a directory")
+            raise TargetUnavailable(f"{self.describe()}: mount point {mp}: {exc.strerror}") from None
 
     def _remove_mount_point(self) -> None:
-        for d in reversed(self._created):
-            if mount_at(d) is not None:
-                break
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
-        self._created = []
+        self._mp_dirs.remove()
 
     def _release(self) -> None:
         """Unmount what we mounted (after a failed open)."""

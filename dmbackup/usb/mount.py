@@ -36,7 +36,7 @@ import tempfile
 import time
 
 from ..errors import TargetUnavailable
-from ..targets.mounts import Mount, mount_at, mounts, mounts_of
+from ..targets.mounts import Mount, MountPointDirs, mount_at, mounts, mounts_of
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class DiskMount:
         self.path: str | None = None          # where the file system is, while open
         self.mounted_by_us = False
         self.fstype: str | None = None        # as mountinfo names it: ext4, fuseblk, fuse.fusefat
-        self._created_dirs: list[str] = []
+        self._mp_dirs = MountPointDirs()
         self._fuse = False
 
     # -- queries -------------------------------------------------------------------------
@@ -275,31 +275,13 @@ class DiskMount:
             time.sleep(0.05)
 
     def _make_mount_point(self, mp: str) -> None:
-        missing = []
-        p = mp
-        while not os.path.exists(p):
-            missing.append(p)
-            p = os.path.dirname(p)
         try:
-            for d in reversed(missing):
-                os.mkdir(d, 0o700 if d == mp else 0o755)
-                self._created_dirs.append(d)
+            self._mp_dirs.make(mp)
         except OSError as exc:
-            self._remove_mount_point()
-            raise MountFailed(f"cannot create mount point {mp}: {exc.strerror}") from None
-        if not os.path.isdir(mp):
-            raise MountFailed(f"mount point {mp} exists but is not a directory")
+            raise MountFailed(f"mount point {mp}: {exc.strerror}") from None
 
     def _remove_mount_point(self) -> None:
-        # only what we created, innermost first, and only while empty and unmounted
-        for d in reversed(self._created_dirs):
-            if mount_at(d) is not None:
-                break
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
-        self._created_dirs = []
+        self._mp_dirs.remove()
 
     def sync(self) -> None:
         if self.path is None:
