@@ -251,34 +251,19 @@ class SchedulerState:
     """``<state_dir>/scheduler.json``: per job ``first_seen``, ``overdue_notified``, ``overdue_ref``."""
 
     def __init__(self, state_dir: str):
+        from .state import State
+
         self.path = os.path.join(state_dir, SCHED_STATE)
+        self._state = State(state_dir)
 
     def load(self) -> dict:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (FileNotFoundError, ValueError):
-            return {"jobs": {}}
-        if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
+        data = self._state.read_json(SCHED_STATE)
+        if not isinstance(data.get("jobs"), dict):
             return {"jobs": {}}
         return data
 
     def save(self, data: dict) -> None:
-        d = os.path.dirname(self.path)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{SCHED_STATE}.", dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        self._state.write_json(SCHED_STATE, data)
 
     def first_seen(self, job: str) -> datetime | None:
         return parse_iso(self.load()["jobs"].get(job, {}).get("first_seen"))

@@ -25,6 +25,14 @@ class State:
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
+    def read_json(self, name: str) -> dict:
+        """A JSON object from ``state_dir/name``; {} when missing or unreadable."""
+        return self._read(name)
+
+    def write_json(self, name: str, data: dict) -> None:
+        """Atomically replace ``state_dir/name`` with ``data``."""
+        self._write(name, data)
+
     def _read(self, name: str) -> dict:
         try:
             with open(self._path(name), encoding="utf-8") as f:
