@@ -187,6 +187,11 @@ class Repository:
                 return
             except AlreadyExists:
                 holder = self._read_lock()
+                if holder == {}:
+                    raise Locked(
+                        f"the lock file locks/lock on {self.t.describe()} is unreadable (damaged, e.g. by a "
+                        "dropped connection while it was written): if no dmbackup run of this appliance "
+                        "is active, delete it and run again")
                 if holder is not None and not self._owner_dead(holder):
                     raise Locked(
                         f"repository on {self.t.describe()} is locked by {holder.get('purpose', 'a run')} "
@@ -196,9 +201,10 @@ class Repository:
         raise Locked(f"could not take the lock on {self.t.describe()}")
 
     def _read_lock(self) -> dict | None:
+        """The holder's record; {} when unreadable; None when the lock vanished meanwhile."""
         try:
             info = json.loads(self.t.get("locks/lock"))
-            return info if isinstance(info, dict) else {}
+            return info if isinstance(info, dict) and info else {}
         except NotFound:
             return None
         except ValueError:

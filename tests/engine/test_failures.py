@@ -270,3 +270,14 @@ def test_secrets_never_in_logs_or_names(ready, capfd):
         for n in fns:
             with open(os.path.join(dp, n), "rb") as f:
                 assert PASSPHRASE.encode() not in f.read()
+
+
+def test_damaged_lock_file_exits_5_and_says_what_to_do(ready):
+    os.makedirs(os.path.join(ready.repo_root, "locks"), exist_ok=True)
+    with open(os.path.join(ready.repo_root, "locks", "lock"), "w") as f:
+        f.write('{"host": "mx')            # truncated by a dropped connection
+    r = ready.run("backup", "--target", "local")
+    assert r.code == 5
+    line = one_line(r.err)
+    assert "unreadable" in line and "delete it" in line
+    assert not ready.chain_files()
