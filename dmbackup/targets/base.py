@@ -173,8 +173,12 @@ class PrefixedTarget(Target):
         self.prefix = prefix
         self.name = inner.name
         self.kind = inner.kind
-        self.capabilities = inner.capabilities
         self.bytes_read = 0          # everything fetched through this view (restore efficiency)
+
+    @property
+    def capabilities(self) -> Capabilities:    # type: ignore[override]
+        """Read through: a USB disk knows its file system's limits only once mounted."""
+        return self.inner.capabilities
 
     def _n(self, name: str) -> str:
         """An object name under the prefix (validated: never the prefix itself)."""
