@@ -347,11 +347,8 @@ def test_damaged_key_file_one_line_no_traceback(repo, case, how):
         for n in os.listdir(os.path.join(w.repo_root, "chains", c)) if ".tmp-" in n]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: crypto.unwrap_master (dmbackup/crypto.py) validates n only by range, so a damaged key "
-    "file with n = 1025 (not a power of two) reaches Scrypt, whose ValueError is raised outside the "
-    "try: a traceback instead of exit 4 'key file damaged'"))
 def test_key_file_with_bad_scrypt_cost_is_damage_not_traceback(repo, case):
+    """n = 1025 is not a scrypt cost: the key file is damaged (was a traceback before 0fe82d9)."""
     w = case
     doc = _key_doc(w.repo_root)
     doc["n"] = doc["n"] + 1

@@ -284,6 +284,8 @@ def test_sweep_every_operation_on_smb_target(template, smb_server, tmp_path, sce
 
 
 def test_killed_run_leaves_no_orphan_config_bundle(template, tmp_path):
+    """The bundle a mail snapshot carries is committed just before its catalog: a run killed
+    in between leaves config/<snap>.bundle, and the next run removes it with the rest."""
     w, t, argv, earlier = make_point_world(template, str(tmp_path / "w"), "incremental", "dir")
     r = w.killer(*argv, kill="commit|/config/.*\\.bundle$|1:after")
     assert r.code == -9, r.err
