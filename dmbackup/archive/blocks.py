@@ -37,7 +37,8 @@ class BlockWriter:
         self.volume_size = volume_size
         self.on_stored = on_stored or (lambda n: None)
         self.stop_check = stop_check or (lambda: None)
-        self.buf = bytearray()
+        self.chunks: list[bytes] = []     # the open block, joined once when it is flushed
+        self.fill = 0
         self.to_hash: list[tuple[int, int]] = []   # (offset, length) in the open block
         self.hashes: dict[int, list[str]] = {}     # seq -> SHA-256 hex of those slices
         self.seq = 0                      # seq of the block being filled
@@ -57,15 +58,16 @@ class BlockWriter:
 
     # --- filling ---------------------------------------------------------------------------
     def room(self) -> int:
-        return BLOCK_SIZE - len(self.buf)
+        return BLOCK_SIZE - self.fill
 
     def add(self, data: bytes | memoryview, *, want_hash: bool = False):
         """Append content that fits in the current block; returns (seq, offset, length), and
         with ``want_hash`` also the index under which the workers will record its SHA-256
         (``hash_of(seq, index)`` once the block is written): hashing then runs in parallel."""
         assert len(data) <= self.room()
-        off = len(self.buf)
-        self.buf += data
+        off = self.fill
+        self.chunks.append(data)
+        self.fill += len(data)
         ref = (self.seq, off, len(data))
         hidx = None
         if want_hash:
@@ -80,21 +82,21 @@ class BlockWriter:
 
     def flush(self) -> None:
         """Close the current block (called at mailbox boundaries and when full)."""
-        if not self.buf:
+        if not self.fill:
             return
-        data = bytes(self.buf)
-        self.buf = bytearray()
+        chunks, self.chunks, self.fill = self.chunks, [], 0
         slices, self.to_hash = self.to_hash, []
         seq = self.seq
         self.seq += 1
-        self.pending.append((seq, self.pool.submit(self._compress, data, self.level, slices)))
+        self.pending.append((seq, self.pool.submit(self._compress, chunks, self.level, slices)))
         while len(self.pending) > self.depth:
             self._write_one()
 
     @staticmethod
-    def _compress(data: bytes, level: int, slices: list[tuple[int, int]]):
+    def _compress(chunks: list[bytes], level: int, slices: list[tuple[int, int]]):
         import hashlib
 
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         view = memoryview(data)
         digests = [hashlib.sha256(view[o:o + n]).hexdigest() for o, n in slices]
         return zstandard.ZstdCompressor(level=level).compress(data), digests

@@ -445,7 +445,10 @@ class BackupRun:
 
     def _store(self, fd: int, fst, name: str):
         h = hashlib.sha256()
-        head = self._read_upto(fd, BLOCK_SIZE + 1)
+        # read what fstat says (+1 to notice growth), never a 4 MiB buffer per small file
+        head = self._read_upto(fd, min(fst.st_size, BLOCK_SIZE) + 1)
+        if len(head) > fst.st_size and len(head) <= BLOCK_SIZE:
+            head += self._read_upto(fd, BLOCK_SIZE + 1 - len(head))
         if len(head) <= BLOCK_SIZE:
             data = head
             if self.parent_view is None and data:
