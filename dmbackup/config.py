@@ -133,13 +133,13 @@ def parse_size(value: Any) -> int:
         raise ValueError(value)
     s = value.strip().upper().replace(" ", "").removesuffix("IB").removesuffix("B")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if s and s[-1] in mult:
-        n = float(s[:-1]) * mult[s[-1]]
-    else:
-        n = float(s)
-    if n <= 0:
-        raise ValueError(value)
-    return int(n)
+    try:
+        n = float(s[:-1]) * mult[s[-1]] if s and s[-1] in mult else float(s)
+        if not n > 0 or n != n or n == float("inf"):
+            raise ValueError(value)
+        return int(n)
+    except OverflowError:
+        raise ValueError(value) from None
 
 
 def check_secret_file(path: str, *, file: str, field: str, what: str) -> None:
@@ -345,6 +345,8 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
         on_success=n_s.bool("on_success", False),
     )
     n_s.finish()
+    if notify.password_file:
+        check_secret_file(notify.password_file, file=file, field="notify.password_file", what="relay password")
     if notify.to and not notify.smtp_host:
         raise n_s.error("smtp_host", "missing; needed to send notifications to " + ", ".join(notify.to))
 

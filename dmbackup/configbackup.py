@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from . import bundle, configset, secrets
 from .config import DEFAULT_CONFIG_PATHS
-from .errors import EXIT_OK, EXIT_WARNING, ConfigError, CorruptObject, NotFound, OperationFailed
+from .errors import DmError, EXIT_OK, EXIT_WARNING, ConfigError, CorruptObject, NotFound, OperationFailed
 from .targets.mailbox import MailboxConfig, MailboxTarget
 
 
@@ -271,7 +271,12 @@ def list_repo_bundles(repo) -> list[dict]:
     for snap, t in _repo_bundle_names(repo):
         if not snap.endswith("-config"):
             continue
-        manifest, entries, size = _open_repo_bundle(repo, snap)
+        try:
+            manifest, entries, size = _open_repo_bundle(repo, snap)
+        except DmError as exc:        # listed by verify; the other snapshots stay visible
+            if hasattr(repo, "damaged"):
+                repo.damaged.append(("config", snap, str(exc)))
+            continue
         out.append({"id": snap, "chain": None, "kind": "config", "time": configset.iso_utc(t),
                     "files": sum(1 for e in entries if e.type == "file"),
                     "bytes": sum(e.size for e in entries), "stored_bytes": size,

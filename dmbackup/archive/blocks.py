@@ -17,7 +17,7 @@ from typing import Callable
 
 import zstandard
 
-from ..errors import CorruptObject
+from ..errors import CorruptObject, NotFound
 from . import BLOCK_SIZE
 
 FRAME = struct.Struct("<I")
@@ -176,7 +176,10 @@ class BlockReader:
         if hit is not None:
             self.cache.move_to_end(key)
             return hit
-        sealed = self.target.get(f"chains/{chain}/{volume}", offset, length)
+        try:
+            sealed = self.target.get(f"chains/{chain}/{volume}", offset, length)
+        except NotFound:
+            raise CorruptObject(f"volume {chain}/{volume} is missing from the repository") from None
         self.bytes_fetched += len(sealed)
         plain = self.open_block(chain, volume, offset, sealed)
         self.cache[key] = plain

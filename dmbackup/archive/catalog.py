@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,10 @@ from . import CATALOG_MAGIC, FORMAT_VERSION
 
 U32 = struct.Struct("<I")
 TYPES = ("f", "d", "l")
+VOLUME_RE = re.compile(r"^\d{8}T\d{6}Z-(full|inc)\.v\d{4}$")
+OBJECT_RE = re.compile(r"^\d{8}T\d{6}Z-(full|inc)\.(v\d{4}|pages|index)$")
+TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+MAX_ID = (1 << 32) - 2          # uid_t/gid_t; 0xFFFFFFFF means "unchanged" to chown
 MAX_PAGE_PLAIN = 64 << 20
 MAX_BODY_PLAIN = 1 << 30
 
@@ -95,20 +100,21 @@ def decode_entry(raw: Any, what: str) -> Entry:
     if type(name) is not str or typ not in TYPES:
         raise CorruptObject(f"{what}: malformed entry name or type")
     if (type(mode) is _I and type(uid) is _I and type(gid) is _I and type(mtime) is _I
-            and type(size) is _I and type(ino) is _I and 0 <= mode <= 0o7777 and 0 <= uid <= 1 << 32
-            and 0 <= gid <= 1 << 32 and 0 <= size < 1 << 63 and 0 <= ino < 1 << 63
+            and type(size) is _I and type(ino) is _I and 0 <= mode <= 0o7777 and 0 <= uid <= MAX_ID
+            and 0 <= gid <= MAX_ID and 0 <= size < 1 << 63 and 0 <= ino < 1 << 63
             and -(1 << 63) <= mtime < 1 << 63):
         e = Entry(name, typ, mode, uid, gid, mtime, size, ino)
     else:
-        e = Entry(name, typ, _int(mode, what, 0, 0o7777), _int(uid, what, 0, 1 << 32),
-                  _int(gid, what, 0, 1 << 32), _int(mtime, what, -(1 << 63)), _int(size, what),
+        e = Entry(name, typ, _int(mode, what, 0, 0o7777), _int(uid, what, 0, MAX_ID),
+                  _int(gid, what, 0, MAX_ID), _int(mtime, what, -(1 << 63)), _int(size, what),
                   _int(ino, what))
     if typ == "f":
         if not (isinstance(h, str) and len(h) == 64) or not isinstance(tail, list):
             raise CorruptObject(f"{what}: file entry without hash or extents")
         total = 0
         for ext in tail:
-            if (not isinstance(ext, list) or len(ext) != 5 or not isinstance(ext[0], str)):
+            if (not isinstance(ext, list) or len(ext) != 5 or not isinstance(ext[0], str)
+                    or not VOLUME_RE.match(ext[0])):
                 raise CorruptObject(f"{what}: malformed extent")
             for v in ext[1:]:
                 _int(v, what, 0, 1 << 40)
@@ -117,8 +123,8 @@ def decode_entry(raw: Any, what: str) -> Entry:
             raise CorruptObject(f"{what}: extents do not add up to the file size")
         e.hash, e.extents = h, tail
     elif typ == "l":
-        if not isinstance(tail, str):
-            raise CorruptObject(f"{what}: symlink without target")
+        if not isinstance(tail, str) or not tail or "\0" in tail:
+            raise CorruptObject(f"{what}: symlink without a usable target")
         e.link = tail
     return e
 
@@ -260,10 +266,25 @@ def decode_header(data: Any, what: str) -> Header:
         raise CorruptObject(f"{what}: unsupported format version {data['format']}")
     if data["kind"] not in ("full", "incremental"):
         raise CorruptObject(f"{what}: unknown snapshot kind")
-    for v in data["volumes"]:
-        if not (isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("size"), int)
-                and isinstance(v.get("sha256"), str)):
-            raise CorruptObject(f"{what}: malformed volume list")
+    def object_ok(v) -> bool:
+        return (isinstance(v, dict) and isinstance(v.get("name"), str) and bool(OBJECT_RE.match(v["name"]))
+                and type(v.get("size")) is int and v["size"] >= 0 and isinstance(v.get("sha256"), str))
+
+    if not all(object_ok(v) and VOLUME_RE.match(v["name"]) for v in data["volumes"]):
+        raise CorruptObject(f"{what}: malformed volume list")
+    for k in ("pages", "index"):
+        if data.get(k) is not None and not object_ok(data[k]):
+            raise CorruptObject(f"{what}: malformed {k} record")
+    root = data["root"]
+    if not (len(root) == 4 and all(type(x) is int for x in root) and 0 <= root[0] <= 0o7777
+            and 0 <= root[1] <= MAX_ID and 0 <= root[2] <= MAX_ID):
+        raise CorruptObject(f"{what}: malformed root record")
+    if not TIME_RE.match(data["time"]):
+        raise CorruptObject(f"{what}: malformed time")
+    if data.get("parent") is not None and not isinstance(data["parent"], str):
+        raise CorruptObject(f"{what}: malformed parent")
+    if data.get("config_bundle") is not None and not isinstance(data["config_bundle"], str):
+        raise CorruptObject(f"{what}: malformed config bundle name")
     known = set(Header.__dataclass_fields__)
     return Header(**{k: v for k, v in data.items() if k in known})
 

@@ -110,6 +110,7 @@ class Repository:
         self.keys: crypto.Keys | None = None
         self._lock_name: str | None = None
         self._page_cache: dict = {}
+        self.damaged: list[tuple[str, str, str]] = []
         self._tables: dict = {}
         self._warnings: dict = {}
         self._depths: dict = {}
@@ -126,10 +127,19 @@ class Repository:
     def create(self, passphrase: bytes | None, encrypted: bool) -> str:
         if self.exists():
             raise OperationFailed(f"a repository already exists on {self.t.describe()}")
+        if self.t.exists("keys/master.json") or list(self.t.list_dirs("chains")):
+            raise OperationFailed(
+                f"{self.t.describe()} holds backups of {self.hostname} (keys/ and chains/) but its repo.json "
+                "is missing or damaged: refusing to create a new repository over them; restore "
+                "repo.json from another copy of the disk, or move the old dmbackup/ directory away")
         repo_id = uuid.uuid4().hex
         master = os.urandom(64) if encrypted else None
         if encrypted:
-            self.t.put("keys/master.json", crypto.wrap_master(master, passphrase, repo_id))
+            try:
+                self.t.create_exclusive("keys/master.json", crypto.wrap_master(master, passphrase, repo_id))
+            except AlreadyExists:
+                raise OperationFailed(f"keys/master.json already exists on {self.t.describe()}: "
+                                      "refusing to replace the key of existing backups") from None
         self.t.put("README-RESTORE.txt", README_RESTORE.format(hostname=self.hostname).encode())
         meta = {"format": FORMAT_VERSION, "id": repo_id, "created": iso(utc_now()),
                 "hostname": self.hostname, "encryption": "aes-256-gcm" if encrypted else "none"}
@@ -249,7 +259,15 @@ class Repository:
         return header
 
     def snapshots(self, *, on_error=None) -> list[SnapshotRef]:
-        """Every committed snapshot, ordered by (chain number, seq)."""
+        """Every committed snapshot, ordered by (chain number, seq).
+
+        A damaged catalog is passed to ``on_error`` or, by default, recorded in
+        ``self.damaged`` and skipped: one bad catalog must not make the others unusable
+        (``verify`` reports it)."""
+        if on_error is None:
+            def on_error(chain, snap, exc):
+                if (chain, snap) not in {(c, s) for c, s, _ in self.damaged}:
+                    self.damaged.append((chain, snap, str(exc)))
         out = []
         for chain in self.chains():
             for obj in self.chain_objects(chain):
@@ -261,8 +279,6 @@ class Repository:
                 try:
                     out.append(SnapshotRef(chain, snap, self.catalog_header(chain, snap)))
                 except CorruptObject as exc:
-                    if on_error is None:
-                        raise
                     on_error(chain, snap, exc)
         out.sort(key=lambda s: (s.chain_no, s.header.seq, s.id))
         return out
@@ -364,7 +380,10 @@ class Repository:
                     removed += 1
                     if log:
                         log.info("removed_leftover", object=f"chains/{chain}/{o}")
-        all_committed = {s.id for s in self.snapshots(on_error=lambda *a: None)}
+        all_committed = set()       # by name: a damaged catalog still owns its objects
+        for chain in self.chains():
+            all_committed |= {o[: -len(".catalog")] for o in self.chain_objects(chain)
+                              if o.endswith(".catalog") and not is_temporary(o)}
         for o in self.t.list("config"):
             base = o.rsplit("/", 1)[-1]
             snap = base[: -len(".bundle")] if base.endswith(".bundle") else ""

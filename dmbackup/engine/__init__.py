@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ..archive.repository import Repository
+from ..archive.repository import Repository, snap_time
 from ..errors import (
     ConfigError,
+    CorruptObject,
     NoRepository,
     OperationFailed,
     RestoreError,
@@ -95,7 +96,7 @@ class SnapshotInfo:
         return dict(self.__dict__)
 
 
-def snapshots(app, target_name: str) -> list[SnapshotInfo]:
+def snapshots(app, target_name: str, warnings: list | None = None) -> list[SnapshotInfo]:
     tcfg = app.config.target(target_name)
     if not getattr(tcfg, "repository", True):
         from .. import configbackup
@@ -108,12 +109,14 @@ def snapshots(app, target_name: str) -> list[SnapshotInfo]:
         out = [SnapshotInfo(s.id, s.chain, s.header.kind, s.header.time, s.header.files, s.header.bytes,
                             s.header.stored_bytes, s.header.parent, s.header.warnings, s.header.job)
                for s in repo.snapshots()]
-        try:
-            from .. import configbackup
+        from .. import configbackup
 
-            out.extend(SnapshotInfo(**d) for d in configbackup.list_repo_bundles(repo))
-        except (ImportError, AttributeError):
-            pass
+        out.extend(SnapshotInfo(**d) for d in configbackup.list_repo_bundles(repo))
+        for chain, snap, why in repo.damaged:
+            msg = f"{chain}/{snap} is damaged and not listed ({why}): run `dmbackup verify`"
+            app.log.warning("snapshot_damaged", message=msg)
+            if warnings is not None:
+                warnings.append(msg)
         return out
 
 
@@ -149,10 +152,25 @@ def pick_snapshot(repo, spec: str | None, at: str | None):
     if at is not None:
         when = parse_time(at)
         cands = [s for s in snaps if parse_time(s.header.time) <= when]
-        if not cands:
+        if not cands and not repo.damaged:
             raise OperationFailed(f"no snapshot at or before {at} on {repo.t.describe()}: see `dmbackup snapshots`")
-        return max(cands, key=lambda s: (parse_time(s.header.time), s.chain_no, s.header.seq))
-    return repo.resolve(spec, snaps)
+        chosen = max(cands, key=lambda s: (parse_time(s.header.time), s.chain_no, s.header.seq)) if cands else None
+    elif spec is None or spec == "latest":
+        chosen = snaps[-1] if snaps else None
+        when = None
+    else:
+        return repo.resolve(spec, snaps)
+    # never hand back an older snapshot in silence when the one asked for is damaged
+    limit = snap_time(when) if when is not None else "99999999T999999Z"
+    newer_bad = [(c, b, why) for c, b, why in repo.damaged
+                 if b[:16] <= limit and (chosen is None or b[:16] > chosen.id[:16])]
+    if newer_bad:
+        c, b, why = max(newer_bad, key=lambda d: d[1])
+        raise CorruptObject(f"snapshot {c}/{b}, the one asked for, is damaged ({why}); restore an older one "
+                            "by naming it (see `dmbackup snapshots`) and run `dmbackup verify`")
+    if chosen is None:
+        raise OperationFailed(f"no snapshots on {repo.t.describe()}")
+    return chosen
 
 
 def selection_prefix(mailbox: str | None, folder: str | None) -> tuple[str, bool]:

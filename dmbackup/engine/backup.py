@@ -32,7 +32,7 @@ from ..archive.catalog import (
     page_aad,
 )
 from ..archive.repository import Repository, SnapshotRef, iso, snap_time, utc_now
-from ..errors import DmError, NoSpace, SourceError, WrongRepository, EXIT_OK, EXIT_WARNING
+from ..errors import CorruptObject, DmError, NoSpace, SourceError, WrongRepository, EXIT_OK, EXIT_WARNING
 
 MiB = 1 << 20
 
@@ -604,9 +604,18 @@ def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> Backu
                     parent = None
             if full:
                 parent = None
+            start_warning = None
+            if parent is not None:
+                try:
+                    repo.catalog_body(parent)
+                except CorruptObject as exc:
+                    # never let one damaged catalog stop every scheduled backup after it
+                    start_warning = (f"the newest snapshot {parent.id} cannot be read ({exc}): this backup "
+                                     "starts a new chain with a full backup; run `dmbackup verify`")
+                    parent = None
             now = utc_now()
             # one snapshot per second, whatever its kind: --at TIME must name exactly one
-            taken = {s.id.split("-", 1)[0] for s in snaps}
+            taken = {s.id.split("-", 1)[0] for s in snaps} | {d[1].split("-", 1)[0] for d in repo.damaged}
             kind = "full" if parent is None else "inc"
             while snap_time(now) in taken:
                 now += timedelta(seconds=1)
@@ -620,8 +629,13 @@ def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> Backu
             _check_space(app, repo, parent, snaps)
             app.log.info("backup_start", target=target_name, snapshot=snap, chain=chain,
                          kind="full" if parent is None else "incremental")
-            result = BackupRun(app, repo, target_name, parent=parent, chain=chain, snap=snap, seq=seq,
-                               now=now, job_name=job.name if job else None).run()
+            run = BackupRun(app, repo, target_name, parent=parent, chain=chain, snap=snap, seq=seq,
+                            now=now, job_name=job.name if job else None)
+            for c, bad, why in repo.damaged:
+                run.warn(f"snapshot {c}/{bad} is damaged and was skipped ({why}): run `dmbackup verify`")
+            if start_warning:
+                run.warn(start_warning)
+            result = run.run()
             app.log.info("backup_done", **result.as_dict())
             return result
         finally:

@@ -16,8 +16,11 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\0" in name
-            or len(name.encode("utf-8", "surrogateescape")) > 255):
+    try:
+        encoded = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else b""
+    except UnicodeEncodeError:          # a surrogate no file system name can have
+        encoded = b""
+    if (not encoded or name in (".", "..") or "/" in name or "\0" in name or len(encoded) > 255):
         raise CorruptObject(f"unsafe {what} {name!r} in the catalog: refused")
     return name
 

@@ -143,6 +143,21 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
         except (CorruptObject, DmError) as exc:
             damaged(s.id, f"{name} (the config bundle of {s.id}): {exc}")
 
+    # config-only bundles (config/<time>-config.bundle)
+    if not snapshot:
+        from ..configbackup import _open_repo_bundle, _repo_bundle_names
+
+        for bid, _ in _repo_bundle_names(repo):
+            if not bid.endswith("-config"):
+                continue
+            try:
+                if read_data:
+                    _open_repo_bundle(repo, bid)
+                else:
+                    repo.t.stat(f"config/{bid}.bundle")
+            except (CorruptObject, DmError) as exc:
+                damaged(bid, f"config/{bid}.bundle: {exc}")
+
     # walk every checked snapshot's tree
     for s in snaps:
         if s.id not in check:

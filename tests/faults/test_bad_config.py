@@ -163,10 +163,6 @@ def test_every_command_refuses_a_bad_config(world, name):
         assert r.code == 2 and world.config in line and field in line, (argv, line)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: config.parse_size (dmbackup/config.py) turns 'inf' or '1e400' into float('inf') and calls "
-    "int() on it: OverflowError escapes Section.size (which catches only ValueError), a traceback "
-    "and exit 1 instead of exit 2 naming volume_size"))
 @pytest.mark.parametrize("value", ["inf", "1e400"])
 def test_volume_size_infinity(world, value):
     with open(world.config, "w") as f:
@@ -176,11 +172,6 @@ def test_volume_size_infinity(world, value):
     assert r.code == 2 and "volume_size" in one_line(r)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: notify.password_file is never checked by config.parse (dmbackup/config.py): a missing or "
-    "world-readable relay password file passes check-config (exit 0), while the same mistake in "
-    "encryption.passphrase_file or targets.*.password_file is exit 2. It shows only when a failure "
-    "has to be e-mailed. Suggest check_secret_file for notify.password_file too"))
 @pytest.mark.parametrize("pw", ["open.pw", "nope.pw"])
 def test_notify_password_file_is_checked(world, pw):
     files(world)

@@ -178,35 +178,18 @@ def test_symlinks_are_restored_as_links_never_followed(hw):
 
 
 # --- bugs: inputs that still end in a traceback ----------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: check_name (dmbackup/engine/safetree.py) encodes names with surrogateescape, which "
-    "raises UnicodeEncodeError for a lone surrogate outside U+DC80..U+DCFF (e.g. '\\ud800', which "
-    "catalog.loads accepts through 'surrogatepass'): a traceback instead of 'unsafe name ... refused'"))
 def test_lone_surrogate_name_is_refused(hw):
     restore_forged(hw, {"": [fe(hw, "bad\ud800name")]}, expect={4})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a symlink target containing NUL reaches os.symlink (TreeRestorer._entry in "
-    "dmbackup/engine/restore.py) and raises ValueError: a traceback. decode_entry should refuse "
-    "NUL (and an empty target) in link targets"))
 def test_symlink_target_with_nul_is_refused(hw):
     restore_forged(hw, {"": [le("l", "a\0b")]}, expect={4})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: decode_entry (dmbackup/archive/catalog.py) allows uid/gid up to 1<<32 inclusive; "
-    "os.fchown then raises OverflowError (uid_t is 32 bits): a traceback. The bound should be "
-    "(1<<32) - 2 (or refuse 0xFFFFFFFF too, which means 'unchanged' to chown)"))
 def test_uid_out_of_range_is_refused(hw):
     restore_forged(hw, {"": [fe(hw, "f", uid=1 << 32)]}, expect={4})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: extent volume names are not validated (decode_entry accepts any string); "
-    "BlockReader.block builds chains/<chain>/<volume> and PrefixedTarget.validate_name raises "
-    "ValueError for e.g. '../repo.json' or 'a b': a traceback. decode_entry should require "
-    "<snap>.vNNNN"))
 @pytest.mark.parametrize("volume", ["../../repo.json", "a b"])
 def test_extent_volume_name_is_validated(hw, volume):
     tail = [[volume, *hw.file[9][0][1:]]] + hw.file[9][1:]
@@ -235,12 +218,6 @@ HEADER_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: decode_header (dmbackup/archive/catalog.py) checks only the fields in HEADER_FIELDS: "
-    "pages/index are not checked to be null or {name, size, sha256}, volume names are not "
-    "validated, root is not checked to be [mode, uid, gid, mtime], time is not checked to be "
-    "ISO 8601. verify/restore then fail with TypeError, KeyError, ValueError or IndexError "
-    "tracebacks, or exit 2 (UsageError from parse_time) instead of 4"))
 @pytest.mark.parametrize("case_name", list(HEADER_CASES))
 def test_malformed_header_fields_are_damage(hw, case_name):
     snap = "20991231T000000Z-inc"
