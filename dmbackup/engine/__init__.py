@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from ..archive.repository import Repository, snap_time
 from ..errors import (
+    DmError,
     ConfigError,
     CorruptObject,
     NoRepository,
@@ -267,6 +268,10 @@ def prune(app, target_name: str, keep_chains: int | None = None, dry_run: bool =
             for chain in chains:
                 if chain in keep:
                     continue
+                if not repo.chain_objects(chain):      # an empty leftover directory
+                    if not dry_run:
+                        _remove_empty_dirs(repo, [chain])
+                    continue
                 res.deleted.append(chain)
                 if dry_run:
                     continue
@@ -300,12 +305,8 @@ def _prune_config_bundles(repo, snaps, keep: set, dry_run: bool) -> list[str]:
 
 
 def _remove_empty_dirs(repo, chains) -> None:
-    inner = repo.t.inner
-    rmdir = getattr(inner, "rmdir", None)
-    if rmdir is None:
-        return
     for c in chains:
         try:
-            rmdir(f"{repo.t.prefix}/chains/{c}")
-        except OSError:
-            pass
+            repo.t.rmdir(f"chains/{c}")
+        except (OSError, DmError):
+            pass           # not empty, or a target without directories: harmless

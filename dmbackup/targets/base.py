@@ -147,6 +147,11 @@ class Target(ABC):
     @abstractmethod
     def delete(self, name: str) -> None: ...
 
+    def rmdir(self, name: str) -> None:
+        """Remove an EMPTY directory (after prune). Best effort: a target without real
+        directories does nothing; a directory that is not empty stays (OSError or a
+        target error, which callers ignore)."""
+
     def exists(self, name: str) -> bool:
         from ..errors import NotFound
 
@@ -227,6 +232,9 @@ class PrefixedTarget(Target):
 
     def delete(self, name):
         self.inner.delete(self._n(name))
+
+    def rmdir(self, name):
+        self.inner.rmdir(self._n(name))
 
     def free_space(self):
         return self.inner.free_space()

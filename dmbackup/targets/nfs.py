@@ -465,6 +465,9 @@ class NfsMountTarget(Target):
     def delete(self, name: str) -> None:
         self._guard().delete(name)
 
+    def rmdir(self, name: str) -> None:
+        self._guard().rmdir(name)
+
     def free_space(self) -> int | None:
         return self._guard().free_space()
 
@@ -744,6 +747,10 @@ class NfsUserspaceTarget(Target):
             self._do(name, lambda ctx: ctx.unlink(path))
         except NotFound:
             pass
+
+    def rmdir(self, name: str) -> None:
+        path = self._path(name)
+        self._do(name, lambda ctx: ctx.rmdir(path))
 
     def free_space(self) -> int | None:
         avail, _total = self._do(".", lambda ctx: ctx.statvfs(self.base))

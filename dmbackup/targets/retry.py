@@ -144,6 +144,9 @@ class RetryingTarget(_Forwarding):
     def delete(self, name):
         self._retry("delete", name, lambda: self.inner.delete(name))
 
+    def rmdir(self, name):
+        self.inner.rmdir(name)
+
     def free_space(self):
         return self._retry("free_space", "", self.inner.free_space)
 
@@ -240,6 +243,9 @@ class LoggingTarget(_Forwarding):
 
     def delete(self, name):
         self._run("delete", name, lambda: self.inner.delete(name))
+
+    def rmdir(self, name):
+        self._run("rmdir", name, lambda: self.inner.rmdir(name))
 
     def free_space(self):
         return self._run("free_space", "", self.inner.free_space)

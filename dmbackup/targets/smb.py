@@ -657,6 +657,9 @@ class SmbTarget(Target):
         except NotFound:
             pass
 
+    def rmdir(self, name: str) -> None:
+        self._call(name, _import_smbclient().rmdir, self._unc(name))
+
     def free_space(self) -> int | None:
         try:
             vol = self._call("free space", _import_smbclient().stat_volume, self._root)

@@ -46,3 +46,23 @@ def test_two_appliances_on_one_share_do_not_see_or_lock_each_other(smbd, tmp_pat
         assert w.sub("restore", "--target", "nas", "--to", out).code == 0
         assert diff_trees(tree(w.store), tree(out)) == []
     assert not os.path.exists(os.path.join(a.tmp, "restored", "example.it", "only-on-mx2.txt"))
+
+
+def test_prune_over_smb_deletes_whole_chains_and_their_directories(smbd, tmp_path):
+    w = smb_world(tmp_path, smbd)
+    assert w.sub("init", "nas").code == 0
+    for args in (["--full"], [], ["--full"], []):
+        assert w.sub("backup", "--target", "nas", *args).code == 0
+    chains_dir = smbd.share_dir / "backups" / "appliances" / "dmbackup" / "mx.test" / "chains"
+    before = sorted(os.listdir(chains_dir))
+    assert len(before) == 2
+    r = w.sub("prune", "--target", "nas", "--keep-chains", "1", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["deleted"] == [before[0]]
+    assert sorted(os.listdir(chains_dir)) == [before[1]]       # the directory went too
+    assert w.sub("verify", "--target", "nas", "--read-data").code == 0
+    r = w.sub("prune", "--target", "nas", "--keep-chains", "1", "--json")
+    assert json.loads(r.out)["deleted"] == []
+    out = os.path.join(w.tmp, "restored")
+    assert w.sub("restore", "--target", "nas", "--to", out).code == 0
+    assert diff_trees(tree(w.store), tree(out)) == []
