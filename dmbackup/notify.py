@@ -250,7 +250,7 @@ def overdue_message(app, job, *, now: datetime, last_success: datetime | None,
         "",
         f"Job:           {job.name} ({job.what} backup to target \"{job.target}\")",
         f"Schedule:      {job.schedule} (a success is expected every {human_age(interval_seconds)};",
-        f"               overdue after twice that)",
+        "               overdue after twice that)",
         f"Last success:  {_iso(last_success)}",
     ]
     if last_run:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -52,7 +51,7 @@ import threading
 import traceback
 import types
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import schedule
@@ -667,4 +666,4 @@ def run_daemon(app, *, clock: Clock = utc_now, runner: Runner | None = None,
 
 
 __all__ = ["Daemon", "run_daemon", "previous_due", "next_due", "is_overdue", "needs_catch_up",
-           "sd_notify", "add_to_schedule", "timer_oncalendar", "SchedulerState", "ConfigError"]
+           "sd_notify", "add_to_schedule", "timer_oncalendar", "SchedulerState"]

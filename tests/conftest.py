@@ -7,6 +7,7 @@ TestUseLowSecurityKDFParameters idea): the product's cost is unchanged, the suit
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -37,3 +38,17 @@ def ready(world):
     """A world whose repository exists (init done)."""
     world.ok("init", "local")
     return world
+
+
+@pytest.fixture
+def utc_local_time():
+    """Pin the local time zone to UTC (schedules are local time) and restore it after."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()

@@ -36,17 +36,8 @@ MONDAY = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)     # a Monday
 
 
 @pytest.fixture(autouse=True)
-def utc_local_time():
-    """Schedules are local time; pin the local zone so expectations are plain UTC."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+def _utc(utc_local_time):
+    """Schedules are local time: these tests expect plain UTC (fixture in tests/conftest.py)."""
 
 
 class FakeClock:

@@ -9,12 +9,10 @@ minimum) and, stricter than the schema, rejects fields the document does not des
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -32,16 +30,8 @@ UTC = timezone.utc
 
 
 @pytest.fixture(autouse=True)
-def utc_local_time():
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+def _utc(utc_local_time):
+    """Schedules are local time: these tests expect plain UTC (fixture in tests/conftest.py)."""
 
 
 def doc_schema() -> dict:

@@ -7,7 +7,6 @@ bytes are (the parsers are fuzzed in tests/archive/test_parsers_fuzz.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import socket
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone

@@ -4,7 +4,6 @@ turning errors into one line on stderr plus the documented exit code (no traceba
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from contextlib import contextmanager

@@ -16,7 +16,6 @@ from ..errors import (
     DmError,
     ConfigError,
     CorruptObject,
-    NoRepository,
     OperationFailed,
     RestoreError,
     UsageError,

@@ -8,7 +8,6 @@ temporary files are removed) and the next run deletes whatever a killed run left
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
