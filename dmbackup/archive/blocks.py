@@ -80,6 +80,13 @@ class BlockWriter:
     def hash_of(self, seq: int, index: int) -> str:
         return self.hashes[seq][index]
 
+    def release(self, below: int, keep: set[int]) -> None:
+        """Forget locations and digests of blocks below ``below`` (every entry using them is
+        final), except the ``keep`` ones (still referenced, e.g. by hardlinked files)."""
+        for d in (self.locations, self.hashes):
+            for seq in [q for q in d if q < below and q not in keep]:
+                del d[seq]
+
     def flush(self) -> None:
         """Close the current block (called at mailbox boundaries and when full)."""
         if not self.fill:

@@ -131,10 +131,11 @@ class BackupRun:
         self.warnings: list[str] = []
         self.files = self.dirs = self.bytes = 0
         self.new_index = IndexBuilder()       # content stored by this run, compact
-        self.pending: list[tuple[str, list[Entry], int, bool]] = []
+        self.pending: list[tuple[str, list[Entry], int, bool, int]] = []   # + oldest block used
         self.rows: list[PageRow] = []
         self.extra: dict[str, list[Entry]] = {}     # relocated messages waiting for their dir
         self.inode_map: dict[tuple[int, int], tuple[str, list]] = {}
+        self.pinned: set[int] = set()         # block seqs a hardlinked file may still refer to
         self.writer = BlockWriter(repo.t, repo.id, chain, snap, repo.keys.data,
                                   min(app.config.volume_size, repo.t.capabilities.max_object_size),
                                   stop_check=app.check_stop,
@@ -370,7 +371,9 @@ class BackupRun:
                     if e.extents and len(e.extents[0]) == 3:
                         max_seq = max(max_seq, max(x[0] for x in e.extents))
         entries.sort(key=lambda e: e.name)
-        self.pending.append((scan.rel, entries, max_seq, bool(scan.maildir_sub)))
+        min_seq = min((x[0] for e in entries if e.type == "f" and e.extents for x in e.extents if len(x) == 3),
+                      default=max_seq)
+        self.pending.append((scan.rel, entries, max_seq, bool(scan.maildir_sub), min_seq))
         self._finalize_pages()
 
     def _file(self, scan, name, st, prev):
@@ -428,6 +431,7 @@ class BackupRun:
             entry, seq = self._store(fd, fst, name)
             if fst.st_nlink > 1:
                 self.inode_map[key] = (entry.hash, entry.extents)
+                self.pinned.update(x[0] for x in entry.extents if len(x) == 3)
             return entry, seq, rel_dir
         finally:
             os.close(fd)
@@ -532,9 +536,9 @@ class BackupRun:
     def _finalize_pages(self, force: bool = False) -> None:
         done = self.writer.written_seq
         keep = []
-        for rel, entries, max_seq, maildir in self.pending:
+        for rel, entries, max_seq, maildir, min_seq in self.pending:
             if max_seq > done and not force:
-                keep.append((rel, entries, max_seq, maildir))
+                keep.append((rel, entries, max_seq, maildir, min_seq))
                 continue
             for e in entries:
                 if e.type == "f" and e.extents and any(len(x) == 3 for x in e.extents):
@@ -544,6 +548,11 @@ class BackupRun:
                     self.new_index.add(e.hash, e.extents)    # stored by this run
             self._write_page(rel, entries, maildir)
         self.pending = keep
+        # blocks no waiting entry refers to any more: their locations and digests can go
+        low = min((m for *_, m in keep if m >= 0), default=done + 1)
+        for ents in self.extra.values():       # relocated messages waiting for their directory
+            low = min([low] + [x[0] for e in ents if e.extents for x in e.extents if len(x) == 3])
+        self.writer.release(min(low, done + 1), self.pinned)
 
     def _write_page(self, rel: str, entries: list[Entry], maildir: bool) -> None:
         """Reuse the parent's row if unchanged; else an inline delta on the parent's stored base
