@@ -15,13 +15,24 @@ def usb_list(json_out: bool = typer.Option(False, "--json", help="JSON list.")):
     with handled(a):
         from ..usb import detect
 
-        disks = detect.list_disks() if hasattr(detect, "list_disks") else detect.list_usb()
-        rows = [d.as_dict() if hasattr(d, "as_dict") else dict(d.__dict__) for d in disks]
+        rows = []
+        usb_targets = {n: t for n, t in a.config.targets.items() if t.type == "usb"}
+        for d in detect.list_disks():
+            r = d.as_dict()
+            # which configured targets this disk is; "enrolled": such a target has a repository
+            # enrolled here (which disk holds it is checked when it is mounted for a run)
+            r["targets"] = sorted(n for n, t in usb_targets.items() if t.matches(d))
+            r["enrolled"] = any(a.state.enrolled(n) for n in r["targets"])
+            rows.append(r)
         if json_out:
             emit(rows, True)
             return
         if not rows:
             echo("no USB disks found")
+            return
+        echo(f"{'device':<12} {'label':<16} {'uuid':<38} {'fs':<6} {'size':>10}  target")
         for r in rows:
+            mark = (", ".join(r["targets"]) + (" (enrolled)" if r["enrolled"] else " (not enrolled)")
+                    if r["targets"] else "-")
             echo(f"{r.get('device', '-'):<12} {r.get('label') or '-':<16} {r.get('uuid') or '-':<38} "
-                       f"{r.get('fstype') or '-':<6} {human_bytes(r.get('size'))}")
+                 f"{r.get('fstype') or '-':<6} {human_bytes(r.get('size')):>10}  {mark}")

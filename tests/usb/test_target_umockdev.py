@@ -103,3 +103,14 @@ def test_usb_list_cli_shows_usb_file_systems_only(bed, tmp_path):
     assert [(r["device"], r["label"], r["fstype"], r["bus"]) for r in rows] == [
         ("/dev/sdb1", "DMBACKUP", "ext4", "usb"), ("/dev/sdc", "MAIL BACKUP", "vfat", "usb")]
     assert rows[0]["uuid"] == "3316ca0d-967d-41cd-8cd6-8dac3a4c37e4" and rows[0]["size"] == 58017792 * 512
+    assert [(r["targets"], r["enrolled"]) for r in rows] == [([], False), ([], False)]
+    # a configured target that matches the first disk, enrolled on this machine
+    cfg.write_text(f'hostname = "mx.test"\nstate_dir = "{tmp_path}/state"\n[encryption]\nmode = "none"\n'
+                   '[targets.usb1]\ntype = "usb"\nlabel = "DMBACKUP"\n')
+    from dmbackup.state import State
+    State(f"{tmp_path}/state").enrol("usb1", "0" * 32)
+    res = CliRunner().invoke(app, ["--config", str(cfg), "usb", "list", "--json"], catch_exceptions=False)
+    rows = json.loads(res.stdout)
+    assert [(r["targets"], r["enrolled"]) for r in rows] == [(["usb1"], True), ([], False)]
+    res = CliRunner().invoke(app, ["--config", str(cfg), "usb", "list"], catch_exceptions=False)
+    assert "usb1 (enrolled)" in res.stdout and "/dev/sdc" in res.stdout
