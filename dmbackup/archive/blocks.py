@@ -17,7 +17,7 @@ from typing import Callable
 
 import zstandard
 
-from ..errors import CorruptObject, NotFound
+from ..errors import CorruptObject, NotFound, OperationFailed
 from . import BLOCK_SIZE
 
 FRAME = struct.Struct("<I")
@@ -139,8 +139,31 @@ class BlockWriter:
         if self.vol is None:
             return
         self.vol.commit()
-        self.volumes.append({"name": self.vol_name, "size": self.vol.size, "sha256": self._hash.hexdigest()})
+        info = {"name": self.vol_name, "size": self.vol.size, "sha256": self._hash.hexdigest()}
+        self.volumes.append(info)
         self.vol = None
+        if self.target.capabilities.read_back:
+            self._read_back(info)
+
+    def _read_back(self, info: dict, window: int = 16 << 20) -> None:
+        """Prove a committed volume arrived whole: its size and SHA-256 as read back from the
+        target must be what was written (a share can acknowledge writes it then loses)."""
+        import hashlib
+
+        name = f"chains/{self.chain}/{info['name']}"
+        h, pos = hashlib.sha256(), 0
+        size = self.target.stat(name).size
+        while pos < size:
+            self.stop_check()
+            data = self.target.get(name, pos, min(window, size - pos))
+            if not data:
+                break
+            h.update(data)
+            pos += len(data)
+        if size != info["size"] or h.hexdigest() != info["sha256"]:
+            raise OperationFailed(f"volume {name} read back from the target differs from what was written "
+                                f"({size} of {info['size']} bytes): the target is not storing data reliably; "
+                                "nothing was committed")
 
     def location(self, seq: int) -> tuple[str, int, int]:
         return self.locations[seq]

@@ -49,6 +49,7 @@ class Capabilities:
     can_list: bool = True
     can_read: bool = True
     posix_metadata: bool = True         # chmod/chown work (never relied upon by the format)
+    read_back: bool = False             # re-read each committed volume (network shares)
 
 
 @dataclass(frozen=True)

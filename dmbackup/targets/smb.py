@@ -313,6 +313,7 @@ class SmbTarget(Target):
         # half of it per phase: idle -> echo -> no answer -> connection closed (see docstring)
         self.receive_timeout = max(1, math.ceil(timeout / 2))
         self.capabilities = Capabilities(
+            read_back=True,                  # size and SHA-256 of every volume read back
             max_object_size=max_object_size or Capabilities.max_object_size,
             atomic_rename=True,
             posix_metadata=False,
