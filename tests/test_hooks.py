@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.world import base_config
 from dmbackup import hooks
 from dmbackup.app import App
 from dmbackup.config import parse
@@ -31,23 +32,7 @@ from dmbackup.log import Logger
 
 
 def make_app(tmp_path: Path, *, hook_timeout: int = 20, extra: str = "", target_path: str | None = None) -> App:
-    (tmp_path / "vmail").mkdir(exist_ok=True)
-    (tmp_path / "etc").mkdir(exist_ok=True)
-    (tmp_path / "target").mkdir(exist_ok=True)
-    (tmp_path / "hooks").mkdir(exist_ok=True)
-    toml = textwrap.dedent(f"""
-        hostname = "mail.test"
-        state_dir = "{tmp_path}/state"
-        hooks_dir = "{tmp_path}/hooks"
-        hook_timeout = {hook_timeout}
-        [source]
-        mail_store = "{tmp_path}/vmail"
-        config_paths = ["{tmp_path}/etc"]
-        [encryption]
-        mode = "none"
-        [targets.local]
-        type = "dir"
-        path = "{target_path or (str(tmp_path) + '/target')}"
+    toml = base_config(tmp_path, target_path=target_path, hook_timeout=hook_timeout) + textwrap.dedent("""
         [jobs.nightly]
         what = "mail"
         target = "local"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.world import base_config
 from dmbackup import notify
 from dmbackup.app import App
 from dmbackup.config import parse
@@ -30,23 +31,10 @@ PASSWORD = "relay-Pw-1"
 
 def make_app(tmp_path: Path, server, *, security: str = "starttls", on_success: bool = False,
              password: str = PASSWORD, target_path: str | None = None, schedule: str = "daily at 02:30") -> App:
-    for d in ("vmail", "etc", "target", "hooks"):
-        (tmp_path / d).mkdir(exist_ok=True)
     pw = tmp_path / "smtp.pw"
     pw.write_text(password + "\n")
     os.chmod(pw, 0o600)
-    toml = textwrap.dedent(f"""
-        hostname = "mail.test"
-        state_dir = "{tmp_path}/state"
-        hooks_dir = "{tmp_path}/hooks"
-        [source]
-        mail_store = "{tmp_path}/vmail"
-        config_paths = ["{tmp_path}/etc"]
-        [encryption]
-        mode = "none"
-        [targets.local]
-        type = "dir"
-        path = "{target_path or (str(tmp_path) + '/target')}"
+    toml = base_config(tmp_path, target_path=target_path) + textwrap.dedent(f"""
         [jobs.nightly]
         what = "mail"
         target = "local"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import schedule
 
+from tests.world import base_config
 from dmbackup import engine, scheduler
 from dmbackup.app import App
 from dmbackup.config import load
@@ -60,21 +61,7 @@ schedule = "daily at 02:30"
 
 
 def write_config(tmp_path: Path, jobs: str = JOBS_DEFAULT, extra: str = "") -> Path:
-    for d in ("vmail", "etc", "target", "hooks"):
-        (tmp_path / d).mkdir(exist_ok=True)
-    toml = textwrap.dedent(f"""
-        hostname = "mail.test"
-        state_dir = "{tmp_path}/state"
-        hooks_dir = "{tmp_path}/hooks"
-        [source]
-        mail_store = "{tmp_path}/vmail"
-        config_paths = ["{tmp_path}/etc"]
-        [encryption]
-        mode = "none"
-        [targets.local]
-        type = "dir"
-        path = "{tmp_path}/target"
-    """) + textwrap.dedent(extra) + textwrap.dedent(jobs)
+    toml = base_config(tmp_path) + textwrap.dedent(extra) + textwrap.dedent(jobs)
     path = tmp_path / "dmbackup.toml"
     tmp = tmp_path / "dmbackup.toml.new"
     tmp.write_text(toml)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.world import base_config
 from dmbackup import engine, status
 from dmbackup.app import App
 from dmbackup.config import load
@@ -108,24 +109,11 @@ class FakeClock:
 
 
 def write_config(tmp_path: Path) -> str:
-    for d in ("vmail", "etc", "target", "hooks"):
-        (tmp_path / d).mkdir(exist_ok=True)
     mbox = tmp_path / "vmail" / "example.test" / "u" / "Maildir" / "cur"
     mbox.mkdir(parents=True)
     for i in range(5):
         (mbox / f"{1700000000 + i}.M{i}.mail.test:2,S").write_text(f"Subject: {i}\n\nbody {i}\n")
-    toml = textwrap.dedent(f"""
-        hostname = "mail.test"
-        state_dir = "{tmp_path}/state"
-        hooks_dir = "{tmp_path}/hooks"
-        [source]
-        mail_store = "{tmp_path}/vmail"
-        config_paths = ["{tmp_path}/etc"]
-        [encryption]
-        mode = "none"
-        [targets.local]
-        type = "dir"
-        path = "{tmp_path}/target"
+    toml = base_config(tmp_path) + textwrap.dedent(f"""
         [targets.gone]
         type = "dir"
         path = "{tmp_path}/unplugged"

@@ -95,6 +95,18 @@ class World:
         return sorted(out)
 
 
+def base_config(tmp_path, *, target_path: str | None = None, hook_timeout: int | None = None) -> str:
+    """The TOML every unattended-operation test starts from: one unencrypted ``dir`` target
+    ``local`` under ``tmp_path`` (whose vmail/, etc/, target/ and hooks/ are created)."""
+    for d in ("vmail", "etc", "target", "hooks"):
+        os.makedirs(os.path.join(str(tmp_path), d), exist_ok=True)
+    timeout = f"hook_timeout = {hook_timeout}\n" if hook_timeout is not None else ""
+    return (f'hostname = "mail.test"\nstate_dir = "{tmp_path}/state"\nhooks_dir = "{tmp_path}/hooks"\n{timeout}'
+            f'[source]\nmail_store = "{tmp_path}/vmail"\nconfig_paths = ["{tmp_path}/etc"]\n'
+            f'[encryption]\nmode = "none"\n'
+            f'[targets.local]\ntype = "dir"\npath = "{target_path or f"{tmp_path}/target"}"\n')
+
+
 def tree(root: str, *, mtimes_of_dirs: bool = True) -> dict:
     """Everything a restore must reproduce: type, mode, owner, mtime, content or link."""
     out = {}
