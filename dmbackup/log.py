@@ -3,17 +3,47 @@
 Events are ``{"time": ISO, "level": ..., "event": name, ...fields}``. The CLI sends them to
 stderr when stderr is not a terminal (a terminal gets a progress bar instead) and the daemon to
 stdout. A ring of the last lines is kept for failure notifications.
+
+File names, folder names and hook output are attacker data (anyone who can deliver mail names
+files in the store). JSON lines are ASCII with every control character escaped; text meant for
+a terminal goes through ``terminal_safe`` so an escape sequence in a name can never retitle,
+clear or rewrite the administrator's terminal.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import re
 import sys
 import threading
 import time
 from datetime import datetime, timezone
 from typing import IO
+
+
+# C0 controls, DEL, C1 controls (0x80-0x9f: 8-bit CSI/OSC on some terminals) and the Unicode
+# bidirectional overrides that make a name read differently from what it is.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+_UNSAFE_KEEP_NEWLINE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def _escape(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def terminal_safe(text: str, *, multiline: bool = False) -> str:
+    """``text`` with every control character written as ``\\xNN`` (``\\uNNNN`` above 0xff),
+    and undecodable bytes (surrogate escapes from file names) as ``\\xNN`` too.
+
+    ``multiline`` keeps newlines (tables and lists the CLI itself lays out); a one-line
+    message must not keep them, or a name could start a fake line of its own. (Tabs are kept
+    with the newlines: they only move the cursor.)
+    """
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return (_UNSAFE_KEEP_NEWLINE if multiline else _UNSAFE).sub(_escape, text)
 
 
 class Logger:

@@ -13,7 +13,7 @@ import typer
 from .. import config as config_mod
 from ..app import App
 from ..errors import DmError, UsageError, EXIT_INTERRUPTED
-from ..log import Logger, Progress
+from ..log import Logger, Progress, terminal_safe
 
 
 class State:
@@ -50,11 +50,13 @@ def pick_target(app: App, target: str | None) -> str:
 
 
 def printable(text: str) -> str:
-    """File names may hold any bytes (surrogate-escaped): show them, never crash on them."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """File names may hold any bytes (surrogate-escaped) and any control character: show
+    them escaped, never crash on them, never let them drive the terminal."""
+    return terminal_safe(str(text), multiline=True)
 
 
 def echo(text: str, err: bool = False) -> None:
+    # the one place human text leaves the CLI: names in it are attacker data
     typer.echo(printable(text), err=err)
 
 
@@ -67,8 +69,8 @@ def emit(obj, json_out: bool, text: str | None = None) -> None:
 
 
 def fail(err: DmError) -> None:
-    msg = str(err).replace("\n", " ")
-    echo(f"dmbackup: {msg}", err=True)
+    msg = terminal_safe(str(err).replace("\n", " "))
+    typer.echo(f"dmbackup: {msg}", err=True)
     raise typer.Exit(err.exit_code)
 
 
