@@ -8,7 +8,8 @@ collected by the operation (see ``Outcome``) and turn a success into exit 1.
 Exit codes (stable, documented in README.md, tested in tests/test_exit_codes.py):
   0 ok · 1 done with warnings · 2 usage or config error · 3 operation failed, nothing
   committed · 4 verify found damage · 5 locked by another run · 6 wrong passphrase or key ·
-  7 target unavailable · 130 interrupted.
+  7 target unavailable · 70 internal error (a bug: one line on stderr, the traceback in the
+  log and in a crash report; never counted as success) · 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ EXIT_DAMAGE = 4
 EXIT_LOCKED = 5
 EXIT_KEY = 6
 EXIT_TARGET = 7
+EXIT_INTERNAL = 70                  # EX_SOFTWARE: an uncaught exception, i.e. a bug
 EXIT_INTERRUPTED = 130
 
 

@@ -1,8 +1,9 @@
-"""The exit codes themselves (README, "Exit codes"): 0, 1, 2, 3, 4, 5, 6, 7 and 130.
+"""The exit codes themselves (README, "Exit codes"): 0, 1, 2, 3, 4, 5, 6, 7, 70 and 130.
 
-Codes 2-7 are each shown with their failure in tests/engine/test_failures.py; this module
-adds the two that need a running process or a quirk of the store, and checks the table of
-classes against the documented numbers.
+Codes 2-7 are each shown with their failure in tests/engine/test_failures.py and 70 (a bug)
+in tests/security/test_local_internal_error.py; this module adds the two that need a running
+process or a quirk of the store, and checks the table of classes against the documented
+numbers.
 """
 
 import os
@@ -27,6 +28,7 @@ def test_error_classes_carry_the_documented_codes():
     assert errors.NoRepository("x").exit_code == 7
     assert errors.AuthFailed("x").exit_code == 7
     assert errors.Interrupted("x").exit_code == 130
+    assert errors.EXIT_INTERNAL == 70
 
 
 def test_warning_exits_1_and_commits_the_snapshot(ready):

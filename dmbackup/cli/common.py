@@ -1,18 +1,28 @@
 """What every command shares: loading config into an App, choosing a target, printing, and
-turning errors into one line on stderr plus the documented exit code (no traceback)."""
+turning errors into one line on stderr plus the documented exit code (no traceback).
+
+A bug (any exception that is not a DmError) is exit 70, never 1: units count 1 as success.
+The administrator gets one line; the traceback goes to the log and to a crash report file
+(``<state_dir>/crash/``, mode 0600), because on a terminal, or with --quiet, there is no log.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import tempfile
+import time
+import traceback
 from contextlib import contextmanager
 
+import click
 import typer
 
 from .. import config as config_mod
 from ..app import App
-from ..errors import DmError, UsageError, EXIT_INTERRUPTED
+from ..errors import DmError, UsageError, EXIT_INTERNAL, EXIT_INTERRUPTED
 from ..log import Logger, Progress, terminal_safe
 
 
@@ -74,9 +84,51 @@ def fail(err: DmError) -> None:
     raise typer.Exit(err.exit_code)
 
 
+# typer/click signal their own exits with exceptions: those are not bugs
+_CLI_EXITS = (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+CRASH_FALLBACK_DIR = "/var/tmp"     # when there is no config (and so no state_dir) to write to
+
+
+def _crash_report(app: App | None, text: str) -> str | None:
+    """Write ``text`` (a traceback) to a new private file; its path, or None."""
+    dirs = []
+    if app is not None:
+        dirs.append(os.path.join(app.config.state_dir, "crash"))
+    dirs.append(CRASH_FALLBACK_DIR)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for d in dirs:
+        try:
+            if d != CRASH_FALLBACK_DIR:
+                os.makedirs(d, mode=0o700, exist_ok=True)
+            # mkstemp: O_EXCL and mode 0600, safe even in a world-writable directory
+            fd, path = tempfile.mkstemp(prefix=f"dmbackup-crash-{stamp}-", suffix=".txt", dir=d)
+            with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def internal_error(app: App | None, exc: BaseException) -> None:
+    """A bug: traceback to the log and a crash report, one line to the person, exit 70."""
+    tb = "".join(traceback.format_exception(exc))
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if app is not None:
+        log = app.log
+    else:
+        log = Logger(None if (STATE.quiet or sys.stderr.isatty()) else sys.stderr)
+    log.error("internal_error", error=what, traceback=tb)
+    path = _crash_report(app, f"dmbackup {' '.join(sys.argv[1:])}\n\n{tb}")
+    where = f"the traceback is in {path} and in the log" if path else "the traceback is in the log"
+    msg = terminal_safe(f"internal error (a bug): {what}: {where}; please report it".replace("\n", " "))
+    typer.echo(f"dmbackup: {msg}", err=True)
+    raise typer.Exit(EXIT_INTERNAL)
+
+
 @contextmanager
 def handled(app: App | None = None):
-    """Run a command body: DmError -> one line + exit code; Ctrl-C -> 130."""
+    """Run a command body: DmError -> one line + exit code; Ctrl-C -> 130; a bug -> 70."""
     def on_int(signum, frame):
         if app is not None and not app.stop.is_set():
             app.stop.set()
@@ -94,6 +146,10 @@ def handled(app: App | None = None):
     except KeyboardInterrupt:
         typer.echo("dmbackup: interrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+    except _CLI_EXITS:
+        raise
+    except Exception as exc:
+        internal_error(app, exc)
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)

@@ -1,7 +1,8 @@
 """The dmbackup command line: one module per command, composed here.
 
 Exit codes: 0 ok, 1 warnings, 2 usage/config, 3 failed (nothing committed), 4 damage found,
-5 locked, 6 wrong passphrase/key, 7 target unavailable, 130 interrupted.
+5 locked, 6 wrong passphrase/key, 7 target unavailable, 70 internal error (a bug),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import (
     usb_cmd,
     verify_cmd,
 )
-from .common import STATE
+from .common import STATE, internal_error
 
 app = typer.Typer(
     name="dmbackup",
@@ -51,7 +52,14 @@ app.add_typer(usb_cmd.usb_app, name="usb")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:
+        # a bug outside a command body (option parsing, typer itself): still exit 70, one line
+        try:
+            internal_error(None, exc)
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None
 
 
 if __name__ == "__main__":
