@@ -19,6 +19,7 @@ fi
 DEBS=(
   samba                                   # smbd for the SMB target tests
   dovecot-core dovecot-imapd              # real IMAP server, doveadm, dovecot-lda
+  isync                                   # mbsync: a real IMAP client keeping UID state (client-fidelity tests)
   umockdev gir1.2-umockdev-1.0            # udev emulation for USB detection tests
   libgirepository1.0-dev libcairo2-dev pkg-config   # to build PyGObject for hot-plug tests
   e2fsprogs dosfstools exfatprogs exfat-fuse fusefat mtools fuse3   # loop-device file systems
