@@ -11,62 +11,127 @@ Capture rules (DESIGN.md, "The Maildir, as Dovecot sees it"):
   and the renamed file is taken (``relocate``); only a message gone for good is a warning;
 - ``dovecot-uidlist`` and ``dovecot-keywords`` of a folder are read LAST, after its messages,
   so every captured message that the uidlist names carries the UID it had;
-- ``tmp/`` contents (deliveries in progress) are not captured; the directory itself is.
+- ``tmp/`` contents (deliveries in progress) are not captured; the directory itself is;
+- Dovecot's transient files (``dovecot-uidlist.lock``, ``dovecot.index.tmp``, ...) are never
+  captured: a restored lock that names another host stalls the folder's first SELECT.
 
-The walk yields directories in an order that satisfies these rules; ``DirScan.files`` is in
-the order the files must be read. Only per-directory lists are held in memory.
+The mail users are not trusted: they own the files and can rename, replace or symlink them
+at any moment. So the walk holds a directory file descriptor for every directory it lists,
+opens each subdirectory relative to its parent with ``O_DIRECTORY | O_NOFOLLOW`` and checks
+that what it opened is the (device, inode) the listing showed, and never crosses into another
+file system. ``DirScan.fd`` is valid while the consumer handles the scan, and for message
+directories until the folder's own files have been handed out (the engine re-checks and
+re-lists ``new/`` and ``cur/`` by fd). Only per-directory lists are held in memory.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 LAST_FILES = ("dovecot-keywords", "dovecot-uidlist")
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_TRANSIENT_PREFIXES = ("dovecot", "subscriptions")
+_TRANSIENT_SUFFIXES = (".lock", ".tmp", ".newlock")
 
 
 def base_name(name: str) -> str:
     return name.split(":", 1)[0]
 
 
+def is_transient(name: str) -> bool:
+    """Dovecot's lock and temporary files: never captured, never restored."""
+    return name.startswith(_TRANSIENT_PREFIXES) and name.endswith(_TRANSIENT_SUFFIXES)
+
+
 @dataclass
 class DirScan:
     rel: str                                  # relative to the store root, "" for the root
-    st: os.stat_result
+    st: os.stat_result                        # fstat of the directory, taken before listing it
     files: list[tuple[str, os.stat_result]] = field(default_factory=list)
     dirs: list[tuple[str, os.stat_result]] = field(default_factory=list)
     links: list[tuple[str, os.stat_result]] = field(default_factory=list)
     others: list[str] = field(default_factory=list)          # sockets, fifos, devices
     maildir_sub: str | None = None            # "new" / "cur" when this is a message directory
     skip_files: bool = False                  # tmp/: contents not captured
+    fd: int = -1                              # the directory, opened O_NOFOLLOW (owned by walk)
+    listed_ns: int = 0                        # wall clock when the listing started
+    siblings: dict = field(default_factory=dict)   # message dirs: {"new": fd, "cur": fd} of the folder
 
 
 def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
-def _list(abs_path: str, rel: str, warn) -> DirScan | None:
-    try:
-        st = os.lstat(abs_path)
-        it = os.scandir(abs_path)
-    except FileNotFoundError:
-        warn(f"directory vanished during the scan: {rel or '/'}")
-        return None
-    except PermissionError:
-        warn(f"permission denied listing {rel or '/'}: skipped")
-        return None
-    scan = DirScan(rel, st)
-    with it:
+class _Walker:
+    def __init__(self, root: str, warn):
+        self.root, self.warn = root, warn
+        self.dev: int | None = None
+
+    def open_dir(self, parent_fd: int | None, name: str, rel: str, expect: os.stat_result | None) -> int | None:
+        """Open a directory below the store (never through a symlink) or None with a warning."""
+        try:
+            if parent_fd is None:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            else:
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            self.warn(f"directory vanished during the scan: {rel or '/'}")
+            return None
+        except PermissionError:
+            self.warn(f"permission denied listing {rel or '/'}: skipped")
+            return None
+        except OSError as exc:
+            # ELOOP / ENOTDIR: a symlink or file was swapped in for a directory
+            self.warn(f"{rel or '/'} is no longer a directory ({exc.strerror}): skipped")
+            return None
+        st = os.fstat(fd)
+        if self.dev is None:
+            self.dev = st.st_dev
+        if expect is not None and (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+            os.close(fd)
+            self.warn(f"directory {rel} was replaced during the scan: skipped")
+            return None
+        if st.st_dev != self.dev:
+            os.close(fd)
+            self.warn(f"{rel} is on another file system (a mount point inside the mail store): skipped")
+            return None
+        return fd
+
+    def list(self, parent_fd: int | None, name: str, rel: str, expect: os.stat_result | None) -> DirScan | None:
+        fd = self.open_dir(parent_fd, name, rel, expect)
+        if fd is None:
+            return None
+        try:
+            scan = DirScan(rel, os.fstat(fd), fd=fd, listed_ns=time.time_ns())
+            fill(scan)
+        except PermissionError:
+            os.close(fd)
+            self.warn(f"permission denied listing {rel or '/'}: skipped")
+            return None
+        return scan
+
+
+def fill(scan: DirScan) -> None:
+    """List ``scan.fd`` into files / dirs / links / others, one entry per name."""
+    seen: set[str] = set()
+    scan.files, scan.dirs, scan.links, scan.others = [], [], [], []
+    with os.scandir(scan.fd) as it:
         for e in it:
+            if e.name in seen:          # readdir under concurrent renames may repeat a name
+                continue
+            seen.add(e.name)
             try:
                 est = e.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             m = est.st_mode
             if stat.S_ISREG(m):
-                scan.files.append((e.name, est))
+                if not is_transient(e.name):
+                    scan.files.append((e.name, est))
             elif stat.S_ISDIR(m):
                 scan.dirs.append((e.name, est))
             elif stat.S_ISLNK(m):
@@ -76,7 +141,6 @@ def _list(abs_path: str, rel: str, warn) -> DirScan | None:
     scan.files.sort()
     scan.dirs.sort()
     scan.links.sort()
-    return scan
 
 
 def is_maildir_folder(scan: DirScan) -> bool:
@@ -86,68 +150,77 @@ def is_maildir_folder(scan: DirScan) -> bool:
 
 def walk(root: str, warn) -> Iterator[DirScan]:
     """Pre-order walk of the store, folder by folder, in capture order."""
-    top = _list(root, "", warn)
+    w = _Walker(root, warn)
+    top = w.list(None, root, "", None)
     if top is None:
         return
-    yield from _walk(root, top, warn)
+    yield from _walk(w, top)
 
 
-def _walk(root: str, scan: DirScan, warn) -> Iterator[DirScan]:
-    abs_dir = os.path.join(root, scan.rel) if scan.rel else root
-    if not is_maildir_folder(scan):
-        yield scan
-        for name, _ in scan.dirs:
-            sub = _list(os.path.join(abs_dir, name), _join(scan.rel, name), warn)
-            if sub is not None:
-                yield from _walk(root, sub, warn)
-        return
-
-    # A Maildir folder: new/ listed before cur/, messages before the folder's own files.
-    new = _list(os.path.join(abs_dir, "new"), _join(scan.rel, "new"), warn)
-    cur = _list(os.path.join(abs_dir, "cur"), _join(scan.rel, "cur"), warn)
-    if new is not None and cur is not None:
-        in_cur = {base_name(n) for n, _ in cur.files}
-        new.files = [(n, s) for n, s in new.files if base_name(n) not in in_cur]
-    for sub, label in ((new, "new"), (cur, "cur")):
-        if sub is not None:
-            sub.maildir_sub = label
-            yield sub
-            for name, _ in sub.dirs:      # unusual, but never lose anything
-                deeper = _list(os.path.join(abs_dir, label, name), _join(sub.rel, name), warn)
-                if deeper is not None:
-                    yield from _walk(root, deeper, warn)
-    tmp_st = next((s for n, s in scan.dirs if n == "tmp"), None)
-    if tmp_st is not None:
-        yield DirScan(_join(scan.rel, "tmp"), tmp_st, skip_files=True)
-
-    # The folder's own files, listed afresh now: dovecot-uidlist/keywords last.
-    fresh = _list(abs_dir, scan.rel, warn) or scan
-    fresh.files.sort(key=lambda f: (f[0] in LAST_FILES, LAST_FILES.index(f[0]) if f[0] in LAST_FILES else 0, f[0]))
-    subdirs = [(n, s) for n, s in fresh.dirs if n not in ("cur", "new", "tmp")]
-    yield fresh
-    for name, _ in subdirs:
-        sub = _list(os.path.join(abs_dir, name), _join(scan.rel, name), warn)
-        if sub is not None:
-            yield from _walk(root, sub, warn)
+def _close(*scans: DirScan | None) -> None:
+    for s in scans:
+        if s is not None and s.fd >= 0:
+            os.close(s.fd)
+            s.fd = -1
 
 
-def relocate(root: str, message_dir_rel: str, name: str) -> tuple[str, str] | None:
-    """A message vanished from ``message_dir_rel`` (a new/ or cur/ dir): find its new name.
+def _walk(w: _Walker, scan: DirScan) -> Iterator[DirScan]:
+    try:
+        if not is_maildir_folder(scan):
+            yield scan
+            for name, st in scan.dirs:
+                sub = w.list(scan.fd, name, _join(scan.rel, name), st)
+                if sub is not None:
+                    yield from _walk(w, sub)
+            return
 
-    Returns (relative dir, file name) of the file with the same base name in the folder's
-    cur/ or new/, or None when the message is gone (expunged or moved to another folder).
-    """
-    folder_rel = message_dir_rel.rsplit("/", 1)[0] if "/" in message_dir_rel else ""
-    base = base_name(name)
-    for sub in ("cur", "new"):
-        d = os.path.join(root, folder_rel, sub) if folder_rel else os.path.join(root, sub)
+        # A Maildir folder: new/ listed before cur/, messages before the folder's own files.
+        subst = dict(scan.dirs)
+        new = w.list(scan.fd, "new", _join(scan.rel, "new"), subst["new"])
+        cur = w.list(scan.fd, "cur", _join(scan.rel, "cur"), subst["cur"])
+        sib = {"new": new.fd if new else -1, "cur": cur.fd if cur else -1}
         try:
-            with os.scandir(d) as it:
-                for e in it:
-                    if e.name == base or e.name.startswith(base + ":"):
-                        return _join(folder_rel, sub), e.name
-        except OSError:
-            continue
+            if new is not None and cur is not None:
+                in_cur = {base_name(n) for n, _ in cur.files}
+                new.files = [(n, s) for n, s in new.files if base_name(n) not in in_cur]
+            for sub, label in ((new, "new"), (cur, "cur")):
+                if sub is not None:
+                    sub.maildir_sub = label
+                    sub.siblings = sib
+                    yield sub
+                    for name, st in sub.dirs:      # unusual, but never lose anything
+                        deeper = w.list(sub.fd, name, _join(sub.rel, name), st)
+                        if deeper is not None:
+                            yield from _walk(w, deeper)
+            if "tmp" in subst:
+                yield DirScan(_join(scan.rel, "tmp"), subst["tmp"], skip_files=True)
+
+            # The folder's own files, listed afresh now: dovecot-uidlist/keywords last.
+            fill(scan)
+            scan.files.sort(key=lambda f: (f[0] in LAST_FILES,
+                                           LAST_FILES.index(f[0]) if f[0] in LAST_FILES else 0, f[0]))
+            yield scan
+        finally:
+            _close(new, cur)
+        for name, st in scan.dirs:
+            if name in ("cur", "new", "tmp"):
+                continue
+            sub = w.list(scan.fd, name, _join(scan.rel, name), st)
+            if sub is not None:
+                yield from _walk(w, sub)
+    finally:
+        _close(scan)
+
+
+def find_base(dir_fd: int, base: str) -> str | None:
+    """The current name of the message with this base name in one message directory."""
+    try:
+        with os.scandir(dir_fd) as it:
+            for e in it:
+                if e.name == base or e.name.startswith(base + ":"):
+                    return e.name
+    except OSError:
+        pass
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -49,6 +50,7 @@ class BackupResult:
     warnings: list[str] = field(default_factory=list)
     config_bundle: str | None = None
     unchanged_dirs: int = 0
+    duplicates: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -58,7 +60,8 @@ class BackupResult:
         return {"id": self.snapshot_id, "chain": self.chain, "kind": self.kind, "time": self.time,
                 "files": self.files, "bytes": self.bytes, "stored_bytes": self.stored_bytes,
                 "target": self.target, "warnings": self.warnings, "config_bundle": self.config_bundle,
-                "unchanged_dirs": self.unchanged_dirs, "exit_code": self.exit_code}
+                "unchanged_dirs": self.unchanged_dirs, "duplicate_names_dropped": self.duplicates,
+                "exit_code": self.exit_code}
 
 
 def open_repository(app, target, target_name: str, *, require_enrolled: bool = True) -> Repository:
@@ -101,6 +104,9 @@ class ParentView:
         row = self.rows.get(rel)
         return self.repo.page(self.parent.chain, row) if row is not None else []
 
+    def page_entries(self, row: PageRow) -> list[Entry]:
+        return self.repo.page(self.parent.chain, row)
+
     def dir_entry(self, rel: str, name: str) -> Entry | None:
         for e in self.entries(rel):
             if e.name == name:
@@ -115,6 +121,34 @@ class ParentView:
             if ext is not None:
                 return ext
         return None
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+_VANISHED = object()      # a file that could not be captured (the run already warned)
+
+
+class _Folder:
+    """One Maildir folder being captured: its new/ and cur/ are written together, once every
+    message of both is known, so a message seen under two names is written under one."""
+
+    def __init__(self, rel: str, mbox: str, fds: dict[str, int]):
+        self.rel, self.mbox, self.fds = rel, mbox, fds
+        self.scans: dict[str, mailstore.DirScan] = {}
+        self.fast: dict[str, PageRow] = {}                    # subs taken over from the parent
+        self.entries: dict[str, list[tuple[Entry, int]]] = {}  # sub -> [(message, ctime)]
+        self.other: dict[str, list[Entry]] = {}               # sub -> dirs and links in it
+        self.by_base: dict[str, Entry] | None = None
+        self.failed: set[str] = set()                         # base names that could not be read
+        self.vanished: dict[str, str] = {}                    # base name -> its warning
+
+    def fd(self, sub: str) -> int:
+        return self.fds.get(sub, -1)
+
+    def sub_rels(self) -> list[str]:
+        return [_join(self.rel, "new"), _join(self.rel, "cur")]
 
 
 class BackupRun:
@@ -133,7 +167,8 @@ class BackupRun:
         self.new_index = IndexBuilder()       # content stored by this run, compact
         self.pending: list[tuple[str, list[Entry], int, bool, int]] = []   # + oldest block used
         self.rows: list[PageRow] = []
-        self.extra: dict[str, list[Entry]] = {}     # relocated messages waiting for their dir
+        self.held: _Folder | None = None      # the Maildir folder whose new/ and cur/ are being captured
+        self.duplicates = 0                   # second names of one message seen by the listing, dropped
         self.inode_map: dict[tuple[int, int], tuple[str, list]] = {}
         self.pinned: set[int] = set()         # block seqs a hardlinked file may still refer to
         self.writer = BlockWriter(repo.t, repo.id, chain, snap, repo.keys.data,
@@ -172,6 +207,7 @@ class BackupRun:
             for scan in mailstore.walk(self.root, self.warn):
                 self.app.check_stop()
                 self._directory(scan)
+            self._flush_folder()
             self.writer.drain()
             self._finalize_pages(force=True)
             volumes = self.writer.finish()
@@ -215,7 +251,7 @@ class BackupRun:
             raise
         return BackupResult(self.snap, self.chain, header.kind, self.files, self.bytes,
                             header.stored_bytes, header.time, self.target_name, self.warnings,
-                            bundle_name, self.unchanged_dirs)
+                            bundle_name, self.unchanged_dirs, self.duplicates)
 
     TABLE_MAX_DEPTH = 30
 
@@ -286,7 +322,7 @@ class BackupRun:
         directory are picked up by the next full backup.
         """
         pv = self.parent_view
-        if pv is None or not scan.maildir_sub or scan.rel in self.extra or scan.others or scan.dirs:
+        if pv is None or not scan.maildir_sub or scan.others or scan.dirs:
             return None
         prow = pv.rows.get(scan.rel)
         if prow is None or prow.entries != len(scan.files) + len(scan.links):
@@ -299,48 +335,52 @@ class BackupRun:
             return None
         return prow
 
+    def _count(self, mbox: str, files: int, size: int, cur: bool) -> None:
+        stats = self.mailboxes.setdefault(mbox, [0, 0, 0])
+        stats[0] += files
+        stats[1] += size
+        stats[2] += cur
+
     def _directory(self, scan: mailstore.DirScan) -> None:
         mbox = mailstore.mailbox_key(scan.rel)
         if mbox != self.mailbox:
             self.writer.flush()
             self.mailbox = mbox
-        same = self._unchanged_message_dir(scan)
-        if same is not None:
-            self.dirs += 1
-            size = sum(st.st_size for _, st in scan.files)
-            stats = self.mailboxes.setdefault(mbox, [0, 0, 0])
-            stats[0] += len(scan.files)
-            stats[1] += size
-            stats[2] += scan.maildir_sub == "cur"
-            self.files += len(scan.files)
-            self.bytes += size
-            self.app.progress.update(len(scan.files), size)
-            self.rows.append(same)
-            self.unchanged_dirs += 1
+        held = self.held
+        if scan.maildir_sub:
+            folder = scan.rel.rpartition("/")[0]
+            if held is not None and held.rel != folder:
+                self._flush_folder()
+            if self.held is None:
+                self.held = _Folder(folder, mbox, scan.siblings)
+            self._message_dir(self.held, scan)
             return
-        parent_entries: dict[str, Entry] = {}
-        by_base: dict[str, Entry] = {}
-        if self.parent_view is not None:
-            if scan.maildir_sub:
-                folder = scan.rel.rsplit("/", 1)[0] if "/" in scan.rel else ""
-                for sub in ("new", "cur"):
-                    rel = f"{folder}/{sub}" if folder else sub
-                    for e in self.parent_view.entries(rel):
-                        by_base[mailstore.base_name(e.name)] = e
-            else:
-                parent_entries = {e.name: e for e in self.parent_view.entries(scan.rel)}
+        if held is not None and not any(scan.rel.startswith(f"{p}/") for p in held.sub_rels()):
+            self._flush_folder()
 
-        entries: list[Entry] = []
-        max_seq = -1
+        parent_entries: dict[str, Entry] = {}
+        if self.parent_view is not None:
+            parent_entries = {e.name: e for e in self.parent_view.entries(scan.rel)}
         self.dirs += 1
-        stats = self.mailboxes.setdefault(mbox, [0, 0, 0])
-        if scan.maildir_sub == "cur":
-            stats[2] += 1
-        for name, st in scan.dirs:
-            entries.append(Entry(name, "d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, 0))
+        entries = self._dir_and_link_entries(scan)
+        if not scan.skip_files:
+            names = {e.name for e in entries}
+            for name, st in scan.files:
+                self.app.check_stop()
+                if name in names:
+                    continue
+                got = self._capture(scan.fd, scan.rel, name, st, parent_entries.get(name), message=False)
+                if got is not None and got is not _VANISHED:
+                    entries.append(got[0])
+                    names.add(name)
+        self._queue_page(scan.rel, entries, maildir=False)
+
+    def _dir_and_link_entries(self, scan: mailstore.DirScan) -> list[Entry]:
+        entries = [Entry(name, "d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, 0)
+                   for name, st in scan.dirs]
         for name, st in scan.links:
             try:
-                link = os.readlink(os.path.join(self.root, scan.rel, name))
+                link = os.readlink(name, dir_fd=scan.fd)
             except OSError:
                 self.warn(f"symlink vanished during the scan: {scan.rel}/{name}")
                 continue
@@ -348,74 +388,189 @@ class BackupRun:
                                  len(link), link=link))
         for name in scan.others:
             self.warn(f"not a file, directory or symlink, skipped: {scan.rel}/{name}")
-        if not scan.skip_files:
-            for name, st in scan.files:
-                self.app.check_stop()
-                prev = by_base.get(mailstore.base_name(name)) if scan.maildir_sub else parent_entries.get(name)
-                entry, seq, where = self._file(scan, name, st, prev)
-                if entry is None:
-                    continue
-                if scan.maildir_sub:
-                    stats[0] += 1
-                    stats[1] += entry.size
-                max_seq = max(max_seq, seq)
-                if where == scan.rel:
-                    entries.append(entry)
-                else:
-                    self.extra.setdefault(where, []).append(entry)
-        if scan.rel in self.extra:
-            have = {mailstore.base_name(e.name) for e in entries if e.type == "f"}
-            for e in self.extra.pop(scan.rel):
-                if mailstore.base_name(e.name) not in have:
-                    entries.append(e)
-                    if e.extents and len(e.extents[0]) == 3:
-                        max_seq = max(max_seq, max(x[0] for x in e.extents))
+        return entries
+
+    def _queue_page(self, rel: str, entries: list[Entry], maildir: bool) -> None:
         entries.sort(key=lambda e: e.name)
-        min_seq = min((x[0] for e in entries if e.type == "f" and e.extents for x in e.extents if len(x) == 3),
-                      default=max_seq)
-        self.pending.append((scan.rel, entries, max_seq, bool(scan.maildir_sub), min_seq))
+        seqs = [x[0] for e in entries if e.type == "f" and e.extents for x in e.extents if len(x) == 3]
+        max_seq = max(seqs, default=-1)
+        self.pending.append((rel, entries, max_seq, maildir, min(seqs, default=max_seq)))
         self._finalize_pages()
 
-    def _file(self, scan, name, st, prev):
-        """Capture one file. Returns (entry, highest block seq it needs, dir it belongs in)."""
-        rel_dir = scan.rel
+    # --- message directories: one Maildir folder's new/ and cur/ are captured together ---------
+    def _message_dir(self, h: "_Folder", scan: mailstore.DirScan) -> None:
+        sub = scan.maildir_sub
+        h.scans[sub] = scan
+        self.dirs += 1
+        if sub not in h.entries:        # nothing relocated into it yet: it may be unchanged
+            row = self._unchanged_message_dir(scan)
+            if row is not None:
+                size = sum(st.st_size for _, st in scan.files)
+                self._count(h.mbox, len(scan.files), size, sub == "cur")
+                self.files += len(scan.files)
+                self.bytes += size
+                self.app.progress.update(len(scan.files), size)
+                h.fast[sub] = row
+                self.unchanged_dirs += 1
+                if sub == "cur":
+                    self._flush_folder()
+                return
+        h.other[sub] = self._dir_and_link_entries(scan)
+        h.entries.setdefault(sub, [])
+        for name, st in scan.files:
+            self.app.check_stop()
+            self._capture_message(h, sub, name, st)
+        if sub == "cur":
+            self._flush_folder()
+
+    def _parent_by_base(self, h: "_Folder") -> dict[str, Entry]:
+        if h.by_base is None:
+            h.by_base = {}
+            if self.parent_view is not None:
+                for sub in ("new", "cur"):
+                    for e in self.parent_view.entries(_join(h.rel, sub)):
+                        h.by_base[mailstore.base_name(e.name)] = e
+        return h.by_base
+
+    def _capture_message(self, h: "_Folder", sub: str, name: str, st) -> None:
+        base = mailstore.base_name(name)
+        prev = self._parent_by_base(h).get(base)
+        got = self._capture(h.fd(sub), _join(h.rel, sub), name, st, prev, message=True)
+        if got is None:
+            # renamed since the listing: find it under its new name in this folder
+            for other in ("cur", "new"):
+                new_name = mailstore.find_base(h.fd(other), base)
+                if new_name is None:
+                    continue
+                try:
+                    nst = os.stat(new_name, dir_fd=h.fd(other), follow_symlinks=False)
+                except OSError:
+                    continue
+                got = self._capture(h.fd(other), _join(h.rel, other), new_name, nst, prev, message=True)
+                if got is not None and got is not _VANISHED:
+                    sub = other
+                    break
+            if got is None or got is _VANISHED:
+                msg = f"message vanished during the backup (expunged or moved): {_join(h.rel, sub)}/{name}"
+                if got is None and base not in h.vanished:
+                    h.vanished[base] = msg
+                    self.warn(msg)
+                h.failed.add(base)
+                return
+        elif got is _VANISHED:
+            h.failed.add(base)
+            return
+        if base in h.vanished:          # it turned up again under another name: not lost after all
+            self.warnings.remove(h.vanished.pop(base))
+        h.failed.discard(base)
+        entry, ctime = got
+        if sub in h.fast:                  # relocated into a directory taken over from the parent
+            row = h.fast.pop(sub)
+            h.other[sub] = [e for e in self.parent_view.page_entries(row) if e.type != "f"]
+            h.entries[sub] = [(e, 0) for e in self.parent_view.page_entries(row) if e.type == "f"]
+            self.unchanged_dirs -= 1
+        h.entries.setdefault(sub, []).append((entry, ctime))
+
+    def _flush_folder(self) -> None:
+        """Write the held folder's new/ and cur/ pages: exactly one file per base name."""
+        h, self.held = self.held, None
+        if h is None:
+            return
+        self._relist(h)
+        # base name -> candidates (sub, entry, ctime)
+        cands: dict[str, list[tuple[str, Entry, int]]] = {}
+        for sub, lst in h.entries.items():
+            for entry, ctime in lst:
+                cands.setdefault(mailstore.base_name(entry.name), []).append((sub, entry, ctime))
+        keep: dict[str, list[Entry]] = {sub: [] for sub in h.entries}
+        for base, cs in cands.items():
+            best = cs[0]
+            if len(cs) > 1:
+                live = [c for c in cs if self._still_there(h, c[0], c[1].name)]
+                # the name that exists now; failing that, the one renamed last (rename sets ctime)
+                best = max(live or cs, key=lambda c: (c[2], c[0] == "cur", c[1].name))
+                for c in cs:
+                    if c is not best:
+                        self.files -= 1
+                        self.bytes -= c[1].size
+                self.duplicates += len(cs) - 1
+            keep[best[0]].append(best[1])
+        for sub in ("new", "cur"):
+            if sub in h.fast:
+                self.rows.append(h.fast[sub])
+                continue
+            if sub not in keep:
+                continue
+            files = keep[sub]
+            self._count(h.mbox, len(files), sum(e.size for e in files), sub == "cur")
+            names = {e.name for e in files}
+            entries = files + [e for e in h.other.get(sub, []) if e.name not in names]
+            self._queue_page(_join(h.rel, sub), entries, maildir=True)
+
+    def _still_there(self, h: "_Folder", sub: str, name: str) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(name, dir_fd=h.fd(sub), follow_symlinks=False).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    def _relist(self, h: "_Folder") -> None:
+        """List new/ and cur/ again until no message the first listing missed turns up.
+
+        readdir makes no promise while entries are renamed in the same directory: a message
+        being flagged can be returned twice, or not at all. A directory whose mtime did not
+        move since it was listed (and was older than the listing by the racy margin) was
+        listed consistently; any other is listed again, up to three times, and every base
+        name not captured yet is captured."""
+        for _ in range(3):
+            found = False
+            for sub in ("new", "cur"):
+                scan = h.scans.get(sub)
+                if scan is None or sub in h.fast or scan.fd < 0:
+                    continue
+                now = os.fstat(scan.fd)
+                if (now.st_mtime_ns == scan.st.st_mtime_ns
+                        and scan.listed_ns - now.st_mtime_ns > 2_000_000_000):
+                    continue
+                again = mailstore.DirScan(scan.rel, now, fd=scan.fd, listed_ns=time.time_ns())
+                mailstore.fill(again)
+                scan.st, scan.listed_ns = again.st, again.listed_ns
+                have = {mailstore.base_name(e.name) for lst in h.entries.values() for e, _ in lst}
+                have |= h.failed - set(h.vanished)      # unreadable ones were warned about once
+                for name, st in again.files:
+                    if mailstore.base_name(name) not in have:
+                        self._capture_message(h, sub, name, st)
+                        found = True
+            if not found:
+                return
+
+    def _capture(self, dir_fd: int, rel_dir: str, name: str, st, prev, *, message: bool):
+        """Capture one file: (entry, ctime), None when it vanished (ENOENT), or _VANISHED when it
+        cannot be captured for another reason (already warned)."""
         if (prev is not None and prev.type == "f" and prev.size == st.st_size
-                and prev.mtime_ns == st.st_mtime_ns and (scan.maildir_sub or prev.ino in (0, st.st_ino))):
+                and prev.mtime_ns == st.st_mtime_ns and (message or prev.ino in (0, st.st_ino))):
             self.files += 1
             self.bytes += st.st_size
             self.app.progress.update(1, st.st_size)
             return Entry(name, "f", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
-                         st.st_size, st.st_ino, prev.hash, prev.extents), -1, rel_dir
-        path = os.path.join(self.root, rel_dir, name)
+                         st.st_size, st.st_ino, prev.hash, prev.extents), st.st_ctime_ns
         try:
-            fd = self._open(path)
+            fd = self._open(name, dir_fd)
         except FileNotFoundError:
-            if scan.maildir_sub:
-                moved = mailstore.relocate(self.root, rel_dir, name)
-                if moved is not None:
-                    rel_dir, name = moved
-                    path = os.path.join(self.root, rel_dir, name)
-                    try:
-                        fd = self._open(path)
-                    except FileNotFoundError:
-                        moved = None
-                if moved is None:
-                    self.warn(f"message vanished during the backup (expunged or moved): {scan.rel}/{name}")
-                    return None, -1, rel_dir
-            else:
-                self.warn(f"file vanished during the backup: {scan.rel}/{name}")
-                return None, -1, rel_dir
+            if message:
+                return None
+            self.warn(f"file vanished during the backup: {rel_dir}/{name}")
+            return _VANISHED
         except PermissionError:
-            self.warn(f"permission denied reading {scan.rel}/{name}: skipped")
-            return None, -1, rel_dir
+            self.warn(f"permission denied reading {rel_dir}/{name}: skipped")
+            return _VANISHED
         except OSError as exc:
-            self.warn(f"cannot read {scan.rel}/{name} ({exc.strerror}): skipped")
-            return None, -1, rel_dir
+            self.warn(f"cannot read {rel_dir}/{name} ({exc.strerror}): skipped")
+            return _VANISHED
         try:
             fst = os.fstat(fd)
             if not stat.S_ISREG(fst.st_mode):
                 self.warn(f"{rel_dir}/{name} is no longer a regular file: skipped")
-                return None, -1, rel_dir
+                return _VANISHED
             key = (fst.st_dev, fst.st_ino)
             if fst.st_nlink > 1 and key in self.inode_map:
                 digest, extents = self.inode_map[key]
@@ -424,26 +579,25 @@ class BackupRun:
                     self.files += 1
                     self.bytes += size
                     self.app.progress.update(1, size)
-                    e = Entry(name, "f", stat.S_IMODE(fst.st_mode), fst.st_uid, fst.st_gid, fst.st_mtime_ns,
-                              size, fst.st_ino, digest, extents)
-                    seq = max((x[0] for x in extents if len(x) == 3), default=-1)
-                    return e, seq, rel_dir
-            entry, seq = self._store(fd, fst, name)
+                    return Entry(name, "f", stat.S_IMODE(fst.st_mode), fst.st_uid, fst.st_gid, fst.st_mtime_ns,
+                                 size, fst.st_ino, digest, extents), fst.st_ctime_ns
+            entry, _ = self._store(fd, fst, name)
             if fst.st_nlink > 1:
                 self.inode_map[key] = (entry.hash, entry.extents)
                 self.pinned.update(x[0] for x in entry.extents if len(x) == 3)
-            return entry, seq, rel_dir
+            return entry, fst.st_ctime_ns
         finally:
             os.close(fd)
 
     @staticmethod
-    def _open(path: str) -> int:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+    def _open(name: str, dir_fd: int) -> int:
+        # O_NONBLOCK: a FIFO swapped in under a message's name must not hang the backup
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            return os.open(path, flags)
+            return os.open(name, flags | getattr(os, "O_NOATIME", 0), dir_fd=dir_fd)
         except PermissionError:
-            if flags & getattr(os, "O_NOATIME", 0):
-                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            if getattr(os, "O_NOATIME", 0):
+                return os.open(name, flags, dir_fd=dir_fd)
             raise
 
     def _store(self, fd: int, fst, name: str):
@@ -550,8 +704,9 @@ class BackupRun:
         self.pending = keep
         # blocks no waiting entry refers to any more: their locations and digests can go
         low = min((m for *_, m in keep if m >= 0), default=done + 1)
-        for ents in self.extra.values():       # relocated messages waiting for their directory
-            low = min([low] + [x[0] for e in ents if e.extents for x in e.extents if len(x) == 3])
+        if self.held is not None:              # messages of the folder being captured
+            for lst in self.held.entries.values():
+                low = min([low] + [x[0] for e, _ in lst if e.extents for x in e.extents if len(x) == 3])
         self.writer.release(min(low, done + 1), self.pinned)
 
     def _write_page(self, rel: str, entries: list[Entry], maildir: bool) -> None:
