@@ -9,7 +9,8 @@ are not executable, hidden files, and leftovers of editors and package managers 
 ``*.rej``, ``#*#``), so a half-edited copy never runs. A hook that group or others may write
 is refused (a failure of that hook): it would run arbitrary code as root.
 
-What a hook sees in its environment (plus the daemon's own, without $DMBACKUP_PASSPHRASE):
+What a hook sees in its environment (plus dmbackup's own, without $DMBACKUP_PASSPHRASE or any
+other secret: ``dmbackup.childenv``):
 ``DMBACKUP_ACTION`` (backup|restore), ``DMBACKUP_PHASE``, ``DMBACKUP_JOB`` (empty for an ad-hoc
 run), ``DMBACKUP_TARGET``, ``DMBACKUP_WHAT`` (mail|config), ``DMBACKUP_SNAPSHOT`` (empty until
 known), ``DMBACKUP_STATUS`` (``running`` in pre hooks; ``ok``, ``warning``, ``failed``,
@@ -49,6 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .childenv import child_env
 from .errors import EXIT_INTERRUPTED, EXIT_OK, DmError, HookFailed, Interrupted
 
 PHASES = ("pre-backup", "post-backup", "on-failure", "pre-restore", "post-restore")
@@ -59,7 +61,6 @@ MAX_LINE = 2000                     # characters of one output line that reach t
 KILL_GRACE = 5.0                    # seconds between SIGTERM and SIGKILL to a hook's group
 _IGNORED_SUFFIXES = ("~", ".rpmnew", ".rpmsave", ".swp", ".bak", ".orig", ".rej", ".disabled")
 _IGNORED_PARTS = (".dpkg-", ".ucf-")
-_SECRET_ENV = ("DMBACKUP_PASSPHRASE",)
 
 
 class RunSkipped(DmError):
@@ -141,9 +142,8 @@ def _insecure(path: str) -> str | None:
 
 
 def hook_env(app, phase: str, ctx: HookContext) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
     cfg = app.config
-    env.update({
+    return child_env({
         "DMBACKUP_ACTION": ctx.action,
         "DMBACKUP_PHASE": phase,
         "DMBACKUP_JOB": ctx.job or "",
@@ -157,7 +157,6 @@ def hook_env(app, phase: str, ctx: HookContext) -> dict[str, str]:
         "DMBACKUP_CONFIG": cfg.file,
         "DMBACKUP_STATE_DIR": cfg.state_dir,
     })
-    return env
 
 
 def _stop_event(app) -> threading.Event | None:

@@ -56,6 +56,7 @@ from typing import Any, Callable
 
 import schedule
 
+from .childenv import child_env
 from .errors import DmError, Locked
 from .jobs import iso, parse_iso, utc_now
 from .schedule_spec import DAYS, ScheduleSpec, parse_schedule
@@ -228,7 +229,7 @@ class _Inhibitor:
             self.proc = subprocess.Popen(
                 [exe, "--what=sleep:shutdown", "--who=dmbackup", f"--why={why}", "--mode=block", "cat"],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, env=child_env())
         except OSError:
             self.proc = None
 

@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
+from ..childenv import child_env
 from ..errors import (
     AuthFailed,
     NoSpace,
@@ -192,7 +193,7 @@ def _one_line(text: str, limit: int = 300) -> str:
 def _run(argv: list[str], timeout: int) -> tuple[int, str]:
     """Run a mount helper in its own session; output through a file (a helper that leaves a
     daemon behind would hold a pipe open forever). On timeout the whole session is killed."""
-    env = dict(os.environ, LC_ALL="C")
+    env = child_env({"LC_ALL": "C"})
     with tempfile.TemporaryFile() as out:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,

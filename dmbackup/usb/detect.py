@@ -24,6 +24,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from ..childenv import child_env
 from ..errors import TargetUnavailable
 
 BUSES = ("usb", "any")
@@ -249,7 +250,7 @@ def probe_node(device: str) -> UsbDisk:
         raise DiskNotPresent(f"device {device} has no medium (size 0): is the disk plugged in?")
     try:
         out = subprocess.run(["blkid", "-p", "-o", "export", device], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, env=child_env())
     except FileNotFoundError:
         raise TargetUnavailable("blkid is not installed (package util-linux): cannot probe "
                                 f"{device}") from None

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import time
 
+from ..childenv import child_env
 from ..errors import TargetUnavailable
 from ..targets.mounts import Mount, MountPointDirs, mount_at, mounts, mounts_of
 
@@ -177,7 +178,9 @@ def _run(argv: list[str], timeout: int = _HELPER_TIMEOUT) -> tuple[int, str]:
     its inherited stdout open for its whole life and a pipe would never reach EOF."""
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout)
+            # a FUSE helper lives as long as the mount: it must not carry the passphrase
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout,
+                                  env=child_env())
         except FileNotFoundError:
             return 127, f"{argv[0]}: command not found"
         except subprocess.TimeoutExpired:
