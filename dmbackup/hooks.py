@@ -6,8 +6,14 @@ each with ``config.hook_timeout`` seconds, stdin from /dev/null, stdout and stde
 copied line by line into the log (event ``hook_output``). Ignored: sub-directories, files that
 are not executable, hidden files, and leftovers of editors and package managers (``*~``,
 ``*.dpkg-*``, ``*.ucf-*``, ``*.rpmnew``, ``*.rpmsave``, ``*.swp``, ``*.bak``, ``*.orig``,
-``*.rej``, ``#*#``), so a half-edited copy never runs. A hook that group or others may write
-is refused (a failure of that hook): it would run arbitrary code as root.
+``*.rej``, ``#*#``), so a half-edited copy never runs.
+
+A hook runs as root, so it is refused (a failure of that hook: exit 3 before a backup, a
+warning after one) unless the hook file, its ``<phase>.d``, ``hooks_dir`` and every directory
+above them are owned by root, writable by nobody else and not symlinks; the same holds for the
+``hooks.conf`` the shipped hooks source (``$DMBACKUP_HOOKS_CONF`` or
+``/etc/dmbackup/hooks.conf``) when it exists. Anyone who could write any of them, or rename a
+directory on the way, could otherwise run code as root (``dmbackup.childenv.untrusted``).
 
 What a hook sees in its environment (plus dmbackup's own, without $DMBACKUP_PASSPHRASE or any
 other secret: ``dmbackup.childenv``):
@@ -50,7 +56,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .childenv import child_env
+from .childenv import child_env, untrusted
 from .errors import EXIT_INTERRUPTED, EXIT_OK, DmError, HookFailed, Interrupted
 
 PHASES = ("pre-backup", "post-backup", "on-failure", "pre-restore", "post-restore")
@@ -61,6 +67,8 @@ MAX_LINE = 2000                     # characters of one output line that reach t
 KILL_GRACE = 5.0                    # seconds between SIGTERM and SIGKILL to a hook's group
 _IGNORED_SUFFIXES = ("~", ".rpmnew", ".rpmsave", ".swp", ".bak", ".orig", ".rej", ".disabled")
 _IGNORED_PARTS = (".dpkg-", ".ucf-")
+HOOKS_CONF_ENV = "DMBACKUP_HOOKS_CONF"
+DEFAULT_HOOKS_CONF = "/etc/dmbackup/hooks.conf"     # what the shipped hooks source by default
 
 
 class RunSkipped(DmError):
@@ -130,14 +138,18 @@ def scripts(hooks_dir: str, phase: str) -> list[str]:
     return out
 
 
+def hooks_conf_path() -> str:
+    return os.environ.get(HOOKS_CONF_ENV) or DEFAULT_HOOKS_CONF
+
+
 def _insecure(path: str) -> str | None:
-    """Why running ``path`` as this user would be unsafe, or None."""
-    st = os.stat(path)
-    for p, s in ((path, st), (os.path.dirname(path), os.stat(os.path.dirname(path)))):
-        if s.st_mode & 0o022:
-            return f"{p} is writable by group or others (chmod go-w {p})"
-        if s.st_uid not in (0, os.geteuid()):
-            return f"{p} is owned by uid {s.st_uid}, not by root or this user"
+    """Why running ``path`` as root would be unsafe, or None (see the module docstring)."""
+    why = untrusted(path)
+    if why:
+        return why
+    conf = hooks_conf_path()
+    if os.path.lexists(conf):
+        return untrusted(conf, what="hooks.conf (sourced by the hooks)")
     return None
 
 
@@ -184,10 +196,7 @@ def run_one(app, phase: str, path: str, ctx: HookContext, *, interruptible: bool
     name = os.path.basename(path)
     timeout = app.config.hook_timeout
     start = time.monotonic()
-    try:
-        why = _insecure(path)
-    except OSError as exc:
-        why = f"cannot stat: {exc.strerror}"
+    why = _insecure(path)
     if why:
         log.error("hook_refused", phase=phase, hook=name, reason=why)
         return HookRun(phase, path, None, 0.0, [], problem=f"refused: {why}")
