@@ -21,6 +21,8 @@ import os
 import stat
 from typing import Mapping
 
+from .errors import ConfigError
+
 SECRET_NAMES = frozenset({"DMBACKUP_PASSPHRASE"})
 # Words that make a DMBACKUP_* name a secret: a new secret variable is covered the day it is
 # added, without anyone remembering to list it here.
@@ -76,3 +78,33 @@ def untrusted(path: str, *, what: str = "") -> str | None:
                 continue
             return f"{label}{p} is writable by group or others: chmod go-w {p}"
     return None
+
+
+def check_config_file(path: str) -> None:
+    """Raise ConfigError (exit 2) when dmbackup runs as root and the config file at ``path``
+    (which names mount commands and doveadm, run as root) could have been written by someone
+    else: the file must be root's and writable only by root, and the real directories above
+    it, and the directory holding a symlink to it, must be trusted as ``untrusted`` says.
+    A missing file is left to the config loader to report."""
+    if os.geteuid() != 0:
+        return
+    given = os.path.abspath(path)
+    real = os.path.realpath(given)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return
+    fix = f"chown root:root {real}; chmod 600 {real}"
+    why = None
+    if st.st_uid != 0:
+        why = f"is owned by uid {st.st_uid}"
+    elif st.st_mode & 0o022:
+        why = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if why:
+        raise ConfigError(f"the config file {why}, but it names programs dmbackup runs as root: {fix}",
+                          file=path)
+    for d in dict.fromkeys((os.path.dirname(real), os.path.realpath(os.path.dirname(given)))):
+        problem = untrusted(d)
+        if problem:
+            raise ConfigError(f"the config file names programs dmbackup runs as root, but its directory "
+                              f"cannot be trusted: {problem}", file=path)

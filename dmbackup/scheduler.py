@@ -317,8 +317,10 @@ class Daemon:
 
     # --- construction helpers ---
     def _load_same_file(self):
+        from .childenv import check_config_file
         from .config import load
 
+        check_config_file(self.app.config.file)
         return load(self.app.config.file)
 
     def _new_app(self, cfg):

@@ -22,6 +22,7 @@ import typer
 
 from .. import config as config_mod
 from ..app import App
+from ..childenv import check_config_file
 from ..errors import DmError, UsageError, EXIT_INTERNAL, EXIT_INTERRUPTED
 from ..log import Logger, Progress, terminal_safe
 
@@ -35,6 +36,7 @@ STATE = State()
 
 
 def load_app(*, progress: bool = False, json_out: bool = False) -> App:
+    check_config_file(config_mod.config_path(STATE.config_file))
     cfg = config_mod.load(STATE.config_file)
     tty = sys.stderr.isatty()
     log = Logger(None if (tty or STATE.quiet) else sys.stderr)
