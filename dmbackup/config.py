@@ -191,6 +191,7 @@ class JobConfig:
     on_plug: bool = False
     prune_after: bool = True
     verify_after: str = "none"          # "none" | "quick" | "read-data"
+    drill_after: bool = False           # restore one mailbox to scratch and check it after the backup
 
 
 @dataclass(frozen=True)
@@ -318,10 +319,13 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
             on_plug=s.bool("on_plug", False),
             prune_after=s.bool("prune_after", True),
             verify_after=s.str("verify_after", "none", choices=("none", "quick", "read-data")),
+            drill_after=s.bool("drill_after", False),
         )
         s.finish()
         if job.target not in targets:
             raise s.error("target", f"names target {job.target!r}, which is not defined under [targets]")
+        if job.drill_after and job.what != "mail":
+            raise s.error("drill_after", "a restore drill restores a mailbox: it needs what = \"mail\"")
         registry.check_job_target(job, targets[job.target], file)
         if job.schedule is not None:
             from .schedule_spec import parse_schedule

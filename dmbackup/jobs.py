@@ -8,18 +8,19 @@ call, so a job behaves the same however it was started:
    chain (a full) when the current one already has ``full_every`` incrementals;
 3. ``engine.prune(app, target, job.keep_chains)`` when ``prune_after`` (mail jobs);
 4. ``engine.verify(app, target, snapshot=<new>, read_data=...)`` when ``verify_after`` is
-   "quick" or "read-data";
+   "quick" or "read-data"; then ``engine.drill.restore_drill(app, target, snapshot=<new>)``
+   when ``drill_after``: one mailbox of the new snapshot restored to scratch and checked;
 5. post-backup hooks (they see the final ``DMBACKUP_STATUS``), on-failure hooks on failure;
 6. the run is recorded in ``State`` (``runs.json``) and, on failure (or on success with
    ``[notify] on_success``), mailed to the administrator with the last log lines.
 
 Outcomes: "ok" (exit 0), "warning" (exit 1: the snapshot is committed but something needs a
 look: vanished files, a failed prune or post hook, a verify that could not run), "failed"
-(the error's own exit code; verify finding damage is a failure with exit 4 even though the
-new snapshot was committed), "skipped" (exit 0, a pre hook said 75) and "interrupted" (exit
-130, ``app.stop`` was set, e.g. by SIGTERM; not mailed, and the daemon catches it up later).
-An interruption after the snapshot was committed only cuts prune/verify short: the run
-counts as "warning".
+(the error's own exit code; verify or the restore drill finding damage is a failure with
+exit 4 even though the new snapshot was committed), "skipped" (exit 0, a pre hook said 75)
+and "interrupted" (exit 130, ``app.stop`` was set, e.g. by SIGTERM; not mailed, and the
+daemon catches it up later). An interruption after the snapshot was committed only cuts
+prune/verify/drill short: the run counts as "warning".
 
 Unexpected exceptions (bugs) are recorded and mailed like failures with exit 3 and then
 re-raised, so the CLI shows them and the daemon logs the traceback.
@@ -77,6 +78,7 @@ class JobResult:
     backup: dict | None = None       # engine results, as_dict()
     prune: dict | None = None
     verify: dict | None = None
+    drill: dict | None = None        # the restore drill's result (drill_after)
     notified: bool = False
 
     @property
@@ -213,6 +215,9 @@ def _run_steps(app, engine, job, res: JobResult, ctx: hooks.HookContext, full: b
                                   f"found damage: {res.verify}")
             if code not in (0, None):
                 ctx.warnings.append(f"verify of {res.snapshot_id} finished with exit {code}")
+        if job.drill_after:
+            step = "restore drill"
+            _drill_step(app, job, res, ctx)
     except DamageFound:
         raise
     except Interrupted as exc:
@@ -220,3 +225,15 @@ def _run_steps(app, engine, job, res: JobResult, ctx: hooks.HookContext, full: b
     except DmError as exc:
         ctx.warnings.append(f"{step} after the backup failed (the snapshot is committed): {exc}")
         app.log.warning("job_step_failed", job=job.name, step=step, error=str(exc))
+
+
+def _drill_step(app, job, res: JobResult, ctx: hooks.HookContext) -> None:
+    """The restore drill of the new snapshot: damage fails the run (exit 4, mailed like any
+    failure); warnings (e.g. a dovecot-uidlist Dovecot would not use) make it a warning."""
+    from .engine.drill import restore_drill
+
+    d = restore_drill(app, job.target, snapshot=res.snapshot_id, job=job.name)
+    res.drill = _as_dict(d)
+    if d.exit_code == DamageFound.exit_code:
+        raise DamageFound(d.summary())
+    ctx.warnings.extend(f"restore drill: {w}" for w in d.warnings)

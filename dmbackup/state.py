@@ -3,6 +3,8 @@
 ``repos.json``   {target name: [repository ids enrolled by `dmbackup init`]}: a backup refuses a
                  target whose repository id is not listed (wrong disk, empty mount point).
 ``runs.json``    {job name: {"last_run": {...}, "last_success": {...}}}: what `status` reports.
+``drills.json``  {"targets": {target: {"cursor": mailbox drilled last in turn, "last": {...}}},
+                 "jobs": {job: {...}}}: restore drills (dmbackup.engine.drill) and their round robin.
 
 Every write is atomic (temporary file, fsync, rename), so a crash never leaves half a file.
 """
@@ -84,3 +86,26 @@ class State:
                 entry["last_success"] = record
             data[job] = entry
             self._write("runs.json", data)
+
+    # --- restore drills ------------------------------------------------------------------
+    def drills(self) -> dict[str, Any]:
+        return self._read("drills.json")
+
+    def record_drill(self, target: str, record: dict[str, Any], *, job: str | None = None,
+                     cursor: str | None = None) -> None:
+        """The last drill of ``target`` (and of ``job``, when a job ran it); ``cursor`` moves the
+        round robin on (only drills that picked their mailbox in turn pass it)."""
+        with _lock:
+            data = self._read("drills.json")
+            targets = data.get("targets") if isinstance(data.get("targets"), dict) else {}
+            entry = targets.get(target) if isinstance(targets.get(target), dict) else {}
+            entry["last"] = record
+            if cursor is not None:
+                entry["cursor"] = cursor
+            targets[target] = entry
+            data["targets"] = targets
+            if job is not None:
+                jobs = data.get("jobs") if isinstance(data.get("jobs"), dict) else {}
+                jobs[job] = record
+                data["jobs"] = jobs
+            self._write("drills.json", data)

@@ -7,7 +7,8 @@ time, and two flags: ``failed`` (the last run failed) and ``overdue`` (no succes
 than twice the schedule's interval, counted from the last success or, for a job that never
 succeeded, from when the daemon first saw it). Per target: whether it can be reached, its
 newest snapshot and its free space; an unavailable target (USB disk unplugged, share down)
-is reported, never an error of ``status`` itself.
+is reported, never an error of ``status`` itself. Both carry ``last_drill``, the last restore
+drill (``dmbackup.engine.drill``) the job ran / the target had, read from local state only.
 
 ``exit_code(report)`` is 1 when any job is overdue or failed its last run, else 0, so
 ``dmbackup status`` works as a monitoring check.
@@ -24,6 +25,8 @@ from .scheduler import SchedulerState, is_overdue, next_due
 
 SCHEMA_VERSION = 1
 _RUN_KEYS = ("time", "finished", "status", "exit_code", "snapshot", "error", "trigger")
+_DRILL_KEYS = ("time", "finished", "snapshot", "mailbox", "result", "exit_code", "files", "bytes", "folders",
+               "problems", "warnings", "job")
 
 
 def _run_view(rec) -> dict | None:
@@ -34,7 +37,33 @@ def _run_view(rec) -> dict | None:
     return out
 
 
-def job_status(app, job, runs_entry: dict, first_seen: datetime | None, now: datetime) -> dict:
+def _drill_view(rec) -> dict | None:
+    """A drill record from drills.json with exactly the documented keys and types (the file is
+    local state, but a hand-edited or older one must not break the report)."""
+    if not isinstance(rec, dict):
+        return None
+    out = {k: rec.get(k) for k in _DRILL_KEYS}
+    for k in ("time", "finished", "snapshot", "mailbox", "job"):
+        out[k] = out[k] if isinstance(out[k], str) else None
+    for k in ("exit_code", "files", "bytes", "folders", "warnings"):
+        v = out[k]
+        out[k] = v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    out["result"] = out["result"] if out["result"] in ("ok", "damage", "error") else "error"
+    out["problems"] = [p for p in out["problems"] if isinstance(p, str)] if isinstance(out["problems"], list) else []
+    if out["time"] is None:
+        return None
+    return out
+
+
+def _drills(app) -> dict:
+    d = app.state.drills()
+    jobs = d.get("jobs") if isinstance(d.get("jobs"), dict) else {}
+    targets = d.get("targets") if isinstance(d.get("targets"), dict) else {}
+    return {"jobs": jobs, "targets": {k: v.get("last") for k, v in targets.items() if isinstance(v, dict)}}
+
+
+def job_status(app, job, runs_entry: dict, first_seen: datetime | None, now: datetime,
+               last_drill: dict | None = None) -> dict:
     last_run = _run_view(runs_entry.get("last_run"))
     ls = runs_entry.get("last_success")
     last_success = {"time": ls.get("time"), "snapshot": ls.get("snapshot")} if isinstance(ls, dict) else None
@@ -60,6 +89,8 @@ def job_status(app, job, runs_entry: dict, first_seen: datetime | None, now: dat
         "next_run": next_run,
         "overdue": overdue,
         "failed": bool(last_run and last_run["status"] == "failed"),
+        "drill_after": job.drill_after,
+        "last_drill": _drill_view(last_drill),
     }
 
 
@@ -114,8 +145,9 @@ def status(app, *, clock=utc_now, check_targets: bool = True, engine=None) -> di
     now = clock()
     runs = app.state.runs()
     seen = SchedulerState(app.config.state_dir).load()["jobs"]
+    drills = _drills(app)
     jobs = [job_status(app, job, runs.get(name, {}) if isinstance(runs.get(name), dict) else {},
-                       parse_iso(seen.get(name, {}).get("first_seen")), now)
+                       parse_iso(seen.get(name, {}).get("first_seen")), now, drills["jobs"].get(name))
             for name, job in sorted(app.config.jobs.items())]
     targets = []
     if check_targets and engine is None:
@@ -126,6 +158,7 @@ def status(app, *, clock=utc_now, check_targets: bool = True, engine=None) -> di
         else:
             targets.append({"name": name, "type": getattr(tcfg, "type", None), "available": None,
                             "error": None, "snapshots": None, "newest_snapshot": None, "free_bytes": None})
+        targets[-1]["last_drill"] = _drill_view(drills["targets"].get(name))
     report = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(now),
@@ -155,6 +188,8 @@ def render_text(report: dict) -> str:
                      f"{(_age(age) if age is not None else '-'):>8}  {(j['next_run'] or '-'):<22} {flags}")
         if j["failed"] and j["last_run"] and j["last_run"].get("error"):
             lines.append(f"  error: {j['last_run']['error']}")
+        if j.get("last_drill"):
+            lines.append(f"  {_drill_line(j['last_drill'])}")
     lines += ["", f"{'TARGET':<18} {'STATE':<12} {'NEWEST SNAPSHOT':<36} FREE"]
     for t in report["targets"]:
         state = {True: "available", False: "unavailable", None: "not checked"}[t["available"]]
@@ -163,7 +198,17 @@ def render_text(report: dict) -> str:
                      f"{((newest or {}).get('id') or '-'):<36} {_size(t['free_bytes'])}")
         if t["error"]:
             lines.append(f"  {t['error']}")
+        if t.get("last_drill"):
+            lines.append(f"  {_drill_line(t['last_drill'])}")
     return "\n".join(lines)
+
+
+def _drill_line(d: dict) -> str:
+    text = (f"last restore drill {d['time']}: {d['result']}, {d.get('mailbox') or '?'} from "
+            f"{d.get('snapshot') or '?'} ({d.get('files') if d.get('files') is not None else '?'} files)")
+    if d.get("problems"):
+        text += f": {d['problems'][0]}"
+    return text
 
 
 def _age(seconds: int) -> str:

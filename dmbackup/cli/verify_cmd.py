@@ -1,10 +1,11 @@
-"""dmbackup verify [--target T] [SNAPSHOT] [--read-data]."""
+"""dmbackup verify [--target T] [SNAPSHOT] [--read-data] | --restore-drill [--mailbox USER@DOMAIN]."""
 
 from typing import Optional
 
 import typer
 
 from .. import engine
+from ..errors import UsageError
 from .common import emit, handled, load_app, pick_target, echo
 
 
@@ -13,11 +14,27 @@ def register(app: typer.Typer) -> None:
     def verify(snapshot: Optional[str] = typer.Argument(None, help="Snapshot id (default: all)."),
                target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
                read_data: bool = typer.Option(False, "--read-data", help="Read and authenticate every stored byte."),
-               json_out: bool = typer.Option(False, "--json", help="Print a JSON report.")):
+               json_out: bool = typer.Option(False, "--json", help="Print a JSON report."),
+               restore_drill: bool = typer.Option(
+                   False, "--restore-drill",
+                   help="Restore one mailbox of the newest (or the given) snapshot to a scratch directory, check "
+                        "every file against the catalog and let Dovecot open its folders; a different mailbox "
+                        "each run unless --mailbox."),
+               mailbox: Optional[str] = typer.Option(None, "--mailbox", "-m", metavar="USER@DOMAIN",
+                                                     help="With --restore-drill: the mailbox to drill.")):
         """Check that snapshots are complete and intact (exit 4 on damage)."""
         with handled():
             a = load_app(progress=True, json_out=json_out)
         with handled(a):
+            if mailbox is not None and not restore_drill:
+                raise UsageError("--mailbox goes with --restore-drill: dmbackup verify --restore-drill --mailbox "
+                                 f"{mailbox}")
+            if restore_drill:
+                if read_data:
+                    raise UsageError("--restore-drill and --read-data are separate checks: run them one after the "
+                                     "other")
+                _drill(a, pick_target(a, target), snapshot, mailbox, json_out)
+                return
             res = engine.verify(a, pick_target(a, target), snapshot=snapshot, read_data=read_data)
             d = res.as_dict() if hasattr(res, "as_dict") else res
             text = res.summary() if hasattr(res, "summary") else _mailbox_summary(d)
@@ -34,6 +51,27 @@ def register(app: typer.Typer) -> None:
                 typer.echo(text)
             if d.get("exit_code", 0):
                 raise typer.Exit(d["exit_code"])
+
+
+def _drill(a, target: str, snapshot: Optional[str], mailbox: Optional[str], json_out: bool) -> None:
+    from ..engine.drill import restore_drill
+
+    res = restore_drill(a, target, snapshot=snapshot, mailbox=mailbox)
+    d = res.as_dict()
+    if json_out:
+        emit(d, True)
+    elif res.problems:
+        echo(f"dmbackup: {res.summary()}", err=True)
+        for p in res.problems[1:20]:
+            echo(f"  {p}", err=True)
+        if len(res.problems) > 20:
+            echo(f"  ... and {len(res.problems) - 20} more (all of them with --json)", err=True)
+    else:
+        echo(res.summary())
+        for w in res.warnings[:20]:
+            echo(f"  warning: {w}", err=True)
+    if res.exit_code:
+        raise typer.Exit(res.exit_code)
 
 
 def _mailbox_summary(d: dict) -> str:
