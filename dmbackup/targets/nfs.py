@@ -27,10 +27,16 @@ Config keys (``[targets.NAME]`` with ``type = "nfs"``):
   timeout = 30               seconds: per RPC (userspace), per mount/umount command (mount)
   mount_point = "/run/dmbackup/NAME"     mount transport only; created, removed after
   options = "vers=4.2,soft"  mount transport only: the -o string; default
-                             "soft,timeo=<timeout*10>,retrans=2"; "" passes no -o at all
+                             "soft,timeo=<timeout*10>,retrans=2"; "" passes none of these.
+                             nosuid,nodev,noexec are always appended (the NAS is untrusted:
+                             no set-uid program, device node or executable on it may work), and
+                             suid, dev, exec or defaults here are a config error
   mount_command = ["mount", "-t", "nfs"]   mount transport only; argv to which
                              [-o OPTIONS] EXPORT MOUNT_POINT are appended
   umount_command = ["umount"]   mount transport only; MOUNT_POINT is appended
+
+After the mount, its flags are checked in mountinfo too: a mount command that dropped
+nosuid/nodev/noexec gets a bind-remount that sets them, or the share is unmounted again.
 
 The mount point is checked by source: mountinfo must show exactly the configured export
 (trailing slashes aside) mounted on it. A stand-in command in tests therefore mounts
@@ -82,6 +88,8 @@ TRANSPORTS = ("mount", "userspace")
 _MOUNT_ONLY_KEYS = ("mount_point", "options", "mount_command", "umount_command")
 _SAFE_DIR = re.compile(r"[^A-Za-z0-9._-]")
 _SETTLE = 1.0          # seconds a mount may take to show up in mountinfo after the helper returns
+SAFE_OPTIONS = ("nosuid", "nodev", "noexec")
+_UNSAFE_OPTIONS = frozenset({"suid", "dev", "exec", "defaults"})     # would undo SAFE_OPTIONS
 
 T = TypeVar("T")
 
@@ -161,6 +169,10 @@ def parse_config(name: str, s, kind: str) -> NfsConfig:
     options = s.str("options", None)
     if options is not None and any(c.isspace() for c in options):
         raise s.error("options", f"mount options are one comma-separated string without spaces, got {options!r}")
+    for opt in (options or "").split(","):
+        if opt.lower() in _UNSAFE_OPTIONS:
+            raise s.error("options", f"{opt!r} is not allowed: the share is untrusted medium and is always "
+                                     f"mounted {','.join(SAFE_OPTIONS)}")
     mount_command = s.str_list("mount_command", DEFAULT_MOUNT_COMMAND)
     if not mount_command:
         raise s.error("mount_command", "must name a command")
@@ -177,6 +189,13 @@ def build(cfg: NfsConfig, app=None) -> Target:
     if cfg.transport == "userspace":
         return NfsUserspaceTarget(cfg)
     return NfsMountTarget(cfg)
+
+
+def mount_argv(cfg: NfsConfig, mount_point: str) -> list[str]:
+    """mount_command + -o OPTIONS + EXPORT + MOUNT_POINT; the safe flags come last, so no
+    earlier option can switch them off (mount(8): the last of two contradicting options wins)."""
+    opts = [o for o in cfg.mount_options().split(",") if o] + list(SAFE_OPTIONS)
+    return [*cfg.mount_command, "-o", ",".join(opts), cfg.export, mount_point]
 
 
 def _describe(cfg: NfsConfig) -> str:
@@ -332,11 +351,7 @@ class NfsMountTarget(Target):
                 f"{self.describe()}: cannot mount on {mp}: {taken.source} ({taken.fstype}) is already "
                 "mounted there; unmount it or choose another mount_point. Nothing was written")
         self._make_mount_point(mp)
-        argv = list(cfg.mount_command)
-        opts = cfg.mount_options()
-        if opts:
-            argv += ["-o", opts]
-        argv += [cfg.export, mp]
+        argv = mount_argv(cfg, mp)
         code, output = _run(argv, cfg.timeout)
         mounted = self._settle(mp) if code == 0 else None
         if mounted is None or not self._is_export(mounted):
@@ -355,8 +370,32 @@ class NfsMountTarget(Target):
                           f"{cfg.export} on {mp} (a 'bg' mount still retrying?)")
             raise TargetUnavailable(f"{self.describe()}: cannot mount {cfg.export} on {mp}: {detail}. "
                                     "Check that the server is up and exports it to this host; nothing was written")
+        unsafe = self._enforce_safe_flags(mp)
+        if unsafe is not None:
+            _run(list(cfg.umount_command) + [mp], cfg.timeout)
+            self._remove_mount_point()
+            raise TargetUnavailable(f"{self.describe()}: mounted {cfg.export} on {mp}, but {unsafe}; an "
+                                    "untrusted share is never used without nosuid,nodev,noexec, so it was "
+                                    "unmounted again. Nothing was written")
         self.mount_path, self.mounted_by_us = mp, True
         log.info("mounted %s on %s", cfg.export, mp)
+
+    def _enforce_safe_flags(self, mp: str) -> str | None:
+        """None when the mount on ``mp`` is nosuid,nodev,noexec (after a bind-remount that sets
+        them, if the mount command left one out), else what is missing and why."""
+        def missing() -> list[str]:
+            m = mount_at(mp)
+            have = set(m.options.split(",")) if m is not None else set()
+            return [f for f in SAFE_OPTIONS if f not in have]
+
+        if not missing():
+            return None
+        code, output = _run(["mount", "-o", "remount,bind," + ",".join(SAFE_OPTIONS), mp], self.cfg.timeout)
+        left = missing()
+        if not left:
+            return None
+        return (f"the mount command left out {','.join(left)} and a remount could not set it "
+                f"({output or f'exit status {code}'})")
 
     def _settle(self, mp: str) -> Mount | None:
         deadline = time.monotonic() + _SETTLE

@@ -23,7 +23,9 @@ Config keys (``[targets.NAME]`` with ``type = "usb"``):
   uuid = "6BBA-F738"       file-system UUID (exactly one of label / uuid)
   bus = "usb"              "usb" (default): only disks on the USB bus; "any": any disk
   mount_point = "/run/dmbackup/NAME"   where dmbackup mounts the disk (created, removed after)
-  mount_options = "..."    extra options for the mount helper (string "a,b" or a list)
+  mount_options = "..."    extra options for the mount helper (string "a,b" or a list); the
+                           mount is always nosuid,nodev,noexec: suid, dev, exec and defaults
+                           are refused, and so is any file system but ext4, exfat and vfat
   max_object_size = "2G"   cap on one object (volume); FAT is capped below 4 GiB anyway
   device = "/dev/sdb1"     skip detection and use this node (for disks udev does not see,
                            e.g. loop devices, or to pin one port); with label / uuid set,
@@ -42,11 +44,13 @@ from ..errors import NoSpace, TargetUnavailable
 from ..usb.detect import BUSES, DiskNotPresent, UsbDisk, find_disk, matches, probe_node, wanted
 from ..usb.mount import (
     DEFAULT_MOUNT_ROOT,
+    SAFE_OPTIONS,
     DiskMount,
     device_present,
     fat_cluster_bytes,
     fusefat_free_bytes,
     oserror_means_gone,
+    unsafe_options,
 )
 from .base import Capabilities, ObjectInfo, ObjectWriter, Target, validate_name
 from .dir import DirTarget
@@ -115,9 +119,12 @@ def parse_config(name: str, s, kind: str) -> UsbConfig:
             opt = opt.strip()
             if not opt:
                 continue
+            field = f"mount_options[{i}]" if len(raw_opts) > 1 else "mount_options"
             if any(c.isspace() for c in opt):
-                raise s.error(f"mount_options[{i}]" if len(raw_opts) > 1 else "mount_options",
-                              f"a mount option contains a space: {opt!r}")
+                raise s.error(field, f"a mount option contains a space: {opt!r}")
+            if unsafe_options([opt]):
+                raise s.error(field, f"{opt!r} is not allowed: a backup disk is untrusted medium and is "
+                                     f"always mounted {','.join(SAFE_OPTIONS)}")
             options.append(opt)
     max_object_size = s.size("max_object_size", None)
     return UsbConfig(name=name, type=kind, label=label, uuid=uuid, device=device,

@@ -11,12 +11,19 @@
   for a FUSE helper to let go of the device (so the disk can be pulled safely) and removes
   the mount point it created.
 
+A backup disk is untrusted medium: whoever hands over the stick chooses every byte on it,
+including the file-system image the kernel has to parse. So only the file systems a backup
+disk needs are mounted at all (``ALLOWED_FS``: ext4, exFAT, FAT); anything else (ext2/3,
+btrfs, xfs, squashfs, NTFS, minix, ...) is refused before a mount is attempted. Every mount is
+``nosuid,nodev,noexec``, and options that would undo that (``suid``, ``dev``, ``exec``,
+``defaults``) are refused; a helper that ignores one of the flags (exfat-fuse 1.3 drops
+``noexec``) gets a bind-remount that sets them, and if that fails the disk is unmounted
+again, before anyone writes.
+
 Helpers by file system: the kernel driver when the running kernel has it (``vfat``,
-``exfat``, ``ntfs3``, anything else through ``mount -t``), else the FUSE implementation:
-``mount.exfat-fuse`` for exFAT, ``fusefat -o rw+`` for FAT (experimental upstream, but the
-only writer when the kernel lacks vfat), ``ntfs-3g`` for NTFS. FUSE mounts get
-``fsname=<device>`` so mountinfo names the device and a later run can recognise the mount.
-Kernel mounts get ``nosuid,nodev,noexec``: a backup disk is untrusted medium.
+``exfat``), else the FUSE implementation: ``mount.exfat-fuse`` for exFAT, ``fusefat -o rw+``
+for FAT (experimental upstream, but the only writer when the kernel lacks vfat). FUSE mounts
+get ``fsname=<device>`` so mountinfo names the device and a later run can recognise the mount.
 
 Every failure is a TargetUnavailable (exit 7) that says what to do; a failed mount never
 leaves anything in the mount-point directory, because nothing is written before the
@@ -43,6 +50,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MOUNT_ROOT = "/run/dmbackup"
 SAFE_OPTIONS = ("nosuid", "nodev", "noexec")
+# mount(8) options that would switch the safe flags off again
+UNSAFE_OPTIONS = frozenset({"suid", "dev", "exec", "defaults"})
+_FAT_NAMES = ("vfat", "fat", "msdos", "fat32")
+ALLOWED_FS = ("ext4", "exfat", *_FAT_NAMES)
 # FAT and exFAT have no owners: keep files private to root.
 _PRIVATE_FAT = ("fmask=0077", "dmask=0077")
 _HELPER_TIMEOUT = 120        # seconds a mount helper may take (fsck-like replay on a big disk)
@@ -52,6 +63,28 @@ _RELEASE_TIMEOUT = 60        # seconds for a FUSE daemon to flush and exit after
 
 class MountFailed(TargetUnavailable):
     """The disk could not be mounted."""
+
+
+class FileSystemRefused(MountFailed):
+    """The disk's file system is not one dmbackup mounts."""
+
+
+def check_fs_allowed(device: str, fs_type: str | None) -> None:
+    """Raise FileSystemRefused (exit 7) unless ``fs_type`` is in ALLOWED_FS."""
+    fs = (fs_type or "").lower()
+    if fs in ALLOWED_FS:
+        return
+    what = f"a {fs_type} file system" if fs and fs != "auto" else "no file system dmbackup recognises"
+    raise FileSystemRefused(
+        f"{device} holds {what}; dmbackup mounts only ext4, exfat or vfat backup disks (an "
+        f"untrusted disk is never handed to another file-system driver of the kernel): copy what "
+        f"you need off it on another machine, then reformat it (mkfs.ext4 -L LABEL {device}) or "
+        "use another disk; nothing was mounted")
+
+
+def unsafe_options(options) -> list[str]:
+    """The options in ``options`` that would undo nosuid/nodev/noexec."""
+    return [o for o in options if o.strip().lower() in UNSAFE_OPTIONS]
 
 
 def kernel_supports(fs_type: str, *, proc_filesystems: str = "/proc/filesystems",
@@ -84,8 +117,13 @@ def mount_command(device: str, mount_point: str, fs_type: str, options: tuple[st
     def opts(*parts) -> str:
         return ",".join(p for p in (*parts, *options) if p)
 
+    check_fs_allowed(device, fs_type)
+    bad = unsafe_options(options)
+    if bad:
+        raise MountFailed(f"cannot mount {device} with {','.join(bad)}: backup disks are always mounted "
+                          "nosuid,nodev,noexec; remove it from the target's mount_options")
     fs = fs_type.lower()
-    if fs in ("vfat", "fat", "msdos", "fat32"):
+    if fs in _FAT_NAMES:
         if kernel("vfat"):
             return ["mount", "-t", "vfat", "-o", opts(*SAFE_OPTIONS, *_PRIVATE_FAT, "utf8"), device, mount_point]
         if which("fusefat"):
@@ -103,13 +141,31 @@ def mount_command(device: str, mount_point: str, fs_type: str, options: tuple[st
             return [helper, "-o", opts(*SAFE_OPTIONS), device, mount_point]
         raise MountFailed(f"cannot mount the exFAT file system on {device}: this kernel has no exfat "
                           "driver and exfat-fuse is not installed (apt-get install exfat-fuse)")
-    if fs == "ntfs":
-        if kernel("ntfs3"):
-            return ["mount", "-t", "ntfs3", "-o", opts(*SAFE_OPTIONS), device, mount_point]
-        if which("ntfs-3g"):
-            return ["ntfs-3g", "-o", opts(*SAFE_OPTIONS), device, mount_point]
-        raise MountFailed(f"cannot mount the NTFS file system on {device}: install ntfs-3g")
     return ["mount", "-t", fs, "-o", opts(*SAFE_OPTIONS), device, mount_point]
+
+
+def missing_safe_flags(m: Mount) -> list[str]:
+    """Which of nosuid/nodev/noexec the mount ``m`` lacks (its per-mount options)."""
+    have = set(m.options.split(","))
+    return [f for f in SAFE_OPTIONS if f not in have]
+
+
+def enforce_safe_flags(mount_point: str) -> str | None:
+    """Make sure the mount on ``mount_point`` is nosuid,nodev,noexec, with a bind-remount
+    (which changes only the mount's own flags, not the file system) when a helper left one
+    out. Returns None when it is, else what went wrong."""
+    m = mount_at(mount_point)
+    if m is None:
+        return f"nothing is mounted on {mount_point}"
+    if not missing_safe_flags(m):
+        return None
+    code, output = _run(["mount", "-o", "remount,bind," + ",".join(SAFE_OPTIONS), mount_point])
+    m = mount_at(mount_point)
+    missing = missing_safe_flags(m) if m is not None else list(SAFE_OPTIONS)
+    if not missing:
+        return None
+    return (f"the mount helper left out {','.join(missing)} and a remount could not set it "
+            f"({output or f'exit status {code}'})")
 
 
 def _same_device(source: str, device: str) -> bool:
@@ -261,6 +317,14 @@ class DiskMount:
                 detail = f"{argv[0]} reported success but /proc/self/mountinfo does not show {self.device} on {mp}"
             raise MountFailed(f"cannot mount {self.what} ({self.fs_type}) on {mp}: {detail}. "
                               "Check the disk (fsck) or the target's mount_options; nothing was written")
+        unsafe = enforce_safe_flags(mp)
+        if unsafe is not None:
+            _run(["umount", mp])
+            if self._fuse:
+                self._wait_released()
+            self._remove_mount_point()
+            raise MountFailed(f"cannot mount {self.what} safely on {mp}: {unsafe}. An untrusted disk is "
+                              "never used without nosuid,nodev,noexec; nothing was written")
         self.path = mp
         self.fstype = mounted.fstype
         self.mounted_by_us = True
