@@ -1,4 +1,5 @@
-"""dmbackup restore --target T [SNAPSHOT | --at TIME] [--what] [--mailbox] [--folder] [--to DIR]."""
+"""dmbackup restore --target T [SNAPSHOT | --at TIME] [--what] [--mailbox] [--folder] [--to DIR]
+[--overwrite] [--resume] [--uid-gap N]; dmbackup restore --resync."""
 
 from typing import Optional
 
@@ -20,6 +21,12 @@ def register(app: typer.Typer) -> None:
         folder: Optional[str] = typer.Option(None, "--folder", help="Only this IMAP folder of --mailbox."),
         to: Optional[str] = typer.Option(None, "--to", help="Restore into this (empty) directory."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing over existing files."),
+        resume: bool = typer.Option(False, "--resume", help="Finish an interrupted restore into the same --to DIR "
+                                    "(or store): complete files are kept."),
+        uid_gap: Optional[int] = typer.Option(None, "--uid-gap", help="Raise every folder's next UID by N (default "
+                                              "1000 for --overwrite or --to the mail store, else 0)."),
+        resync: bool = typer.Option(False, "--resync", help="After a store restored with --to was moved into place "
+                                    "and Dovecot started: resync it and raise mod-sequences for clients."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     ):
         """Restore a snapshot, a mailbox or a folder."""
@@ -30,6 +37,18 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("give either SNAPSHOT or --at, not both")
             if what not in ("mail", "config"):
                 raise UsageError(f"--what must be mail or config, not {what!r}")
+            if resync:
+                if snapshot or at or to or overwrite or resume or mailbox or folder or uid_gap is not None:
+                    raise UsageError("--resync takes no other restore option: it finishes a store that is already "
+                                     "in place and served by Dovecot")
+                d = engine.resync(a)
+                for w in d.get("warnings", []):
+                    echo(f"warning: {w}", err=True)
+                emit(d, json_out, f"resynced; {d.get('folders')} folder(s) now at HIGHESTMODSEQ "
+                                  f"{d.get('highest_modseq')}, every message's mod-sequence raised")
+                if d.get("exit_code", 0):
+                    raise typer.Exit(d["exit_code"])
+                return
             from .. import hooks
 
             tname = pick_target(a, target)
@@ -37,7 +56,7 @@ def register(app: typer.Typer) -> None:
             res = None
             with hooks.around(a, ctx):
                 res = engine.restore(a, tname, snapshot, at=at, what=what, mailbox=mailbox,
-                                     folder=folder, to=to, overwrite=overwrite)
+                                     folder=folder, to=to, overwrite=overwrite, resume=resume, uid_gap=uid_gap)
                 ctx.snapshot = getattr(res, "snapshot_id", None) or (res.get("snapshot") if isinstance(res, dict) else None)
             if res is None:
                 echo(f"restore from {tname} skipped by a pre-restore hook")
@@ -45,12 +64,26 @@ def register(app: typer.Typer) -> None:
             d = res.as_dict() if hasattr(res, "as_dict") else res
             for w in d.get("warnings", [])[:20]:
                 echo(f"warning: {w}", err=True)
+            failed = d.get("failed") or []
             if what == "config" and not to:
                 text = _preflight_text(d)
             else:
                 text = (f"restored {d.get('files')} files ({human_bytes(d.get('bytes'))}) from "
                         f"{d.get('snapshot')} into {d.get('destination')}")
+                if d.get("skipped_complete"):
+                    text += f"; {d['skipped_complete']} already complete (--resume)"
+                if failed:
+                    text += f"\nNOT restored ({d['failed_count']}):" + "".join(
+                        f"\n  {f.get('path')}: {f.get('error')}" for f in failed[:200])
             emit(d, json_out, text)
+            if failed:
+                n, first = d["failed_count"], failed[0]
+                why = ("damaged or unsafe in the backup: run `dmbackup verify --read-data` and restore them from "
+                       "another snapshot" if d.get("exit_code") == 4 else
+                       "they could not be written: fix the destination and run the same restore with --resume")
+                echo(f"dmbackup: restore incomplete: {n} entr{'y' if n == 1 else 'ies'} not restored (first: "
+                     f"{first.get('path')}: {first.get('error')}), everything else was restored; {why}", err=True)
+                raise typer.Exit(d["exit_code"])
             if d.get("exit_code", 0):
                 raise typer.Exit(d["exit_code"])
 

@@ -196,36 +196,60 @@ def selection_prefix(mailbox: str | None, folder: str | None) -> tuple[str, bool
 
 def restore(app, target_name: str, snapshot: str | None = None, *, at: str | None = None,
             what: str = "mail", mailbox: str | None = None, folder: str | None = None,
-            to: str | None = None, overwrite: bool = False) -> RestoreResult:
+            to: str | None = None, overwrite: bool = False, resume: bool = False,
+            uid_gap: int | None = None, stage_fd: int | None = None, owner=None, modes=None) -> RestoreResult:
+    """Restore into ``to`` (a directory), or into the live store (``to`` None: dmbackup.engine.live).
+
+    ``uid_gap``: raise every restored folder's next UID by this much (dmbackup.engine.dovecot);
+    default 0 for ``--to`` (an exact copy), except when ``to`` is the configured mail store
+    itself, which is then meant to replace a store. ``resume``: finish an interrupted restore
+    into the same destination. ``stage_fd``/``owner``/``modes``: used by the live restore."""
     if what == "config":
         from .. import configbackup
 
         return configbackup.restore_config(app, target_name, snapshot=snapshot, at=at, to=to, overwrite=overwrite)
     if _repo_target_cfg(app, target_name) is None:
         raise UsageError(f"target {target_name!r} holds only config bundles: use --what config")
+    if uid_gap is not None and not 0 <= uid_gap <= 1_000_000_000:
+        raise UsageError(f"--uid-gap {uid_gap}: expected a number from 0 to 1000000000")
     prefix, inbox_only = selection_prefix(mailbox, folder)
     if to is None:
         from .live import restore_live
 
         return restore_live(app, target_name, snapshot=snapshot, at=at, mailbox=mailbox, folder=folder,
-                            overwrite=overwrite)
+                            overwrite=overwrite, resume=resume, uid_gap=uid_gap)
     dest = os.path.abspath(to)
-    if os.path.lexists(dest):
-        if not os.path.isdir(dest) or os.path.islink(dest):
-            raise RestoreError(f"restore destination {dest} is not a directory")
-        if os.listdir(dest) and not overwrite:
-            raise RestoreError(f"restore destination {dest} is not empty: choose an empty or new directory")
-    else:
-        os.makedirs(dest, mode=0o700)
+    if stage_fd is None:
+        if os.path.lexists(dest):
+            if not os.path.isdir(dest) or os.path.islink(dest):
+                raise RestoreError(f"restore destination {dest} is not a directory")
+            if os.listdir(dest) and not (overwrite or resume):
+                raise RestoreError(f"restore destination {dest} is not empty: choose an empty or new directory "
+                                   "(or add --resume to finish an interrupted restore into it)")
+        else:
+            os.makedirs(dest, mode=0o700)
+    if uid_gap is None:
+        from .dovecot import UID_GAP
+
+        store = app.config.source.mail_store
+        uid_gap = UID_GAP if store and os.path.realpath(dest) == os.path.realpath(store) else 0
     target = app.target(target_name)
     with target:
         repo = open_repository(app, target, target_name, require_enrolled=False)
         ref = pick_snapshot(repo, snapshot, at)
         rows, _ = repo.catalog_body(ref)
         app.log.info("restore_start", target=target_name, snapshot=ref.id, selection=prefix or "/", to=dest)
-        res = TreeRestorer(repo, ref, dest, prefix=prefix, only_dir_files=inbox_only, app=app).run(rows)
+        res = TreeRestorer(repo, ref, dest, prefix=prefix, only_dir_files=inbox_only, app=app, resume=resume,
+                           uid_gap=uid_gap, owner=owner, modes=modes, root_fd=stage_fd).run(rows)
         app.log.info("restore_done", **res.as_dict())
         return res
+
+
+def resync(app) -> dict:
+    """Finish a store restored with ``--to DIR --uid-gap N`` and moved into place by hand."""
+    from .live import resync as _resync
+
+    return _resync(app)
 
 
 @dataclass

@@ -6,10 +6,26 @@ reads roughly that mailbox's stored bytes. Files are written with O_EXCL through
 (never outside the destination, never through a symlink), then chowned/chmodded to the
 recorded numeric ids and modes, and given their mtimes; directories get their metadata last,
 deepest first, since writing into a directory changes its mtime.
+
+A restore never gives up on the whole tree for one entry. A catalog that holds one name twice
+in a directory, or one message under two names in a Maildir folder (snapshots written by
+releases before the capture fix), restores one copy (cur/ over new/, then the name with more
+flags) with a warning (exit 1). A damaged block or an unsafe name is damage (exit 4), an entry
+that cannot be written is a failure (exit 3): either way everything else is restored and the
+result lists what was not. A full destination file system ends the restore (exit 3).
+
+Crash semantics and ``--resume``: a file is complete once its mtime is set, which is the last
+thing done to it (content, owner, mode, mtime). A restore killed half way leaves complete files,
+at most one partial file per worker, and directories without their final metadata; run again
+with ``--resume`` into the same destination, it skips every file whose size and mtime already
+match the catalog, rewrites the rest, and applies directory metadata at the end. Nothing is
+fsynced file by file: a power cut during a restore is handled the same way, by ``--resume``
+(or by restoring again).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -17,8 +33,11 @@ from dataclasses import dataclass, field
 
 from ..archive.blocks import BlockReader
 from ..archive.catalog import Entry
-from ..errors import CorruptObject, RestoreError, UsageError, EXIT_OK, EXIT_WARNING
+from ..errors import CorruptObject, DmError, RestoreError, UsageError, EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, EXIT_WARNING
+from ..mailstore import base_name, is_transient
 from .safetree import SafeTree, check_name, split_rel
+
+MAX_LISTED_FAILURES = 1000
 
 
 @dataclass
@@ -31,39 +50,74 @@ class RestoreResult:
     bytes_fetched: int = 0
     selection: str = ""
     warnings: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)     # {"path", "error", "damage"}
+    failed_count: int = 0
+    damaged: bool = False
+    skipped_complete: int = 0                            # --resume: files already there
+    uid_gap: int = 0
 
     @property
     def exit_code(self) -> int:
+        if self.damaged:
+            return EXIT_DAMAGE
+        if self.failed_count:
+            return EXIT_FAILED
         return EXIT_WARNING if self.warnings else EXIT_OK
 
     def as_dict(self) -> dict:
         return {"snapshot": self.snapshot_id, "destination": self.destination, "files": self.files,
                 "dirs": self.dirs, "bytes": self.bytes, "bytes_fetched": self.bytes_fetched,
-                "selection": self.selection or "/", "warnings": self.warnings, "exit_code": self.exit_code}
+                "selection": self.selection or "/", "warnings": self.warnings, "failed": self.failed,
+                "failed_count": self.failed_count, "skipped_complete": self.skipped_complete,
+                "uid_gap": self.uid_gap, "exit_code": self.exit_code}
 
 
 def in_selection(rel: str, prefix: str) -> bool:
     return not prefix or rel == prefix or rel.startswith(prefix + "/")
 
 
+def _flag_count(name: str) -> int:
+    return len(name.partition(":2,")[2])
+
+
 class TreeRestorer:
     def __init__(self, repo, ref, dest: str, *, prefix: str = "", only_dir_files: bool = False,
-                 chown: bool | None = None, app=None):
+                 chown: bool | None = None, app=None, resume: bool = False, uid_gap: int = 0,
+                 owner: tuple[int, int] | None = None, modes: tuple[int, int] | None = None,
+                 root_fd: int | None = None):
         self.repo, self.ref, self.dest, self.prefix = repo, ref, dest, prefix
         self.only_dir_files = only_dir_files        # INBOX: the folder's own dir, not subfolders
         self.reader = BlockReader(repo.t, repo.id, repo.keys.data)
         self.chown = (os.geteuid() == 0) if chown is None else chown
-        self.result = RestoreResult(ref.id, dest, selection=prefix)
+        self.resume = resume
+        self.uid_gap = uid_gap                      # raise next UIDs of restored uidlists by this
+        self.owner = owner                          # (uid, gid) for everything, instead of the recorded
+        self.modes = modes                          # (dir mode, file mode), instead of the recorded
+        self.root_fd = root_fd
+        self.result = RestoreResult(ref.id, dest, selection=prefix, uid_gap=uid_gap)
         self.dir_meta: list[tuple[str, Entry]] = []
         self.app = app
+        self._rows_by_dir: dict[str, object] = {}
+        self._drop: dict[str, set[str]] = {}        # message dir -> names not to restore (duplicates)
+        self.made: set[str] = {""}                  # directories restored so far (rows must be one)
 
     def warn(self, msg: str) -> None:
         self.result.warnings.append(msg)
         if self.app:
             self.app.log.warning("restore_warning", message=msg)
 
+    def fail(self, path: str, error: str, *, damage: bool) -> None:
+        r = self.result
+        r.failed_count += 1
+        r.damaged = r.damaged or damage
+        if len(r.failed) < MAX_LISTED_FAILURES:
+            r.failed.append({"path": path or "/", "error": error, "damage": damage})
+        if self.app:
+            self.app.log.warning("restore_failed", path=path or "/", error=error)
+
     def run(self, rows) -> RestoreResult:
-        tree = SafeTree(self.dest)
+        tree = SafeTree(self.dest, self.root_fd)
+        self._rows_by_dir = {r.dir: r for r in rows}
         try:
             if self.prefix:
                 self._ancestors(tree, rows)
@@ -75,19 +129,113 @@ class TreeRestorer:
                     continue
                 if self.app:
                     self.app.check_stop()
-                entries = self.repo.page(self.ref.chain, row)
-                fd = tree.dir_fd(row.dir)
-                for e in entries:
-                    check_name(e.name)
-                    if self.only_dir_files and row.dir == self.prefix and e.type == "d" and e.name not in ("cur", "new", "tmp"):
-                        continue
-                    self._entry(tree, fd, row.dir, e)
-                    fd = tree.dir_fd(row.dir)
+                self._row(tree, row)
             self._apply_dir_meta(tree)
         finally:
             tree.close()
         self.result.bytes_fetched = self.repo.t.bytes_read
         return self.result
+
+    def _row(self, tree: SafeTree, row) -> None:
+        if row.dir not in self.made:
+            self.fail(row.dir, "no directory entry in the catalog leads to this directory: not restored",
+                      damage=True)
+            return
+        try:
+            entries = self._entries(row)
+        except (CorruptObject, DmError) as exc:
+            self.fail(row.dir, f"the directory's page cannot be read: {exc}", damage=True)
+            return
+        try:
+            fd = tree.dir_fd(row.dir)
+        except (RestoreError, CorruptObject, OSError) as exc:
+            self.fail(row.dir, getattr(exc, "message", None) or str(exc), damage=isinstance(exc, CorruptObject))
+            return
+        for e in entries:
+            path_rel = f"{row.dir}/{e.name}" if row.dir else e.name
+            if self.only_dir_files and row.dir == self.prefix and e.type == "d" and e.name not in ("cur", "new", "tmp"):
+                continue
+            try:
+                check_name(e.name)
+                if e.type == "f" and is_transient(e.name):
+                    continue            # a Dovecot lock or temp file captured by an older release
+                self._entry(fd, path_rel, e)
+            except CorruptObject as exc:
+                self.fail(path_rel, str(exc), damage=True)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise RestoreError(f"the restore destination {self.dest} is full ({exc.strerror}) at "
+                                       f"{path_rel}: free space and run the same restore with --resume") from None
+                self.fail(path_rel, exc.strerror or str(exc), damage=False)
+            except RestoreError as exc:
+                self.fail(path_rel, str(exc), damage=False)
+            fd = tree.dir_fd(row.dir)
+
+    def _entries(self, row) -> list[Entry]:
+        """The row's entries, one per name, and one per base name in a Maildir folder."""
+        entries = self.repo.page(self.ref.chain, row)
+        by_name: dict[str, Entry] = {}
+        clash: set[str] = set()
+        for e in entries:
+            old = by_name.get(e.name)
+            if old is not None and old.type != e.type:
+                clash.add(e.name)       # a directory and a symlink under one name: forged, not a race
+            if old is None or e.mtime_ns > old.mtime_ns:
+                by_name[e.name] = e
+        for name in sorted(clash):
+            del by_name[name]
+            self.fail(f"{row.dir}/{name}" if row.dir else name,
+                      "the catalog holds this name twice with different types: refused", damage=True)
+        dups = len(entries) - len(by_name) - sum(1 for e in entries if e.name in clash)
+        if dups:
+            self.warn(f"{row.dir or '/'}: the catalog holds {dups} name(s) twice; "
+                      "one copy of each was restored (run `dmbackup verify`)")
+        entries = sorted(by_name.values(), key=lambda e: e.name)
+        folder, _, sub = row.dir.rpartition("/")
+        if sub in ("new", "cur") or (row.dir in ("new", "cur") and not folder):
+            if row.dir not in self._drop:
+                self._plan_folder(folder if sub in ("new", "cur") else "", row.dir, entries)
+            drop = self._drop.pop(row.dir, set())
+            if drop:
+                entries = [e for e in entries if not (e.type == "f" and e.name in drop)]
+        return entries
+
+    def _plan_folder(self, folder: str, rel: str, entries: list[Entry]) -> None:
+        """Decide, for a Maildir folder, which name of a message seen twice is restored."""
+        subs = {}
+        for sub in ("new", "cur"):
+            srel = f"{folder}/{sub}" if folder else sub
+            if srel == rel:
+                subs[sub] = (srel, entries)
+            elif srel in self._rows_by_dir and self._selected_row(srel):
+                try:
+                    subs[sub] = (srel, self.repo.page(self.ref.chain, self._rows_by_dir[srel]))
+                except (CorruptObject, DmError):
+                    continue
+        seen: dict[str, tuple[str, str, Entry]] = {}
+        drop: dict[str, set[str]] = {srel: set() for srel, _ in subs.values()}
+        for sub in ("new", "cur"):
+            if sub not in subs:
+                continue
+            srel, ents = subs[sub]
+            for e in ents:
+                if e.type != "f":
+                    continue
+                b = base_name(e.name)
+                prev = seen.get(b)
+                if prev is None:
+                    seen[b] = (sub, srel, e)
+                    continue
+                rank = lambda s, x: (s == "cur", _flag_count(x.name), x.name)   # noqa: E731
+                if rank(sub, e) > rank(prev[0], prev[2]):
+                    drop[prev[1]].add(prev[2].name)
+                    seen[b] = (sub, srel, e)
+                else:
+                    drop[srel].add(e.name)
+                self.warn(f"{folder or '/'}: message {b} is in the catalog under two names; "
+                          f"restored as {seen[b][2].name} (run `dmbackup verify`)")
+        for srel, names in drop.items():
+            self._drop[srel] = names
 
     def _selected_row(self, d: str) -> bool:
         if not in_selection(d, self.prefix):
@@ -113,14 +261,14 @@ class TreeRestorer:
                         rel = "/".join(parts[: i + 1])
                         tree.dir_fd(rel)
                         self.dir_meta.append((rel, e))
+                        self.made.add(rel)
                         if i == len(parts) - 1:
                             found_self = True
         if not found_self:
             raise UsageError(f"{self.prefix!r} is not in snapshot {self.ref.id}: see the snapshot's mailboxes "
                              "with `dmbackup snapshots --json` or restore without a selection")
 
-    def _entry(self, tree: SafeTree, fd: int, rel: str, e: Entry) -> None:
-        path_rel = f"{rel}/{e.name}" if rel else e.name
+    def _entry(self, fd: int, path_rel: str, e: Entry) -> None:
         if e.type == "d":
             try:
                 os.mkdir(e.name, 0o700, dir_fd=fd)
@@ -129,23 +277,66 @@ class TreeRestorer:
                 if not stat.S_ISDIR(st.st_mode):
                     raise RestoreError(f"{path_rel} exists in the destination and is not a directory") from None
             self.dir_meta.append((path_rel, e))
+            self.made.add(path_rel)
             self.result.dirs += 1
         elif e.type == "l":
             try:
                 os.symlink(e.link, e.name, dir_fd=fd)
             except FileExistsError:
-                raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory") from None
-            if self.chown:
-                os.chown(e.name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False)
+                if not self.resume:
+                    raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty "
+                                       "directory, or add --resume to finish an interrupted restore") from None
+                st = os.stat(e.name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode) and os.readlink(e.name, dir_fd=fd) == e.link:
+                    pass
+                elif stat.S_ISDIR(st.st_mode):
+                    raise RestoreError(f"{path_rel} exists in the destination and is a directory") from None
+                else:
+                    os.unlink(e.name, dir_fd=fd)
+                    os.symlink(e.link, e.name, dir_fd=fd)
+            if self.chown or self.owner is not None:
+                os.chown(e.name, *self._ids(e), dir_fd=fd, follow_symlinks=False)
             os.utime(e.name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=fd, follow_symlinks=False)
         elif e.type == "f":
-            self._file(tree, fd, path_rel, e)
+            self._file(fd, path_rel, e)
 
-    def _file(self, tree: SafeTree, dfd: int, path_rel: str, e: Entry) -> None:
+    def _complete(self, dfd: int, e: Entry) -> bool | None:
+        """--resume: True if the file is already restored, False if a partial one was removed,
+        None if there is nothing in the way."""
         try:
-            fd = os.open(e.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+            st = os.stat(e.name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISREG(st.st_mode) and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns \
+                and stat.S_IMODE(st.st_mode) == e.mode:
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            raise RestoreError(f"{e.name} exists in the destination and is a directory")
+        os.unlink(e.name, dir_fd=dfd)
+        return False
+
+    def _ids(self, e: Entry) -> tuple[int, int]:
+        return self.owner if self.owner is not None else (e.uid, e.gid)
+
+    def _mode(self, e: Entry) -> int:
+        if self.modes is None:
+            return e.mode
+        return self.modes[0] if e.type == "d" else self.modes[1]
+
+    def _file(self, dfd: int, path_rel: str, e: Entry) -> None:
+        if self.uid_gap and e.name == "dovecot-uidlist":
+            return self._uidlist(dfd, path_rel, e)
+        if self.resume and self._complete(dfd, e):
+            self.result.skipped_complete += 1
+            self.result.files += 1
+            self.result.bytes += e.size
+            return
+        try:
+            fd = os.open(e.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
         except FileExistsError:
-            raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory") from None
+            raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory, "
+                               "or add --resume to finish an interrupted restore") from None
         h = hashlib.sha256()
         written = 0
         try:
@@ -159,10 +350,7 @@ class TreeRestorer:
                 written += len(data)
             if written != e.size or h.hexdigest() != e.hash:
                 raise CorruptObject(f"{path_rel}: restored content does not match its recorded hash")
-            if self.chown:
-                os.fchown(fd, e.uid, e.gid)
-            os.fchmod(fd, e.mode)
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            self._finish(fd, e)
         except BaseException:
             os.close(fd)
             os.unlink(e.name, dir_fd=dfd)
@@ -171,10 +359,55 @@ class TreeRestorer:
         self.result.files += 1
         self.result.bytes += written
 
+    def _finish(self, fd: int, e: Entry) -> None:
+        if self.chown or self.owner is not None:
+            os.fchown(fd, *self._ids(e))
+        os.fchmod(fd, self._mode(e))
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+
+    def _uidlist(self, dfd: int, path_rel: str, e: Entry) -> None:
+        """A folder's dovecot-uidlist with its next UID raised (dmbackup.engine.dovecot)."""
+        from .dovecot import MAX_UIDLIST, raise_uidlist
+
+        if e.size > MAX_UIDLIST:
+            raise CorruptObject(f"{path_rel}: {e.size} bytes is not a plausible dovecot-uidlist")
+        data = b"".join(self.reader.extent(self.ref.chain, x) for x in e.extents)
+        if len(data) != e.size or hashlib.sha256(data).hexdigest() != e.hash:
+            raise CorruptObject(f"{path_rel}: restored content does not match its recorded hash")
+        raised = raise_uidlist(data, self.uid_gap)
+        if raised is None:
+            self.warn(f"{path_rel}: not a version 3 uidlist, next UID not raised")
+            raised = data
+        if self.resume:
+            try:
+                os.unlink(e.name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+        try:
+            fd = os.open(e.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
+        except FileExistsError:
+            raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory, "
+                               "or add --resume to finish an interrupted restore") from None
+        try:
+            view = memoryview(raised)
+            while view:
+                view = view[os.write(fd, view):]
+            self._finish(fd, e)
+        except BaseException:
+            os.close(fd)
+            os.unlink(e.name, dir_fd=dfd)
+            raise
+        os.close(fd)
+        self.result.files += 1
+        self.result.bytes += len(raised)
+
     def _apply_dir_meta(self, tree: SafeTree) -> None:
         for rel, e in sorted(self.dir_meta, key=lambda x: -len(split_rel(x[0]))):
-            fd = tree.dir_fd(rel, create=False)
-            if self.chown:
-                os.fchown(fd, e.uid, e.gid)
-            os.fchmod(fd, e.mode)
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            try:
+                fd = tree.dir_fd(rel, create=False)
+            except (OSError, RestoreError) as exc:
+                self.fail(rel, f"directory metadata not applied: {getattr(exc, 'strerror', None) or exc}",
+                          damage=False)
+                continue
+            self._finish(fd, e)

@@ -34,10 +34,12 @@ def split_rel(rel: str) -> list[str]:
 
 
 class SafeTree:
-    def __init__(self, root: str):
+    def __init__(self, root: str, root_fd: int | None = None):
+        """``root_fd``: an already opened destination (the tree takes a duplicate of it), for a
+        destination inside a directory that others can write to (a live mail store)."""
         self.root = os.path.abspath(root)
         try:
-            self.root_fd = os.open(self.root, DIR_FLAGS)
+            self.root_fd = os.dup(root_fd) if root_fd is not None else os.open(self.root, DIR_FLAGS)
         except OSError as exc:
             raise RestoreError(f"cannot open restore destination {self.root}: {exc.strerror}") from None
         self._cache: tuple[str, int] | None = None
