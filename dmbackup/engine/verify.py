@@ -70,10 +70,12 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
     good_blocks: dict[tuple[str, str, int], int] = {}
     bad_volumes: set[tuple[str, str]] = set()
     volume_owner: dict[tuple[str, str], str] = {}
+    volume_info: dict[tuple[str, str], tuple[int, int]] = {}       # -> (owner's seq, size)
     for s in snaps:
         objs = {}
         for v in s.header.volumes:
             volume_owner[(s.chain, v["name"])] = s.id
+            volume_info[(s.chain, v["name"])] = (s.header.seq, v["size"])
             objs[v["name"]] = v
         if s.header.pages:
             objs[s.header.pages["name"]] = s.header.pages
@@ -169,12 +171,14 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
         except (CorruptObject, NotFound) as exc:
             damaged(s.id, f"{s.chain}/{s.id}: {exc}")
             continue
+        shape = _TreeShape()
         for row in rows:
             try:
                 entries = repo.page(s.chain, row)
             except (CorruptObject, NotFound) as exc:
                 damaged(s.id, f"{s.chain}/{s.id}: {exc}")
                 continue
+            shape.add(row.dir, entries)
             for e in entries:
                 if e.type != "f":
                     continue
@@ -184,8 +188,13 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
                     if read_data:
                         plain_len = good_blocks.get((s.chain, vol, voff))
                         bad = plain_len is None or boff + blen > plain_len
-                    elif key not in volume_owner:
+                    elif key not in volume_info:
                         bad = True
+                    else:
+                        # a volume this snapshot may use (its own or an older one of the chain)
+                        # and an extent that lies inside it
+                        seq, size = volume_info[key]
+                        bad = bad or seq > s.header.seq or voff + vlen > size
                     if bad:
                         path = f"{row.dir}/{e.name}" if row.dir else e.name
                         files = res.damaged_files.setdefault(s.id, [])
@@ -195,7 +204,65 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
                             res.damaged_snapshots.append(s.id)
                             res.problems.append(f"{s.chain}/{s.id}: file {path} lies in a damaged or missing block")
                         break
+        for msg in shape.problems():
+            damaged(s.id, f"{s.chain}/{s.id}: {msg}; it cannot be restored as it is (restore "
+                          "restores one copy and warns)")
     return res
+
+
+class _TreeShape:
+    """Can the tree a snapshot describes be restored? Unique names per directory, safe names,
+    one base name per Maildir folder (across new/ and cur/), every directory reachable from the
+    root through directory entries. Problems are listed by path (at most 20 per kind)."""
+
+    def __init__(self):
+        self.dirs: dict[str, set[str]] = {}           # dir -> names of its directory entries
+        self.rows: list[str] = []
+        self.bases: dict[str, dict[str, str]] = {}    # Maildir folder -> base name -> first path
+        self.found: dict[str, list[str]] = {}
+
+    def _bad(self, kind: str, path: str) -> None:
+        lst = self.found.setdefault(kind, [])
+        if len(lst) < 20:
+            lst.append(path or "/")
+
+    def add(self, d: str, entries) -> None:
+        from ..mailstore import base_name
+        from .safetree import check_name
+
+        self.rows.append(d)
+        names: set[str] = set()
+        folder, _, sub = d.rpartition("/")
+        maildir = sub in ("new", "cur") or d in ("new", "cur")
+        bases = self.bases.setdefault(folder if sub in ("new", "cur") else "", {}) if maildir else None
+        subdirs = self.dirs.setdefault(d, set())
+        for e in entries:
+            path = f"{d}/{e.name}" if d else e.name
+            try:
+                check_name(e.name)
+            except CorruptObject:
+                self._bad("unsafe name", f"{d}/{e.name!r}")
+                continue
+            if e.name in names:
+                self._bad("name listed twice in one directory", path)
+                continue
+            names.add(e.name)
+            if e.type == "d":
+                subdirs.add(e.name)
+            if bases is not None and e.type == "f":
+                b = base_name(e.name)
+                if b in bases:
+                    self._bad("message under two names in one Maildir folder", f"{bases[b]} and {path}")
+                else:
+                    bases[b] = path
+
+    def problems(self) -> list[str]:
+        for d in self.rows:
+            if d:
+                parent, _, name = d.rpartition("/")
+                if name not in self.dirs.get(parent, ()):
+                    self._bad("directory not reachable from the root", d)
+        return [f"{kind}: {', '.join(paths)}" for kind, paths in self.found.items()]
 
 
 class _Counting:
