@@ -168,6 +168,7 @@ class SourceConfig:
     vmail_gid: int | None = None
     doveadm: str = "doveadm"
     dovecot_config: str | None = None   # passed as doveadm -c when set
+    max_file_size: int = 64 << 30       # a file over this is reported and not stored (mail is small)
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,7 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
         vmail_gid=src.int("vmail_gid", None, min=0),
         doveadm=src.str("doveadm", "doveadm"),
         dovecot_config=src.abs_path("dovecot_config", None),
+        max_file_size=src.size("max_file_size", SourceConfig.max_file_size),
     )
     for i, p in enumerate(source.config_paths):
         if not os.path.isabs(p):

@@ -169,6 +169,7 @@ class BackupRun:
         self.rows: list[PageRow] = []
         self.held: _Folder | None = None      # the Maildir folder whose new/ and cur/ are being captured
         self.duplicates = 0                   # second names of one message seen by the listing, dropped
+        self.max_file_size = app.config.source.max_file_size
         self.inode_map: dict[tuple[int, int], tuple[str, list]] = {}
         self.pinned: set[int] = set()         # block seqs a hardlinked file may still refer to
         self.writer = BlockWriter(repo.t, repo.id, chain, snap, repo.keys.data,
@@ -571,6 +572,10 @@ class BackupRun:
             if not stat.S_ISREG(fst.st_mode):
                 self.warn(f"{rel_dir}/{name} is no longer a regular file: skipped")
                 return _VANISHED
+            if fst.st_size > self.max_file_size:
+                self.warn(f"{rel_dir}/{name} is {fst.st_size} bytes, over [source] max_file_size "
+                          f"({self.max_file_size}): not stored")
+                return _VANISHED
             key = (fst.st_dev, fst.st_ino)
             if fst.st_nlink > 1 and key in self.inode_map:
                 digest, extents = self.inode_map[key]
@@ -733,6 +738,8 @@ class BackupRun:
 
 
 def _store_size(root: str) -> int:
+    """Bytes the store really holds: allocated blocks, so a sparse file planted by a mail user
+    (8 TiB of holes) does not make every full backup fail its space check."""
     total = 0
     stack = [root]
     while stack:
@@ -744,7 +751,8 @@ def _store_size(root: str) -> int:
                         if e.is_dir(follow_symlinks=False):
                             stack.append(e.path)
                         elif e.is_file(follow_symlinks=False):
-                            total += e.stat(follow_symlinks=False).st_size
+                            st = e.stat(follow_symlinks=False)
+                            total += min(st.st_size, st.st_blocks * 512)
                     except OSError:
                         pass
         except OSError:
