@@ -84,7 +84,7 @@ def generate(root: str, *, seed: int = 1, domains: int = 2, users_per_domain: in
                     if sub == "cur":
                         uidlines.append(f"{m + 1} :{base}")
                 with open(os.path.join(fdir, "dovecot-uidlist"), "w") as f:
-                    f.write(f"3 V{1700000000 + fi} N{messages_per_folder} G{rng.getrandbits(64):016x}\n")
+                    f.write(f"3 V{1700000000 + fi} N{messages_per_folder} G{rng.getrandbits(128):032x}\n")
                     f.write("\n".join(uidlines) + "\n")
                 if kw_used:
                     with open(os.path.join(fdir, "dovecot-keywords"), "w") as f:

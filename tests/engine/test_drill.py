@@ -225,8 +225,16 @@ def test_folder_dovecot_cannot_open_is_damage(ready):
 
 @needs_dovecot
 def test_rejected_uidlist_is_a_warning(ready):
-    """The sample's own dovecot-uidlist files, as generated: Dovecot rejects them."""
+    """dovecot-uidlist files with a 64-bit mailbox GUID (as the sample generator once wrote them):
+    Dovecot rejects them and gives the folder a new UIDVALIDITY, which the drill reports."""
     w = ready
+    for dp, _, fns in os.walk(w.store):
+        if "dovecot-uidlist" in fns:
+            p = os.path.join(dp, "dovecot-uidlist")
+            with open(p, "rb") as f:
+                head, sep, rest = f.read().partition(b"\n")
+            with open(p, "wb") as f:
+                f.write(re.sub(rb" G([0-9a-f]{16})[0-9a-f]{16}$", rb" G\1", head) + sep + rest)
     w.ok("backup", "--target", "local")
     r, d = drill(w, "--mailbox", "anna@example.it")
     assert r.code == 1, r.err
