@@ -12,6 +12,7 @@ The file is found from ``--config``, then ``$DMBACKUP_CONFIG``, then
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import tomllib
@@ -142,6 +143,39 @@ def parse_size(value: Any) -> int:
         raise ValueError(value) from None
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from an integer or a string like "6h", "90m", "45s", "1h30m" or "3600"."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(value)
+        return value
+    if not isinstance(value, str):
+        raise ValueError(value)
+    s = value.strip().lower().replace(" ", "")
+    if s.isdigit():
+        return parse_duration(int(s))
+    parts = re.findall(r"(\d+)([smhd])", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise ValueError(value)
+    return parse_duration(sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def duration(s: "Section", key: str, default: int) -> int:
+    s.seen.add(key)
+    if key not in s.data:
+        return default
+    try:
+        return parse_duration(s.data[key])
+    except ValueError:
+        raise s.error(key, f"expected a duration such as \"6h\", \"90m\" or a number of seconds, "
+                           f"got {s.data[key]!r}") from None
+
+
 def check_secret_file(path: str, *, file: str, field: str, what: str) -> None:
     """A secret file must exist, be readable, and not be readable by group or others."""
     try:
@@ -193,6 +227,7 @@ class JobConfig:
     prune_after: bool = True
     verify_after: str = "none"          # "none" | "quick" | "read-data"
     drill_after: bool = False           # restore one mailbox to scratch and check it after the backup
+    job_timeout: int = 6 * 3600         # seconds a run's backup/prune/verify may take (scheduler.job_time_limit)
 
 
 @dataclass(frozen=True)
@@ -322,6 +357,7 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
             prune_after=s.bool("prune_after", True),
             verify_after=s.str("verify_after", "none", choices=("none", "quick", "read-data")),
             drill_after=s.bool("drill_after", False),
+            job_timeout=duration(s, "job_timeout", 6 * 3600),
         )
         s.finish()
         if job.target not in targets:

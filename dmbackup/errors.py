@@ -87,6 +87,10 @@ class HookFailed(OperationFailed):
     """A hook failed."""
 
 
+class JobTimedOut(OperationFailed):
+    """A job run did not finish within its job_timeout and was stopped."""
+
+
 # --- 4: damage --------------------------------------------------------------------------
 class DamageFound(DmError):
     """The repository is damaged."""
@@ -145,6 +149,10 @@ class AuthFailed(TargetUnavailable):
 
 class TransientTargetError(TargetUnavailable):
     """A transient target error (timeout, dropped connection): worth a retry."""
+
+
+class TargetHung(TargetUnavailable):
+    """A job run was stopped at its job_timeout while waiting on its target."""
 
 
 class Interrupted(DmError):

@@ -40,7 +40,9 @@ difference:
 
 The daemon's stop request (``app.stop``, a threading.Event set by SIGTERM) terminates a running
 pre hook (its whole process group) and raises ``Interrupted``; post and on-failure hooks are
-never cut short by it, only by their timeout, because they clean up.
+never cut short by it, only by their timeout, because they clean up. ``tearing_down()`` tells
+the forced stop (``dmbackup.scheduler``: a run stuck in a system call after SIGTERM or its
+job_timeout) to leave that teardown alone.
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ from typing import Iterator
 
 from .childenv import child_env, untrusted
 from .errors import EXIT_INTERRUPTED, EXIT_OK, DmError, HookFailed, Interrupted
+
+_teardown_lock = threading.Lock()
+_teardowns = 0                      # post/on-failure phases running now, in any thread
+
+
+def tearing_down() -> bool:
+    """True while post or on-failure hooks run: they must not be interrupted by force."""
+    return _teardowns > 0
+
 
 PHASES = ("pre-backup", "post-backup", "on-failure", "pre-restore", "post-restore")
 SKIP_EXIT = 75                      # EX_TEMPFAIL: "skip this run", as in borgmatic
@@ -335,6 +346,17 @@ def around(app, ctx: HookContext) -> Iterator[HookContext]:
 
 
 def _teardown(app, ctx: HookContext, *, failed: bool) -> None:
+    global _teardowns
+    with _teardown_lock:
+        _teardowns += 1
+    try:
+        _teardown_phases(app, ctx, failed=failed)
+    finally:
+        with _teardown_lock:
+            _teardowns -= 1
+
+
+def _teardown_phases(app, ctx: HookContext, *, failed: bool) -> None:
     for run in run_phase(app, f"post-{ctx.action}", ctx, check=False):
         if not run.ok and run.exit_code != SKIP_EXIT:
             msg = _summary(run)

@@ -151,7 +151,10 @@ def run_job(app, job_name: str, *, clock: Clock = utc_now, trigger: str | None =
     unexpected: BaseException | None = None
     try:
         with hooks.around(app, ctx):
-            _run_steps(app, engine, job, res, ctx, full)
+            from .scheduler import job_time_limit     # late: scheduler imports this module
+
+            with job_time_limit(app, job, ctx):       # job_timeout: a stuck run ends (exit 7 or 3)
+                _run_steps(app, engine, job, res, ctx, full)
     except hooks.RunSkipped as exc:
         res.status, res.exit_code, res.error = "skipped", 0, None
         ctx.warnings.append(str(exc))

@@ -42,7 +42,10 @@ def terminal_safe(text: str, *, multiline: bool = False) -> str:
     message must not keep them, or a name could start a fake line of its own. (Tabs are kept
     with the newlines: they only move the cursor.)
     """
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:      # a lone surrogate no file name decodes to (a forged catalog)
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8", "backslashreplace")
     return (_UNSAFE_KEEP_NEWLINE if multiline else _UNSAFE).sub(_escape, text)
 
 
@@ -52,7 +55,9 @@ class Logger:
         self.levels = {"debug": 10, "info": 20, "warning": 30, "error": 40}
         self.min = self.levels[level]
         self.recent: collections.deque[str] = collections.deque(maxlen=keep)
-        self._lock = threading.Lock()
+        # reentrant: a signal handler that logs runs in the main thread, possibly in the
+        # middle of this very method; a plain Lock would deadlock the process right there
+        self._lock = threading.RLock()
 
     def log(self, level: str, event: str, **fields) -> None:
         if self.levels[level] < self.min:
@@ -67,7 +72,7 @@ class Logger:
                 try:
                     self.stream.write(line + "\n")
                     self.stream.flush()
-                except (OSError, ValueError):
+                except (OSError, ValueError, RuntimeError):   # RuntimeError: reentrant write
                     pass
 
     def debug(self, event, **f):

@@ -24,7 +24,19 @@ logged and the old config kept; no catch-up on reload). SIGTERM and SIGINT set `
 the engine checks it between files and volumes (``App.check_stop``) and raises
 ``Interrupted`` at a point where nothing half-written is visible, hooks cut a running pre
 hook short, post hooks still run, the run is recorded as "interrupted" and the daemon exits
-0. systemd's ``TimeoutStopSec`` bounds how long that may take.
+0. A flag cannot reach a run stuck in a system call (a NAS that accepted the connection and
+went silent, a hung disk): if the run has not stopped ``STOP_GRACE`` seconds after the
+signal, the signal is sent again to the main thread, every ``STOP_GRACE`` seconds, and its
+handler raises there, which aborts the blocked call (an interruptible wait returns EINTR and
+the exception propagates; what the crash tests show for SIGKILL holds for this too: nothing
+half-written becomes visible). A second SIGTERM does the same at once. Post hooks are never
+forced (``hooks.tearing_down``).
+
+Time limit: every job run gets ``job_timeout`` (``job_time_limit``, used by ``jobs.run_job``,
+so the same for the CLI, the timers and the daemon). When it expires the run is asked to stop
+(``app.stop``), and forced out of a blocked call as above with SIGALRM; it ends as a failure,
+exit 7 (``TargetHung``) when it was waiting on its target, exit 3 (``JobTimedOut``) otherwise,
+or as a warning when the snapshot had already been committed (only prune/verify were cut).
 
 Logging is JSON lines on stdout (journald adds the timestamps it needs). systemd readiness
 goes over ``$NOTIFY_SOCKET`` (``READY=1``, ``RELOADING=1``, ``STOPPING=1``, ``STATUS=...``),
@@ -56,14 +68,17 @@ from typing import Any, Callable
 
 import schedule
 
+from . import hooks
 from .childenv import child_env
-from .errors import DmError, Locked
+from .errors import DmError, Interrupted, JobTimedOut, Locked, TargetHung
 from .jobs import iso, parse_iso, utc_now
 from .schedule_spec import DAYS, ScheduleSpec, parse_schedule
 
 Clock = Callable[[], datetime]
 MAX_SLEEP = 60.0                 # seconds; the loop re-checks at least this often
 SCHED_STATE = "scheduler.json"
+STOP_GRACE = 10.0                # seconds from a stop request to forcing a stuck run out
+_TARGET_MODULES = ("dmbackup.targets.", "dmbackup.usb.")
 
 # --- the schedule library, reading our clock ------------------------------------------------
 # schedule calls datetime.datetime.now() for everything. It gets a datetime module whose
@@ -97,6 +112,152 @@ def schedule_clock(clock: Clock):
             yield
         finally:
             _active_clock = previous
+
+
+# --- forcing a stuck run out of a system call ---------------------------------------------------
+
+class Kicker:
+    """Sends ``signum`` to the main thread every ``grace`` seconds until cancelled, except while
+    teardown hooks run. The handler of ``signum`` decides whether to raise; the signal itself
+    is what gets a blocked call in the main thread to return (EINTR) so that it can."""
+
+    def __init__(self, signum: int, grace: float, *, delay: float | None = None,
+                 before_first: Callable[[], None] | None = None):
+        self.signum, self.grace = signum, grace
+        self.delay = grace if delay is None else delay
+        self.before_first = before_first
+        self._done = threading.Event()
+        self._main = threading.main_thread().ident
+        self._thread = threading.Thread(target=self._run, name="dmbackup-stop-kicker", daemon=True)
+
+    def start(self) -> "Kicker":
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Stop kicking; once this returns no further signal is sent (safe to restore handlers)."""
+        self._done.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._done.is_set()
+
+    def _run(self) -> None:
+        if self._done.wait(self.delay):
+            return
+        if self.before_first is not None:
+            self.before_first()
+        while True:
+            if not hooks.tearing_down():
+                try:
+                    signal.pthread_kill(self._main, self.signum)
+                except (OSError, ValueError):
+                    return
+            if self._done.wait(self.grace):
+                return
+
+
+class _Deadline(KeyboardInterrupt):
+    """Raised in the main thread when a run outlives its job_timeout; a KeyboardInterrupt so
+    that no ``except Exception`` on the way swallows it."""
+
+
+def _human(seconds: int) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % n == 0:
+            return f"{seconds // n}{unit}"
+    return f"{seconds}s"
+
+
+def _waiting_on_target(exc: BaseException | None) -> bool:
+    """Did ``exc`` (or one it interrupted) come out of target code, i.e. was the run stuck there?"""
+    seen = 0
+    while exc is not None and seen < 10:
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_globals.get("__name__", "").startswith(_TARGET_MODULES):
+                return True
+            tb = tb.tb_next
+        exc, seen = exc.__context__, seen + 1
+    return False
+
+
+@contextmanager
+def job_time_limit(app, job, ctx=None):
+    """Bound one run of ``job`` (a JobConfig) by ``job.job_timeout``; see the module docstring.
+
+    ``ctx`` (a hooks.HookContext) tells whether the snapshot is already committed
+    (``ctx.snapshot``): then a timeout only cuts what follows and becomes a warning.
+    """
+    seconds = int(getattr(job, "job_timeout", 0) or 0)
+    if seconds <= 0:
+        yield
+        return
+    limit = _human(seconds)
+    state = {"fired": False, "set_stop": False}
+    main = threading.current_thread() is threading.main_thread()
+
+    def expire() -> None:
+        state["fired"] = True
+        state["set_stop"] = not app.stop.is_set()
+        app.log.error("job_timeout", job=job.name, job_timeout=limit,
+                      message="the run is being stopped: it did not finish within job_timeout")
+        app.stop.set()
+
+    def on_alarm(signum, frame):
+        if state["fired"] and not kicker.cancelled and not hooks.tearing_down():
+            raise _Deadline()
+
+    grace = min(STOP_GRACE, max(1.0, seconds / 10))
+    old = signal.signal(signal.SIGALRM, on_alarm) if main else None
+    # not in the main thread (tests drive the daemon from one): the polite stop only
+    kicker = Kicker(signal.SIGALRM, grace, delay=seconds, before_first=expire)
+    if not main:
+        kicker = _PoliteOnly(seconds, expire)
+    kicker.start()
+    try:
+        yield
+    except (_Deadline, Interrupted) as exc:
+        kicker.cancel()
+        if not state["fired"]:
+            raise
+        if ctx is not None and getattr(ctx, "snapshot", None):
+            ctx.warnings.append(f"job_timeout ({limit}) reached after snapshot {ctx.snapshot} was committed: "
+                                "what came after it (prune, verify) was stopped")
+            return
+        where = f"target {job.target!r}"
+        if _waiting_on_target(exc):
+            raise TargetHung(
+                f"job {job.name} did not finish within its job_timeout ({limit}): it was stopped while "
+                f"waiting on {where}, which did not answer; nothing of this run was committed. Check "
+                f"the target, then run again (or raise job_timeout if it is only slow)") from None
+        raise JobTimedOut(
+            f"job {job.name} did not finish within its job_timeout ({limit}) and was stopped; nothing "
+            f"of this run was committed. Raise job_timeout if the backup really takes that long") from None
+    finally:
+        kicker.cancel()
+        if main:
+            signal.signal(signal.SIGALRM, old)
+        if state["set_stop"]:
+            app.stop.clear()          # the daemon goes on; its next run must not start stopped
+
+
+class _PoliteOnly:
+    """job_time_limit outside the main thread: signals cannot reach it, so only ask to stop."""
+
+    def __init__(self, seconds: float, expire: Callable[[], None]):
+        self._timer = threading.Timer(seconds, expire)
+        self._timer.daemon = True
+        self.cancelled = False
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._timer.cancel()
 
 
 # --- due times, shared with `status` ---------------------------------------------------------
@@ -314,6 +475,9 @@ class Daemon:
         self._usb_thread: threading.Thread | None = None
         self._lockfile = None
         self._old_handlers: dict[int, Any] = {}
+        self._forceable = False                # a job runs in the main thread: it may be forced
+        self._kicker: Kicker | None = None
+        self._signals: list[tuple[str, str]] = []   # (signal, action), logged by the loop
 
     # --- construction helpers ---
     def _load_same_file(self):
@@ -513,9 +677,15 @@ class Daemon:
         with schedule_clock(self.clock):
             self.sched.run_pending()
 
+    def _log_signals(self) -> None:
+        while self._signals:
+            name, action = self._signals.pop(0)
+            self.log.info("signal", signal=name, action=action)
+
     def tick(self) -> int:
         """Reload if asked, queue due jobs, run the queue one job at a time; returns jobs run."""
         ran = 0
+        self._log_signals()
         if self._reload.is_set() and not self.stopping:
             self.reload()
         self._run_pending()
@@ -526,6 +696,7 @@ class Daemon:
                 break
             self._run_one(*item)
             ran += 1
+            self._log_signals()
             if self._reload.is_set() and not self.stopping:
                 self.reload()
             self._run_pending()          # what fell due meanwhile waits its turn, in order
@@ -540,9 +711,19 @@ class Daemon:
         sd_notify("STATUS=" + self._status_line())
         inhibitor = _Inhibitor(f"dmbackup job {name}") if self.inhibit else None
         try:
-            result = self.runner(self.app, name, clock=self.clock, trigger=trigger)
+            self._forceable = threading.current_thread() is threading.main_thread()
+            try:
+                result = self.runner(self.app, name, clock=self.clock, trigger=trigger)
+            finally:
+                self._forceable = False
             self.runs.append(result)
             del self.runs[:-100]
+        except KeyboardInterrupt:
+            # forced out of a stuck call after SIGTERM (run_job recorded it as interrupted)
+            if not self.stopping:
+                raise
+            self.log.warning("job_forced_stop", job=name,
+                             reason=f"still running {STOP_GRACE:.0f} s after the stop request")
         except Exception as exc:          # run_job recorded and mailed it; the daemon goes on
             self.log.error("job_crashed", job=name, error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc())
@@ -599,12 +780,21 @@ class Daemon:
         return max(0.5, min(MAX_SLEEP, idle))
 
     def install_signal_handlers(self) -> None:
+        # Handlers never log: they run in the main thread between any two bytecodes, maybe
+        # inside the logger's own write; the loop logs what they noted (_log_signals).
         def on_stop(signum, frame):
-            self.log.info("signal", signal=signal.Signals(signum).name, action="stop")
+            if self.stopping:
+                # a repeated signal, or the kicker's: force a stuck run out (never a teardown)
+                if self._forceable and not hooks.tearing_down():
+                    raise KeyboardInterrupt
+                return
+            self._signals.append((signal.Signals(signum).name, "stop"))
             self.request_stop()
+            if self._forceable and self._kicker is None:
+                self._kicker = Kicker(signum, STOP_GRACE).start()
 
         def on_hup(signum, frame):
-            self.log.info("signal", signal="SIGHUP", action="reload")
+            self._signals.append(("SIGHUP", "reload"))
             self.request_reload()
 
         for sig, fn in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup)):
@@ -632,6 +822,10 @@ class Daemon:
         return 0
 
     def shutdown(self) -> None:
+        if self._kicker is not None:
+            self._kicker.cancel()       # before the handlers are restored: no late signal
+            self._kicker = None
+        self._log_signals()
         sd_notify("STOPPING=1")
         self._stop_usb()
         self.log.info("daemon_stopped", pending=[n for n, _ in self.queue])

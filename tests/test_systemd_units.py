@@ -165,3 +165,33 @@ def test_timer_documentation_matches_the_generator():
     for schedule in ("daily at 02:30", "weekly on monday at 06:00", "every 6 hours"):
         block = "\n".join(f"#   {x}" for x in timer_oncalendar(parse_schedule(schedule)))
         assert block in text, schedule
+
+
+def _setting(text: str, key: str) -> str | None:
+    found = re.findall(rf"^{re.escape(key)}=(.*)$", text, re.M)
+    return found[-1] if found else None
+
+
+@pytest.mark.parametrize("name", ["dmbackup.service", "dmbackup-job@.service", "dmbackup-usb@.service"])
+def test_resource_limits_and_proc_hiding(name):
+    """Issue 13 (item 18): bounded memory and tasks, no core dumps (they would hold the
+    passphrase and the repository key), other users' processes hidden."""
+    text = (UNITS / name).read_text()
+    assert _setting(text, "MemoryMax") == "2G", name
+    assert _setting(text, "TasksMax") == "512", name
+    assert _setting(text, "LimitCORE") == "0", name
+    assert _setting(text, "ProtectProc") == "invisible", name
+
+
+@pytest.mark.parametrize("name", ["dmbackup-job@.service", "dmbackup-usb@.service"])
+def test_job_units_have_a_start_timeout_above_the_job_timeout(name):
+    """A oneshot job unit never runs forever (issue 13, item 8): systemd stops it at
+    TimeoutStartSec=, which leaves dmbackup's own job_timeout (and the hooks around the run)
+    room to end the run first with a clear error."""
+    from dmbackup.config import JobConfig, parse_duration
+
+    text = (UNITS / name).read_text()
+    value = _setting(text, "TimeoutStartSec")
+    assert value and value != "infinity", name
+    hooks_allowance = 2 * 600          # a pre and a post hook at the default hook_timeout
+    assert parse_duration(value) > JobConfig.job_timeout + hooks_allowance, value

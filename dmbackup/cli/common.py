@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -130,15 +131,32 @@ def internal_error(app: App | None, exc: BaseException) -> None:
 
 @contextmanager
 def handled(app: App | None = None):
-    """Run a command body: DmError -> one line + exit code; Ctrl-C -> 130; a bug -> 70."""
-    def on_int(signum, frame):
-        if app is not None and not app.stop.is_set():
-            app.stop.set()
-        else:
-            raise KeyboardInterrupt
+    """Run a command body: DmError -> one line + exit code; Ctrl-C -> 130; a bug -> 70.
 
-    old = signal.signal(signal.SIGINT, on_int) if app is not None else None
-    old_term = signal.signal(signal.SIGTERM, on_int) if app is not None else None
+    The first SIGINT/SIGTERM asks the run to stop at a safe point (``app.stop``). A run stuck
+    in a system call never gets there, so the signal is sent again to this thread every
+    ``STOP_GRACE`` seconds and a repeated signal raises KeyboardInterrupt, which aborts the
+    blocked call; post hooks are never cut short that way (``hooks.tearing_down``).
+    """
+    asked: dict = {"stop": False, "kicker": None}
+
+    def on_int(signum, frame):
+        from .. import hooks
+
+        if not asked["stop"]:
+            asked["stop"] = True
+            app.stop.set()
+            from ..scheduler import STOP_GRACE, Kicker
+
+            asked["kicker"] = Kicker(signum, STOP_GRACE).start()
+            return
+        if hooks.tearing_down():
+            return
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, on_int) if app is not None and main else None
+    old_term = signal.signal(signal.SIGTERM, on_int) if app is not None and main else None
     try:
         yield
     except DmError as err:
@@ -153,6 +171,8 @@ def handled(app: App | None = None):
     except Exception as exc:
         internal_error(app, exc)
     finally:
+        if asked["kicker"] is not None:
+            asked["kicker"].cancel()          # no signal may arrive after the handlers go
         if old is not None:
             signal.signal(signal.SIGINT, old)
             signal.signal(signal.SIGTERM, old_term)
