@@ -177,8 +177,6 @@ def test_config_probes_during_a_backup_never_see_the_passphrase(tmp_path):
     assert_no_secret(dumps, "postconf")
 
 
-@pytest.mark.xfail(strict=True, reason="dmbackup/engine/live.py runs doveadm with the full environment: "
-                                       "wire dmbackup.childenv.child_env() into its _doveadm()")
 def test_doveadm_after_a_live_restore_never_sees_the_passphrase(tmp_path):
     bindir, dumps = str(tmp_path / "bin"), str(tmp_path / "dumps")
     doveadm = wrapper(bindir, dumps, "doveadm", "true")
