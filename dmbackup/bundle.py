@@ -13,8 +13,10 @@ Format, version 1 (integers big-endian)::
     9       1     protection: 1 = passphrase   (scrypt -> AES-256-GCM; the mailbox target)
                               2 = key          (AES-256-GCM with a key the caller holds, i.e.
                                                 the repository's "bundle" key)
-                              3 = none         (SHA-256 integrity only; repositories created
-                                                with encryption.mode = "none")
+                              3 = none         (SHA-256 against accidents only: no key, so
+                                                anyone can forge it; repositories created with
+                                                encryption.mode = "none". Secret files are
+                                                left out, see below)
     10      1     compression: 1 = zstd
     11      1     chunk size exponent E: the payload is sealed in chunks of 2**E bytes (12..24)
     12      16    bundle id, random (printed as 32 hex digits)
@@ -56,6 +58,12 @@ manifest from ``configset.build_manifest`` plus ``id`` (the header's bundle id, 
     {"path": "/etc/postfix/main.cf", "type": "file"|"dir"|"symlink", "mode": 420,
      "uid": 0, "gid": 0, "mtime_ns": ..., "size": ..., "sha256": "<hex>"|null,
      "target": "<link target>"|null}
+
+An unencrypted bundle (protection 3) never holds secrets: files the configuration names as
+secret (passphrase and password files), names ending in ``.pw``, ``.key``, ``.private``,
+``.passwd`` or ``.secret``, files not readable by others and PEM private keys are left out and
+listed by path in the manifest's ``secrets_left_out``. A repository's restore never applies an
+unencrypted bundle to the live system (see ``dmbackup.configbackup``).
 
 The next members are exactly those files, named by their absolute path without the
 leading "/" (``etc/postfix/main.cf``), carrying the same mode, owner, mtime (seconds; the
@@ -100,6 +108,8 @@ CHUNK_EXP = 16                      # 64 KiB chunks: small overhead, small memor
 MANIFEST_NAME = "MANIFEST.json"
 MTIME_PAX = "DMBACKUP.mtime_ns"
 MAX_PAYLOAD = 1 << 30               # refuse to inflate more than 1 GiB of configuration
+MAX_RATIO = 256                     # ... or more than 256 times its compressed size,
+MAX_RATIO_FLOOR = 64 << 20          # once past 64 MiB
 _KEYCHECK = b"dmbackup-bundle-key-check"
 _FIXED = struct.Struct(">8sBBBB16sQBBB16sH")     # bytes 0..57 (up to and with L)
 _ZSTD_LEVEL = 10
@@ -234,7 +244,8 @@ def parse_header(data) -> Header:
             or not 12 <= exp <= 24:
         raise CorruptObject("config bundle header has unknown settings")
     if protection == PROT_PASSPHRASE:
-        if not (10 <= log2n <= 20 and 1 <= r <= 16 and 1 <= p <= 4 and (128 * r << log2n) <= 1 << 30):
+        # bounded by the cost dmbackup writes: a hostile header must not cost gigabytes
+        if not (10 <= log2n <= 16 and crypto.scrypt_cost_ok(1 << log2n, r, p)):
             raise CorruptObject("config bundle header has scrypt parameters out of range")
     return Header(protection, comp, exp, bid, created, log2n, r, p, salt,
                   raw[_FIXED.size:_FIXED.size + check_len], raw)
@@ -294,6 +305,9 @@ def _open_payload(data, passphrase, key, context: bytes) -> tuple[Header, bytes]
 
 # --- payload ------------------------------------------------------------------------------
 def _inflate(comp: bytes) -> bytes:
+    # Streamed under a cap that also bounds the ratio: configuration compresses maybe 10:1,
+    # a zstd bomb 30000:1; an unencrypted bundle is anyone's to forge.
+    cap = min(MAX_PAYLOAD, max(MAX_RATIO_FLOOR, len(comp) * MAX_RATIO))
     reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(comp), read_across_frames=False)
     parts, total = [], 0
     while True:
@@ -301,8 +315,8 @@ def _inflate(comp: bytes) -> bytes:
         if not piece:
             break
         total += len(piece)
-        if total > MAX_PAYLOAD:
-            raise CorruptObject(f"config bundle inflates beyond {MAX_PAYLOAD >> 20} MiB; refused")
+        if total > cap:
+            raise CorruptObject(f"config bundle inflates beyond {cap >> 20} MiB; refused")
         parts.append(piece)
     return b"".join(parts)
 
@@ -408,12 +422,28 @@ def decrypt_bundle(data, *, passphrase=None, key=None, context: bytes = b"") -> 
 
 
 # --- writing ------------------------------------------------------------------------------
-def _read_items(collection: configset.Collection, spool) -> tuple[list[dict], list[str]]:
-    """Read every file once into ``spool``; returns manifest records and new warnings.
+# Secrets never go into a bundle that is not encrypted (protection 3): whoever holds the
+# medium could read them. A file counts as a secret when the configuration names it (the
+# passphrase and password files), when its name says so, when the system keeps it from other
+# users (not world-readable: sasl_passwd, Dovecot's passwd-file, most private keys), or when
+# it holds a PEM private key whatever its mode.
+SECRET_SUFFIXES = (".pw", ".key", ".private", ".passwd", ".secret")
+_PEM_PRIVATE = b"PRIVATE KEY-----"
+
+
+def _is_secret(path: str, mode: int, head: bytes, named: frozenset) -> bool:
+    return (path in named or os.path.basename(path).endswith(SECRET_SUFFIXES)
+            or not mode & 0o004 or _PEM_PRIVATE in head)
+
+
+def _read_items(collection: configset.Collection, spool, secrets: frozenset | None = None
+                ) -> tuple[list[dict], list[str], list[str]]:
+    """Read every file once into ``spool``; returns manifest records, new warnings and, when
+    ``secrets`` is given (an unencrypted bundle), the secret files left out.
 
     Metadata is taken from the open descriptor, so what is recorded is what was read.
     """
-    records, warnings = [], []
+    records, warnings, left_out = [], [], []
     for it in collection.items:
         rec = {"path": it.path, "type": it.type, "mode": it.mode, "uid": it.uid, "gid": it.gid,
                "mtime_ns": it.mtime_ns, "size": 0, "sha256": None, "target": it.target}
@@ -447,20 +477,31 @@ def _read_items(collection: configset.Collection, spool) -> tuple[list[dict], li
                 continue
             finally:
                 os.close(fd)
+            if secrets is not None:
+                spool.seek(offset)
+                content = spool.read(size)
+                if _is_secret(it.path, stat.S_IMODE(st.st_mode), content, secrets):
+                    spool.seek(offset)
+                    spool.truncate()
+                    left_out.append(it.path)
+                    continue
             rec.update(mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                        mtime_ns=st.st_mtime_ns, size=size, sha256=h.hexdigest(), _offset=offset)
         records.append(rec)
-    return records, warnings
+    return records, warnings, left_out
 
 
 def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
-                 context: bytes = b"") -> dict:
+                 context: bytes = b"", secret_paths=()) -> dict:
     """Collect ``paths``, seal them with ``manifest`` into the binary stream ``out``.
 
     ``paths`` is a ``configset.Collection`` or an iterable of absolute paths. Exactly one of
     ``passphrase`` (protection 1) or ``key`` (protection 2 or 3, see ``read_bundle``).
     Returns the manifest as stored (with ``id``, ``files``, ``warnings``) plus the keys
-    ``files_count``, ``bytes`` and ``stored_bytes`` (not stored in the bundle).
+    ``files_count``, ``bytes`` and ``stored_bytes`` (not stored in the bundle). An
+    unencrypted bundle (protection 3) leaves secret files out (``secret_paths`` names the
+    ones the configuration knows; see ``_is_secret``) and lists them in the manifest's
+    ``secrets_left_out``.
     """
     if (passphrase is None) == (key is None):
         raise TypeError("pass exactly one of passphrase= or key=")
@@ -472,7 +513,7 @@ def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
         created = int(configset.utc_now().timestamp())
     if passphrase is not None:
         salt = os.urandom(16)
-        n = crypto._kdf_n()
+        n = crypto.SCRYPT_N
         log2n = n.bit_length() - 1
         sealer = crypto.Sealer(crypto.derive_kek(_as_bytes(passphrase), salt, n, crypto.SCRYPT_R,
                                                  crypto.SCRYPT_P))
@@ -481,12 +522,16 @@ def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
     else:
         prot, sealer = _protection_for_key(key)
         header = _make_header(prot, sealer, bundle_id, created)
+    plain = header[9] == PROT_NONE
 
     with tempfile.SpooledTemporaryFile(max_size=16 << 20) as spool:
-        records, warnings = _read_items(collection, spool)
+        records, warnings, left_out = _read_items(
+            collection, spool, frozenset(secret_paths) if plain else None)
         stored = dict(manifest)
         stored["id"] = bundle_id.hex()
         stored["warnings"] = list(manifest.get("warnings", [])) + warnings
+        if plain:
+            stored["secrets_left_out"] = left_out
         stored["files"] = [{k: v for k, v in r.items() if k != "_offset"} for r in records]
         manifest_bytes = json.dumps(stored, indent=1, sort_keys=True).encode("utf-8", "surrogateescape")
 
@@ -524,9 +569,11 @@ def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
     return result
 
 
-def bundle_bytes(paths, manifest: dict, *, passphrase=None, key=None, context: bytes = b"") -> tuple[bytes, dict]:
+def bundle_bytes(paths, manifest: dict, *, passphrase=None, key=None, context: bytes = b"",
+                 secret_paths=()) -> tuple[bytes, dict]:
     buf = io.BytesIO()
-    info = write_bundle(paths, manifest, buf, passphrase=passphrase, key=key, context=context)
+    info = write_bundle(paths, manifest, buf, passphrase=passphrase, key=key, context=context,
+                        secret_paths=secret_paths)
     return buf.getvalue(), info
 
 

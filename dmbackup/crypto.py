@@ -12,8 +12,18 @@ From the master key, HKDF-SHA256 derives purpose keys ("data", "catalog", "bundl
 A sealed object is ``nonce(12) || AES-256-GCM(key, plaintext, aad)``; the caller supplies an
 ``aad`` that binds the object to where it belongs (repository id, object kind, name, offset),
 so an object moved or swapped elsewhere in the repository fails to open. With encryption
-mode "none" the ``PlainSealer`` stores ``sha256(aad || plaintext) || plaintext``: integrity
-without secrecy, the same interface.
+mode "none" the ``PlainSealer`` stores ``sha256(aad || plaintext) || plaintext``: the same
+interface, but no key, so it catches accidental damage only; anyone holding the medium can
+recompute it, which is why dmbackup claims no integrity for such repositories (see
+docs/threat-model.md).
+
+Two more values come from the master key: the key *fingerprint* (128 bits of HKDF output,
+shown by ``init`` and recorded in ``state_dir`` when a repository is enrolled, so a machine
+notices a repository whose key changed) and the MAC of ``repo.json`` (HMAC-SHA256 under the
+"repo-json" purpose key over the canonical JSON of its other fields).
+
+Nothing read from the medium sets the KDF's cost beyond ``MAX_SCRYPT_*``: a key file that
+asks for more is damaged (a hostile one would otherwise take gigabytes and minutes).
 """
 
 from __future__ import annotations
@@ -37,22 +47,23 @@ TAG = 16
 OVERHEAD = NONCE + TAG
 # Production cost: scrypt N=2^15, r=8 (32 MiB, ~0.1-0.3 s on a 2-core appliance, paid once per
 # command). The parameters are stored in the key file, so a later change affects new keys only.
-# Tests lower it through ``set_test_kdf`` (in-process) or DMBACKUP_TEST_WEAK_KDF=1 (read only
-# when a key is created).
+# Nothing outside this module lowers it: the test suite monkeypatches SCRYPT_N in its own
+# process only, so no environment variable can weaken a shipped run.
 SCRYPT_N = 1 << 15
 SCRYPT_R = 8
 SCRYPT_P = 1
+# The most a key file (or a passphrase bundle) may ask for: the largest cost any dmbackup
+# release wrote (N=2^16 before 1a981e9), 64 MiB and well under a second. A medium asking for
+# more is hostile or damaged, never something we made.
+MAX_SCRYPT_N = 1 << 16
+MAX_SCRYPT_R = 8
+MAX_SCRYPT_P = 1
 
 
-def set_test_kdf() -> None:
-    global SCRYPT_N
-    SCRYPT_N = 1 << 10
-
-
-def _kdf_n() -> int:
-    if os.environ.get("DMBACKUP_TEST_WEAK_KDF") == "1":
-        return 1 << 10
-    return SCRYPT_N
+def scrypt_cost_ok(n: int, r: int, p: int) -> bool:
+    """Whether (n, r, p) is a cost dmbackup could have written (and is willing to pay)."""
+    return (2 <= n <= MAX_SCRYPT_N and n & (n - 1) == 0 and 1 <= r <= MAX_SCRYPT_R
+            and 1 <= p <= MAX_SCRYPT_P)
 
 
 def b64(b: bytes) -> str:
@@ -77,7 +88,7 @@ def hkdf(master: bytes, purpose: str, length: int = 32) -> bytes:
 
 def wrap_master(master: bytes, passphrase: bytes, repo_id: str) -> bytes:
     salt = os.urandom(16)
-    n = _kdf_n()
+    n = SCRYPT_N
     kek = derive_kek(passphrase, salt, n, SCRYPT_R, SCRYPT_P)
     nonce = os.urandom(NONCE)
     wrapped = AESGCM(kek).encrypt(nonce, master, b"dmbackup-key\0" + repo_id.encode())
@@ -95,8 +106,8 @@ def unwrap_master(keyfile: bytes, passphrase: bytes, repo_id: str) -> bytes:
         n, r, p = doc.get("n"), doc.get("r"), doc.get("p")
         if not all(type(v) is int for v in (n, r, p)):
             raise ValueError("cost parameters are not integers")
-        if not (2 <= n <= 1 << 22 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
-            raise ValueError("key file parameters out of range")
+        if not scrypt_cost_ok(n, r, p):
+            raise ValueError(f"scrypt cost n={n} r={r} p={p} is not one dmbackup writes")
         fields = [doc.get(k) for k in ("salt", "nonce", "wrapped")]
         if not all(isinstance(v, str) for v in fields):
             raise ValueError("salt, nonce or wrapped key missing")
@@ -141,7 +152,8 @@ class Sealer:
 
 
 class PlainSealer:
-    """No secrecy: a SHA-256 over aad and plaintext guards integrity (mode = "none")."""
+    """No secrecy, no key (mode = "none"): a SHA-256 over aad and plaintext catches accidental
+    damage only. Anyone can recompute it, so it proves nothing about who wrote the object."""
 
     encrypted = False
 
@@ -155,6 +167,10 @@ class PlainSealer:
         if not hmac.compare_digest(digest, hashlib.sha256(aad + body).digest()):
             raise CorruptObject(f"{what} failed its integrity check (damaged, truncated or moved)")
         return body
+
+
+def _canonical(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 class Keys:
@@ -174,3 +190,17 @@ class Keys:
     @property
     def encrypted(self) -> bool:
         return self.master is not None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """128 bits identifying the master key without revealing it (``xxxxxxxx-...``, 4 groups)."""
+        if self.master is None:
+            return None
+        h = hkdf(self.master, "fingerprint", 16).hex()
+        return "-".join(h[i:i + 8] for i in range(0, 32, 8))
+
+    def meta_mac(self, meta: dict) -> str:
+        """The MAC of ``repo.json``: every field but ``mac`` itself, canonically serialised."""
+        assert self.master is not None
+        body = {k: v for k, v in meta.items() if k != "mac"}
+        return hmac.new(hkdf(self.master, "repo-json"), _canonical(body), hashlib.sha256).hexdigest()

@@ -5,6 +5,13 @@
 ``runs.json``    {job name: {"last_run": {...}, "last_success": {...}}}: what `status` reports.
 ``drills.json``  {"targets": {target: {"cursor": mailbox drilled last in turn, "last": {...}}},
                  "jobs": {job: {...}}}: restore drills (dmbackup.engine.drill) and their round robin.
+``trust.json``   {target name: {repository id: {"mode", "fingerprint", "created", "mac",
+                 "newest": {"chain", "seq", "id", "time"}, "config_newest": snapshot name}}}:
+                 what this machine knows about each enrolled repository that the medium cannot
+                 be trusted to say (dmbackup.archive.trust); for a mailbox target, the newest
+                 bundle sent or seen. Nothing in it is secret.
+
+The directory is 0700 and every file 0600, whatever the umask of the caller.
 
 Every write is atomic (temporary file, fsync, rename), so a crash never leaves half a file.
 """
@@ -44,7 +51,9 @@ class State:
             return {}
 
     def _write(self, name: str, data: dict) -> None:
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        if not os.path.isdir(self.dir):
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            os.chmod(self.dir, 0o700)          # makedirs' mode is filtered by the umask
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -71,6 +80,35 @@ class State:
             ids.append(repo_id)
             data[target] = ids
             self._write("repos.json", data)
+
+    # --- what was enrolled, beyond the id (dmbackup.archive.trust) ------------------------
+    def trust(self, target: str, repo_id: str) -> dict | None:
+        rec = self._read("trust.json").get(target, {})
+        rec = rec.get(repo_id) if isinstance(rec, dict) else None
+        return dict(rec) if isinstance(rec, dict) else None
+
+    def set_trust(self, target: str, repo_id: str, record: dict) -> None:
+        with _lock:
+            data = self._read("trust.json")
+            per = data.get(target)
+            per = per if isinstance(per, dict) else {}
+            per[repo_id] = record
+            data[target] = per
+            self._write("trust.json", data)
+
+    def update_trust(self, target: str, repo_id: str, **fields) -> dict:
+        """Merge ``fields`` into the record (created if missing); returns the new record."""
+        with _lock:
+            data = self._read("trust.json")
+            per = data.get(target)
+            per = per if isinstance(per, dict) else {}
+            rec = per.get(repo_id)
+            rec = dict(rec) if isinstance(rec, dict) else {}
+            rec.update(fields)
+            per[repo_id] = rec
+            data[target] = per
+            self._write("trust.json", data)
+            return rec
 
     # --- run history ---------------------------------------------------------------------
     def runs(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Shared test setup: isolated environment, weak KDF, and a ready-made dmbackup world.
 
 Every test runs with DMBACKUP_* variables cleared and the KDF weakened (restic's
-TestUseLowSecurityKDFParameters idea): the product's cost is unchanged, the suite stays fast.
+TestUseLowSecurityKDFParameters idea) by patching ``crypto.SCRYPT_N`` in this process only:
+the product has no switch for it, so a ``dmbackup`` child process always pays the production
+cost when it makes a key (tests/security/test_medium_kdf_and_modes.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ def _isolate(monkeypatch):
     for k in list(os.environ):
         if k.startswith("DMBACKUP_"):
             monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("DMBACKUP_TEST_WEAK_KDF", "1")
     monkeypatch.setattr(crypto, "SCRYPT_N", 1 << 10)
 
 

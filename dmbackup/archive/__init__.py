@@ -2,7 +2,7 @@
 
 Layout on a target (``<target root>/dmbackup/<hostname>/``)::
 
-    repo.json                      format version, repository id, creation time, encryption
+    repo.json                      format version, repository id, creation time, encryption, MAC
     keys/master.json               master key wrapped by the passphrase (see dmbackup.crypto)
     README-RESTORE.txt             plain words for the person holding the disk
     locks/lock                     the one writer: host, PID, boot id, start time (JSON)
@@ -12,6 +12,31 @@ Layout on a target (``<target root>/dmbackup/<hostname>/``)::
         <snap>.index               content index of what this snapshot stored (if any)
         <snap>.catalog             written LAST; its presence is what makes the snapshot exist
     config/<snap>.bundle           config-only bundles (see dmbackup.bundle)
+
+repo.json. ``{"format": 1, "id": 32 hex digits, "created": ISO time, "hostname": ...,
+"encryption": "aes-256-gcm" | "none", "mac": hex}``. ``mac`` is HMAC-SHA256 under a key
+derived from the master key (HKDF purpose "repo-json") over the canonical JSON (sorted keys,
+no spaces) of the other fields; it is checked once the key is open, and a mismatch stops
+every command but ``init`` (exit 7; ``init`` rewrites repo.json from the key). Repositories
+made before the MAC existed have no ``mac``: dmbackup adds it at their next backup, and a
+machine that has seen it refuses a repo.json without it. The field was added without a
+format bump: readers of format 1 that do not know it ignore it, and it tightens nothing they
+relied on. ``encryption`` is written for people and never read: the mode comes from the
+config (``encryption.mode``) and from what ``init`` recorded in ``state_dir`` together with
+the key's fingerprint (``dmbackup.archive.trust``), because anyone holding the medium can
+edit repo.json. An unencrypted repository (mode "none") has no key, hence no MAC and no
+authenticity at all: its SHA-256 seals catch accidents, not forgery (docs/threat-model.md).
+
+Reading the medium. Nothing read from a target is believed before it is authenticated and
+bounded: repo.json, the key file and the lock are read with a 64 KiB cap; a catalog header
+may be at most 16 MiB and a whole catalog 256 MiB; a page, index or block is read at the
+offset and length an authenticated catalog recorded (an extent's sealed length at most one
+compressed 4 MiB block); zstd frames are inflated under a hard cap (and at most 256 times
+their size past 64 MiB), a frame that declares a larger size is refused before anything is
+allocated; the key file's scrypt cost may not exceed the largest dmbackup ever wrote (N=2^16,
+r=8, p=1). On a ``dir`` target (and the USB and NFS-mount targets built on it) names are
+resolved beneath the target root without following links or crossing file systems, and only
+regular files are read. Each violation is damage (exit 4).
 
 Names. A chain is ``NNNN-<time of its full>`` (NNNN counts chains, so order never depends on
 the clock); a snapshot is ``<UTC time YYYYMMDDTHHMMSSZ>-full|inc`` and is unique in the

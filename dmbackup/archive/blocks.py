@@ -19,6 +19,7 @@ import zstandard
 
 from ..errors import CorruptObject, NotFound, OperationFailed
 from . import BLOCK_SIZE
+from .catalog import decompress
 
 FRAME = struct.Struct("<I")
 ZLEVEL = 3
@@ -220,10 +221,7 @@ class BlockReader:
     def open_block(self, chain: str, volume: str, offset: int, sealed: bytes) -> bytes:
         what = f"block at {chain}/{volume}@{offset}"
         compressed = self.sealer.open(sealed, block_aad(self.repo_id, chain, volume, offset), what)
-        try:
-            return self._dctx.decompress(compressed, max_output_size=BLOCK_SIZE)
-        except zstandard.ZstdError:
-            raise CorruptObject(f"{what} does not decompress") from None
+        return decompress(compressed, what, BLOCK_SIZE, self._dctx)
 
     def extent(self, chain: str, ext) -> bytes:
         volume, voff, vlen, boff, blen = ext

@@ -16,7 +16,7 @@ from typing import Any
 import zstandard
 
 from ..errors import CorruptObject
-from . import CATALOG_MAGIC, FORMAT_VERSION
+from . import BLOCK_SIZE, CATALOG_MAGIC, FORMAT_VERSION
 
 U32 = struct.Struct("<I")
 TYPES = ("f", "d", "l")
@@ -26,6 +26,14 @@ TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 MAX_ID = (1 << 32) - 2          # uid_t/gid_t; 0xFFFFFFFF means "unchanged" to chown
 MAX_PAGE_PLAIN = 64 << 20
 MAX_BODY_PLAIN = 1 << 30
+# Past this floor, plaintext may be at most MAX_RATIO times its compressed size: JSON of
+# a page table compresses perhaps 20:1, a zstd bomb 30000:1 (and an unencrypted repository
+# lets anyone write one).
+RATIO_FLOOR = 64 << 20
+MAX_RATIO = 256
+MAX_HEADER = 16 << 20           # a sealed catalog header (its volume list) is far smaller
+# a sealed block: zstd's worst case for 4 MiB (plus its frame) and the seal's overhead
+MAX_SEALED_BLOCK = BLOCK_SIZE + (BLOCK_SIZE >> 7) + 4096
 
 
 def head_aad(repo_id: str, chain: str, snap: str) -> bytes:
@@ -55,10 +63,29 @@ def compress(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(data)
 
 
-def decompress(data: bytes, what: str, limit: int) -> bytes:
+def decompress(data: bytes, what: str, limit: int, dctx=None) -> bytes:
+    """One zstd frame, never more than ``limit`` bytes (nor MAX_RATIO times its input once
+    past RATIO_FLOOR): a size the frame declares is checked before anything is allocated,
+    a frame that declares none is streamed under the cap."""
+    limit = min(limit, max(RATIO_FLOOR, len(data) * MAX_RATIO))
+    dctx = dctx or zstandard.ZstdDecompressor()
     try:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
-    except zstandard.ZstdError:
+        declared = zstandard.frame_content_size(data)
+        if declared > limit:
+            raise CorruptObject(f"{what} claims {declared} bytes uncompressed, more than the "
+                                f"{limit} allowed: refused")
+        if declared >= 0:
+            return dctx.decompress(data, max_output_size=limit)
+        reader = dctx.stream_reader(data, read_across_frames=False)
+        out = bytearray()
+        while True:
+            piece = reader.read(min(1 << 20, limit + 1 - len(out)))
+            if not piece:
+                return bytes(out)
+            out += piece
+            if len(out) > limit:
+                raise CorruptObject(f"{what} inflates beyond the {limit} bytes allowed: refused")
+    except (zstandard.ZstdError, MemoryError):
         raise CorruptObject(f"{what} does not decompress") from None
 
 
@@ -117,6 +144,9 @@ def decode_entry(raw: Any, what: str) -> Entry:
                 raise CorruptObject(f"{what}: malformed extent")
             for v in ext[1:]:
                 _int(v, what, 0, 1 << 40)
+            # bounded here, so no later read or slice trusts a length from the medium
+            if ext[2] > MAX_SEALED_BLOCK or ext[3] + ext[4] > BLOCK_SIZE:
+                raise CorruptObject(f"{what}: extent larger than a block")
             total += ext[4]
         if total != e.size:
             raise CorruptObject(f"{what}: extents do not add up to the file size")
@@ -350,6 +380,8 @@ def decode_catalog_header(data: bytes, sealer, repo_id: str, chain: str, snap: s
         raise CorruptObject(f"{what} has no catalog signature")
     (n,) = U32.unpack_from(data, len(CATALOG_MAGIC))
     start = len(CATALOG_MAGIC) + 4
+    if n > MAX_HEADER:
+        raise CorruptObject(f"{what} claims a {n}-byte header, more than any catalog has")
     if start + n > len(data):
         raise CorruptObject(f"{what} is truncated")
     plain = sealer.open(data[start:start + n], head_aad(repo_id, chain, snap), what)

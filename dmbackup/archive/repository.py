@@ -2,23 +2,30 @@
 
 See dmbackup.archive for the layout. The Repository works on a PrefixedTarget rooted at
 ``dmbackup/<hostname>``, so several appliances share one disk or share without seeing each
-other's objects or locks.
+other's objects or locks. The medium is not trusted: every read here is bounded (small
+files by a fixed cap, objects by the sizes an authenticated catalog recorded), the
+encryption mode is the caller's (from the config), never ``repo.json``'s, and
+``repo.json`` is checked against its MAC once the key is open. What this machine saw last
+(``dmbackup.archive.trust``) is compared with every listing, so an older copy put back is
+noticed.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
 import socket
+import struct
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .. import crypto
-from ..errors import CorruptObject, Locked, NoRepository, NotFound, OperationFailed
+from ..errors import CorruptObject, Locked, NoRepository, NotFound, OperationFailed, WrongRepository
 from ..targets.base import AlreadyExists, PrefixedTarget, Target, is_temporary
-from . import FORMAT_VERSION
+from . import CATALOG_MAGIC, FORMAT_VERSION
 from .catalog import (
     Header,
     PageRow,
@@ -30,11 +37,18 @@ from .catalog import (
     tree_order,
     decompress,
     page_aad,
+    MAX_HEADER,
     MAX_PAGE_PLAIN,
 )
 
 CHAIN_RE = re.compile(r"^(\d{4})-(\d{8}T\d{6}Z)$")
 SNAP_RE = re.compile(r"^(\d{8}T\d{6}Z)-(full|inc)$")
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+# Small files are read with a cap: a repo.json, key file or lock that is a link to /dev/zero
+# or a multi-gigabyte file must not be read whole.
+SMALL_MAX = 64 * 1024
+# a whole catalog (header + page table) is read into memory: refuse anything larger
+MAX_CATALOG = 256 << 20
 
 README_RESTORE = """\
 This disk holds dmbackup backups of the mail server {hostname}.
@@ -47,11 +61,15 @@ To restore, on a machine with dmbackup installed and the backup passphrase at ha
        path = "/mnt/this-disk"
      and set [encryption] passphrase_file (a file with mode 0600), or export
      DMBACKUP_PASSPHRASE.
-  2. dmbackup snapshots --target disk              (what is here)
-  3. dmbackup verify --target disk --read-data     (is it intact)
-  4. dmbackup restore --target disk --to /srv/restored        (newest snapshot)
+  2. dmbackup init disk                            (enrol this disk on this machine)
+     It opens the key with the passphrase and shows the repository id, when it was
+     created, the newest snapshot and the key fingerprint. Compare the fingerprint with
+     the one noted when the backups were set up: the same fingerprint means the same key.
+  3. dmbackup snapshots --target disk              (what is here)
+  4. dmbackup verify --target disk --read-data     (is it intact)
+  5. dmbackup restore --target disk --to /srv/restored        (newest snapshot)
      dmbackup restore --target disk --at 2026-11-28T02:30 --mailbox user@example.it --to DIR
-  5. Move the restored tree into place as the vmail user, then run
+  6. Move the restored tree into place as the vmail user, then run
        doveadm force-resync -A '*'
 
 Layout: chains/<chain>/ holds one full snapshot and its incrementals; a snapshot exists
@@ -100,13 +118,43 @@ class SnapshotRef:
         return int(self.chain[:4])
 
 
+class _RepoView(PrefixedTarget):
+    """The repository's view of its target; it tells the repository when a catalog is
+    committed, so what this machine saw last advances with every snapshot it makes (the
+    engine writes catalogs with ``put`` and knows nothing of this)."""
+
+    def __init__(self, inner: Target, prefix: str, repo: "Repository"):
+        super().__init__(inner, prefix)
+        self._repo = repo
+
+    def put(self, name, data):
+        super().put(name, data)
+        if name.endswith(".catalog") and name.startswith("chains/") and not is_temporary(name):
+            self._repo._catalog_committed(name, data)
+
+
+@dataclass
+class Watch:
+    """What this machine saw last in this repository (from state_dir), and whom to tell
+    when it sees something newer. ``fatal``: an older repository raises (writers) instead of
+    being reported as damage (readers: verify exits 4, restore refuses "the newest")."""
+
+    newest: dict | None = None              # {"chain", "seq", "id", "time"}
+    config_newest: str | None = None        # name of the newest config bundle
+    fatal: bool = False
+    on_newest: object = None                # callable(dict)
+    on_config_newest: object = None         # callable(str)
+
+
 class Repository:
     def __init__(self, target: Target, hostname: str):
         self.raw_target = target
         self.hostname = hostname
-        self.t = PrefixedTarget(target, f"dmbackup/{hostname}")
+        self.t = _RepoView(target, f"dmbackup/{hostname}", self)
         self.meta: dict | None = None
         self.keys: crypto.Keys | None = None
+        self.meta_mac: str | None = None      # "ok" | "absent" | "mismatch" once unlocked
+        self.watch = Watch()
         self._lock_name: str | None = None
         self._page_cache: dict = {}
         self.damaged: list[tuple[str, str, str]] = []
@@ -140,27 +188,37 @@ class Repository:
                 raise OperationFailed(f"keys/master.json already exists on {self.t.describe()}: "
                                       "refusing to replace the key of existing backups") from None
         self.t.put("README-RESTORE.txt", README_RESTORE.format(hostname=self.hostname).encode())
+        self.keys = crypto.Keys(master)
         meta = {"format": FORMAT_VERSION, "id": repo_id, "created": iso(utc_now()),
                 "hostname": self.hostname, "encryption": "aes-256-gcm" if encrypted else "none"}
+        if encrypted:
+            meta["mac"] = self.keys.meta_mac(meta)
         # repo.json last: a repository whose creation was interrupted does not exist
         self.t.put("repo.json", json.dumps(meta, indent=1).encode() + b"\n")
         self.t.sync()
         self.meta = meta
-        self.keys = crypto.Keys(master)
+        self.meta_mac = "ok" if encrypted else "absent"
         return repo_id
+
+    def small(self, name: str, what: str) -> bytes:
+        """A small file of the repository, read with a cap (never a medium's idea of a size)."""
+        data = self.t.get(name, 0, SMALL_MAX + 1)
+        if len(data) > SMALL_MAX:
+            raise CorruptObject(f"{what} on {self.t.describe()} is damaged: larger than {SMALL_MAX} bytes")
+        return data
 
     def load_meta(self) -> dict:
         try:
-            raw = self.t.get("repo.json")
+            raw = self.small("repo.json", "repo.json")
         except NotFound:
             raise NoRepository(
                 f"no dmbackup repository for host {self.hostname} on {self.t.describe()}: "
                 f"run `dmbackup init {self.t.name}` first") from None
         try:
             meta = json.loads(raw)
-            if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+            if not isinstance(meta, dict) or not isinstance(meta.get("id"), str) or not ID_RE.match(meta["id"]):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CorruptObject(f"repo.json on {self.t.describe()} is damaged") from None
         if meta.get("format") != FORMAT_VERSION:
             raise OperationFailed(f"repository format {meta.get('format')} is not supported by this dmbackup")
@@ -169,20 +227,63 @@ class Repository:
 
     @property
     def encrypted(self) -> bool:
-        return (self.meta or {}).get("encryption") != "none"
+        """Whether the open keys encrypt (what the config asked for; never repo.json's word)."""
+        return bool(self.keys and self.keys.encrypted)
 
-    def unlock(self, passphrase_fn) -> None:
-        """Load keys; ``passphrase_fn`` is called only for encrypted repositories."""
+    def unlock(self, passphrase_fn, encrypted: bool = True, *, check_meta: bool = True) -> None:
+        """Load keys. ``encrypted`` comes from the config: ``repo.json``'s "encryption" field
+        is written for people and never read, because anyone holding the medium can edit it.
+        ``passphrase_fn`` is called only when ``encrypted``. Then ``repo.json`` is checked
+        against its MAC: a mismatch is WrongRepository (exit 7) unless ``check_meta`` is off
+        (``init``, which repairs it); ``self.meta_mac`` says "ok", "absent" (written before
+        repositories had one) or "mismatch"."""
         if self.meta is None:
             self.load_meta()
-        if not self.encrypted:
+        if not encrypted:
+            if self.t.exists("keys/master.json"):
+                raise WrongRepository(
+                    f"the repository on {self.t.describe()} is encrypted (it has a key), but "
+                    "encryption.mode = \"none\" in the config: set encryption.passphrase_file (or "
+                    "$DMBACKUP_PASSPHRASE) and remove mode = \"none\" to use it, or use an empty "
+                    "target for an unencrypted repository")
             self.keys = crypto.Keys(None)
+            self.meta_mac = "absent"
             return
         try:
-            keyfile = self.t.get("keys/master.json")
+            keyfile = self.small("keys/master.json", "the key file keys/master.json")
         except NotFound:
-            raise CorruptObject(f"the key file keys/master.json is missing on {self.t.describe()}") from None
+            raise CorruptObject(
+                f"the key file keys/master.json is missing on {self.t.describe()}: this repository "
+                "was made unencrypted, or its key was deleted; restore keys/ from another copy of "
+                "the disk (an unencrypted repository is used only with encryption.mode = \"none\")") from None
         self.keys = crypto.Keys(crypto.unwrap_master(keyfile, passphrase_fn(), self.id))
+        mac = self.meta.get("mac")
+        if mac is None:
+            self.meta_mac = "absent"
+        elif isinstance(mac, str) and hmac.compare_digest(mac, self.keys.meta_mac(self.meta)):
+            self.meta_mac = "ok"
+        else:
+            self.meta_mac = "mismatch"
+            if check_meta:
+                raise WrongRepository(
+                    f"repo.json on {self.t.describe()} was changed after dmbackup wrote it (it does not "
+                    "match its MAC under the repository key): someone edited the disk. The backups "
+                    "themselves are checked separately: run `dmbackup verify --target "
+                    f"{self.t.name} --read-data`, then `dmbackup init {self.t.name}` to rewrite repo.json "
+                    "from the key")
+
+    def rewrite_meta(self) -> None:
+        """Write repo.json again from what the key vouches for (``init`` after tampering, or
+        a repository from before repo.json had a MAC): the id, the key's encryption, a MAC."""
+        assert self.meta is not None and self.keys is not None
+        meta = {"format": FORMAT_VERSION, "id": self.id,
+                "created": self.meta.get("created") if isinstance(self.meta.get("created"), str) else iso(utc_now()),
+                "hostname": self.hostname, "encryption": "aes-256-gcm" if self.keys.encrypted else "none"}
+        if self.keys.encrypted:
+            meta["mac"] = self.keys.meta_mac(meta)
+        self.t.put("repo.json", json.dumps(meta, indent=1).encode() + b"\n")
+        self.meta = meta
+        self.meta_mac = "ok" if self.keys.encrypted else "absent"
 
     # --- locking ---------------------------------------------------------------------------
     def lock(self, purpose: str) -> None:
@@ -212,11 +313,11 @@ class Repository:
     def _read_lock(self) -> dict | None:
         """The holder's record; {} when unreadable; None when the lock vanished meanwhile."""
         try:
-            info = json.loads(self.t.get("locks/lock"))
+            info = json.loads(self.small("locks/lock", "the lock file"))
             return info if isinstance(info, dict) and info else {}
         except NotFound:
             return None
-        except ValueError:
+        except (ValueError, RecursionError, CorruptObject):
             return {}
 
     @staticmethod
@@ -252,9 +353,15 @@ class Repository:
         try:
             header, _ = decode_catalog_header(head, self.keys.catalog, self.id, chain, snap)
         except CorruptObject:
+            start = len(CATALOG_MAGIC) + 4
             if len(head) < 64 * 1024:
                 raise
-            header, _ = decode_catalog_header(self.t.get(name), self.keys.catalog, self.id, chain, snap)
+            (n,) = struct.unpack_from("<I", head, len(CATALOG_MAGIC))
+            if n > MAX_HEADER or start + n <= len(head):
+                raise
+            # a long volume list: read exactly the header, whose length is capped above
+            header, _ = decode_catalog_header(self.t.get(name, 0, start + n),
+                                              self.keys.catalog, self.id, chain, snap)
         return header
 
     def snapshots(self, *, on_error=None) -> list[SnapshotRef]:
@@ -263,11 +370,12 @@ class Repository:
         A damaged catalog is passed to ``on_error`` or, by default, recorded in
         ``self.damaged`` and skipped: one bad catalog must not make the others unusable
         (``verify`` reports it)."""
+        explicit = on_error is not None
         if on_error is None:
             def on_error(chain, snap, exc):
                 if (chain, snap) not in {(c, s) for c, s, _ in self.damaged}:
                     self.damaged.append((chain, snap, str(exc)))
-        out = []
+        out, bad = [], set()
         for chain in self.chains():
             for obj in self.chain_objects(chain):
                 if not obj.endswith(".catalog") or is_temporary(obj):
@@ -278,9 +386,95 @@ class Repository:
                 try:
                     out.append(SnapshotRef(chain, snap, self.catalog_header(chain, snap)))
                 except CorruptObject as exc:
+                    bad.add((chain, snap))
                     on_error(chain, snap, exc)
         out.sort(key=lambda s: (s.chain_no, s.header.seq, s.id))
+        self._check_newest(out, bad, on_error, explicit)
         return out
+
+    # --- what this machine saw last ------------------------------------------------------------
+    def older_than_seen(self, what: str) -> str:
+        return (f"the repository on {self.t.describe()} is older than what this machine saw last: {what} "
+                "is missing (an older copy of the disk was put back, or its newest files were deleted). "
+                "Find the newer disk or share; if you put an older copy back on purpose, run "
+                f"`dmbackup init {self.t.name}` to accept it")
+
+    def _check_newest(self, snaps: list[SnapshotRef], bad: set, on_error, explicit: bool) -> None:
+        """Compare a listing with what was seen. A missing config bundle is reported only to
+        writers (fatal) and to a caller that asked for every problem (verify): a mail restore
+        must not refuse because a config-only bundle is gone."""
+        w = self.watch
+        if w.config_newest and (w.fatal or explicit):
+            names = [n.rsplit("/", 1)[-1][: -len(".bundle")] for n in self.t.list("config")
+                     if n.endswith(".bundle") and not is_temporary(n)]
+            committed = {x.id for x in snaps} | {b for _, b in bad}
+            msg = self.check_config_bundles(names, committed)
+            if msg and w.fatal:
+                raise WrongRepository(msg)
+            if msg:
+                on_error("config", w.config_newest, CorruptObject(msg))
+        seen = w.newest
+        if seen:
+            try:
+                key = (int(seen["chain"][:4]), int(seen["seq"]))
+                where = (seen["chain"], seen["id"])
+            except (KeyError, TypeError, ValueError):
+                seen = None             # a state file we cannot read proves nothing
+        if seen:
+            # a damaged newest catalog is damage (reported as such), not a rollback
+            present = where in bad or any((s.chain, s.id) == where for s in snaps)
+            if not present and not any((s.chain_no, s.header.seq) > key for s in snaps):
+                msg = self.older_than_seen(f"snapshot {where[0]}/{where[1]} of {seen.get('time')}")
+                if w.fatal:
+                    raise WrongRepository(msg)
+                on_error(where[0], where[1], CorruptObject(msg))
+                return
+        if snaps and w.on_newest:
+            self._saw(snaps[-1].chain, snaps[-1].id, snaps[-1].header)
+
+    def _saw(self, chain: str, snap: str, header: Header) -> None:
+        w = self.watch
+        rec = {"chain": chain, "seq": header.seq, "id": snap, "time": header.time}
+        cur = w.newest
+        try:
+            newer = not cur or (int(chain[:4]), header.seq) > (int(cur["chain"][:4]), int(cur["seq"]))
+        except (KeyError, TypeError, ValueError):
+            newer = True
+        if newer and w.on_newest:
+            w.newest = rec
+            w.on_newest(rec)
+        if header.config_bundle:
+            self.saw_config(snap)
+
+    def saw_config(self, name: str) -> None:
+        w = self.watch
+        if w.on_config_newest and (not w.config_newest or name[:16] > w.config_newest[:16]):
+            w.config_newest = name
+            w.on_config_newest(name)
+
+    def check_config_bundles(self, names: list[str], committed: set) -> str | None:
+        """A message when the newest config bundle this machine saw is gone and nothing newer
+        is there (None otherwise); records the newest present. Only config-only bundles and
+        those of ``committed`` mail snapshots count: a killed run leaves its snapshot's bundle
+        without a catalog, and the next run deletes it."""
+        names = [n for n in names if n.endswith("-config") or n in committed]
+        seen = self.watch.config_newest
+        if seen and seen not in names and not any(n[:16] > seen[:16] for n in names):
+            return self.older_than_seen(f"config bundle config/{seen}.bundle")
+        if names:
+            self.saw_config(max(names, key=lambda n: (n[:16], n)))
+        return None
+
+    def _catalog_committed(self, name: str, data: bytes) -> None:
+        if not self.watch.on_newest or self.keys is None:
+            return
+        _, chain, obj = name.split("/", 2)
+        snap = obj[: -len(".catalog")]
+        try:
+            header, _ = decode_catalog_header(data, self.keys.catalog, self.id, chain, snap)
+        except CorruptObject:
+            return
+        self._saw(chain, snap, header)
 
     def catalog_body(self, ref: SnapshotRef):
         """(page rows in tree order, warnings) of a snapshot, its table resolved through its parents."""
@@ -298,7 +492,10 @@ class Repository:
             return hit
         if depth > 1000 or not SNAP_RE.match(snap):
             raise CorruptObject(f"catalog {chain}/{snap}: bad page table chain")
-        data = self.t.get(f"chains/{chain}/{snap}.catalog")
+        name = f"chains/{chain}/{snap}.catalog"
+        if self.t.stat(name).size > MAX_CATALOG:
+            raise CorruptObject(f"catalog {chain}/{snap} is larger than {MAX_CATALOG >> 20} MiB: damaged")
+        data = self.t.get(name)
         _, start = decode_catalog_header(data, self.keys.catalog, self.id, chain, snap)
         table, warnings = decode_catalog_body(data[start:], self.keys.catalog, self.id, chain, snap)
         self._warnings[key] = warnings
@@ -325,7 +522,10 @@ class Repository:
         """The snapshot's content index (``.get(sha256 hex)`` -> extents), or None."""
         if not ref.header.index:
             return None
-        data = self.t.get(f"chains/{ref.chain}/{ref.header.index['name']}")
+        size = ref.header.index["size"]         # recorded by the authenticated header
+        data = self.t.get(f"chains/{ref.chain}/{ref.header.index['name']}", 0, size + 1)
+        if len(data) != size:
+            raise CorruptObject(f"content index {ref.chain}/{ref.id} has {len(data)} bytes, the catalog says {size}")
         return decode_index(data, self.keys.catalog, self.id, ref.chain, ref.id)
 
     def page(self, chain: str, row: PageRow) -> list:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ..archive.repository import Repository, snap_time
+from ..archive.repository import README_RESTORE, Repository, snap_time
 from ..errors import (
     DmError,
     ConfigError,
@@ -20,6 +20,7 @@ from ..errors import (
     RestoreError,
     UsageError,
     EXIT_OK,
+    EXIT_WARNING,
 )
 from .backup import BackupResult, backup_mail, open_repository
 from .restore import RestoreResult, TreeRestorer
@@ -37,27 +38,46 @@ def _repo_target_cfg(app, target_name: str):
 
 
 def init_repo(app, target_name: str) -> dict:
-    """Create the repository on a target, or enrol an existing one (after checking the key)."""
+    """Create the repository on a target, or enrol an existing one (after checking the key).
+
+    Either way what this machine must not take from the medium later is recorded
+    (dmbackup.archive.trust): mode, key fingerprint, newest snapshot. Enrolling again
+    accepts the repository as it is now, an older copy included."""
     tcfg = _repo_target_cfg(app, target_name)
     if tcfg is None:
         raise UsageError(f"target {target_name!r} is a {app.config.target(target_name).type} target: it holds no "
                          "repository and needs no init")
+    from ..archive import trust
+
+    enc = app.config.encryption.enabled
     target = app.target(target_name)
     with target:
         repo = Repository(target, app.config.hostname)
         if repo.exists():
+            # The mode is the config's; the passphrase must open the key before anything is
+            # recorded. A repo.json that lost or fails its MAC is rewritten from the key: the
+            # administrator asked for this repository, and the key vouches for it.
             repo.load_meta()
-            repo.unlock(app.passphrase)
-            app.state.enrol(target_name, repo.id)
-            app.log.info("repository_enrolled", target=target_name, repository=repo.id)
-            return {"target": target_name, "repository": repo.id, "created": False, "enrolled": True,
-                    "encryption": repo.meta.get("encryption")}
-        enc = app.config.encryption.enabled
-        repo_id = repo.create(app.passphrase() if enc else None, enc)
-        app.state.enrol(target_name, repo_id)
-        app.log.info("repository_created", target=target_name, repository=repo_id)
-        return {"target": target_name, "repository": repo_id, "created": True, "enrolled": True,
-                "encryption": repo.meta.get("encryption")}
+            repo.unlock(app.passphrase, encrypted=enc, check_meta=False)
+            was = repo.meta_mac
+            try:
+                if enc and was != "ok":
+                    repo.rewrite_meta()
+                # older repositories carry older instructions for whoever holds the disk
+                repo.t.put("README-RESTORE.txt", README_RESTORE.format(hostname=app.config.hostname).encode())
+            except DmError as exc:      # a disk mounted read-only for a recovery: enrol anyway
+                app.log.warning("repository_not_updated", target=target_name, error=str(exc))
+            res = trust.enrol(app, repo, target_name, created=False)
+            res["repaired_repo_json"] = was == "mismatch" and repo.meta_mac == "ok"
+            app.log.info("repository_enrolled", target=target_name, repository=repo.id,
+                         fingerprint=res["fingerprint"], repaired_repo_json=res["repaired_repo_json"])
+            return res
+        repo.create(app.passphrase() if enc else None, enc)
+        res = trust.enrol(app, repo, target_name, created=True)
+        res["repaired_repo_json"] = False
+        app.log.info("repository_created", target=target_name, repository=repo.id,
+                     fingerprint=res["fingerprint"])
+        return res
 
 
 def backup(app, target_name: str, what: str = "mail", full: bool = False, job=None):
@@ -261,6 +281,8 @@ class PruneResult:
     deleted: list[str] = field(default_factory=list)
     deleted_bundles: list[str] = field(default_factory=list)
     exit_code: int = EXIT_OK
+    kept_damaged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -272,6 +294,10 @@ def prune(app, target_name: str, keep_chains: int | None = None, dry_run: bool =
     Deletion order inside a chain: catalogs newest first, then pages and volumes, so an
     interrupted prune leaves either a complete chain or snapshots that no longer exist; never
     a listed snapshot with missing data.
+
+    A chain with a damaged catalog is kept whatever its age, and reported (``kept_damaged``,
+    exit 1): its other objects may be intact and the damage repairable from another copy,
+    and a chain whose catalog cannot be read is not known to be old.
     """
     if keep_chains is None:
         jobs = [j for j in app.config.jobs.values() if j.target == target_name and j.what == "mail"]
@@ -287,7 +313,19 @@ def prune(app, target_name: str, keep_chains: int | None = None, dry_run: bool =
             with_snaps = [c for c in chains if any(s.chain == c for s in snaps)]
             newest = snaps[-1].chain if snaps else None
             keep = set(with_snaps[-keep_chains:]) | ({newest} if newest else set())
-            res = PruneResult(target_name, dry_run, keep_chains, kept=sorted(keep))
+            damaged = sorted({c for c, _, _ in repo.damaged if c in chains})
+            res = PruneResult(target_name, dry_run, keep_chains, kept=sorted(keep | set(damaged)),
+                              kept_damaged=damaged)
+            for c in damaged:
+                bad = [f"{c}/{b}" for cc, b, _ in repo.damaged if cc == c]
+                msg = (f"chain {c} is kept although retention would delete it: its catalog(s) "
+                       f"{', '.join(bad)} are damaged; run `dmbackup verify --target {target_name}`, "
+                       "and delete the chain by hand once you no longer need it")
+                res.warnings.append(msg)
+                app.log.warning("prune_kept_damaged", target=target_name, chain=c, message=msg)
+            if damaged:
+                res.exit_code = EXIT_WARNING
+            keep |= set(damaged)
             for chain in chains:
                 if chain in keep:
                     continue
