@@ -32,7 +32,7 @@ from ..archive.catalog import (
     page_aad,
 )
 from ..archive.repository import Repository, SnapshotRef, iso, snap_time, utc_now
-from ..errors import CorruptObject, DmError, NoSpace, SourceError, WrongRepository, EXIT_OK, EXIT_WARNING
+from ..errors import CorruptObject, DmError, NoSpace, SourceError, EXIT_OK, EXIT_WARNING
 
 MiB = 1 << 20
 
@@ -51,6 +51,7 @@ class BackupResult:
     config_bundle: str | None = None
     unchanged_dirs: int = 0
     duplicates: int = 0
+    gone: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -61,25 +62,16 @@ class BackupResult:
                 "files": self.files, "bytes": self.bytes, "stored_bytes": self.stored_bytes,
                 "target": self.target, "warnings": self.warnings, "config_bundle": self.config_bundle,
                 "unchanged_dirs": self.unchanged_dirs, "duplicate_names_dropped": self.duplicates,
+                "expunged_during_backup": self.gone,
                 "exit_code": self.exit_code}
 
 
 def open_repository(app, target, target_name: str, *, require_enrolled: bool = True) -> Repository:
-    repo = Repository(target, app.config.hostname)
-    repo.load_meta()
-    if require_enrolled:
-        enrolled = app.state.enrolled(target_name)
-        if repo.id not in enrolled:
-            if enrolled:
-                raise WrongRepository(
-                    f"{target.describe()} holds repository {repo.id[:12]}, not the one enrolled for "
-                    f"target {target_name!r} ({', '.join(i[:12] for i in enrolled)}): wrong disk or share? "
-                    f"To use this one as well, run `dmbackup init {target_name}`")
-            raise WrongRepository(
-                f"repository {repo.id[:12]} on {target.describe()} is not enrolled on this machine: "
-                f"run `dmbackup init {target_name}` to enrol it")
-    repo.unlock(app.passphrase)
-    return repo
+    """The repository, unlocked with the config's mode and checked against this machine's
+    enrolment (key fingerprint, repo.json MAC, newest snapshot seen): dmbackup.archive.trust."""
+    from ..archive.trust import open_trusted
+
+    return open_trusted(app, target, target_name, require_enrolled=require_enrolled)
 
 
 class ParentView:
@@ -169,6 +161,7 @@ class BackupRun:
         self.rows: list[PageRow] = []
         self.held: _Folder | None = None      # the Maildir folder whose new/ and cur/ are being captured
         self.duplicates = 0                   # second names of one message seen by the listing, dropped
+        self.gone = 0                         # captured, then expunged or moved away before the uidlist
         self.max_file_size = app.config.source.max_file_size
         self.inode_map: dict[tuple[int, int], tuple[str, list]] = {}
         self.pinned: set[int] = set()         # block seqs a hardlinked file may still refer to
@@ -252,7 +245,7 @@ class BackupRun:
             raise
         return BackupResult(self.snap, self.chain, header.kind, self.files, self.bytes,
                             header.stored_bytes, header.time, self.target_name, self.warnings,
-                            bundle_name, self.unchanged_dirs, self.duplicates)
+                            bundle_name, self.unchanged_dirs, self.duplicates, self.gone)
 
     TABLE_MAX_DEPTH = 30
 
@@ -356,7 +349,9 @@ class BackupRun:
                 self.held = _Folder(folder, mbox, scan.siblings)
             self._message_dir(self.held, scan)
             return
-        if held is not None and not any(scan.rel.startswith(f"{p}/") for p in held.sub_rels()):
+        own_files = held is not None and scan.rel == held.rel
+        if held is not None and not own_files and not any(
+                scan.rel == p or scan.rel.startswith(f"{p}/") for p in held.sub_rels() + [_join(held.rel, "tmp")]):
             self._flush_folder()
 
         parent_entries: dict[str, Entry] = {}
@@ -375,6 +370,9 @@ class BackupRun:
                     entries.append(got[0])
                     names.add(name)
         self._queue_page(scan.rel, entries, maildir=False)
+        if own_files:
+            # its dovecot-uidlist has just been read: now the folder's messages can be settled
+            self._flush_folder()
 
     def _dir_and_link_entries(self, scan: mailstore.DirScan) -> list[Entry]:
         entries = [Entry(name, "d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, 0)
@@ -413,16 +411,12 @@ class BackupRun:
                 self.app.progress.update(len(scan.files), size)
                 h.fast[sub] = row
                 self.unchanged_dirs += 1
-                if sub == "cur":
-                    self._flush_folder()
                 return
         h.other[sub] = self._dir_and_link_entries(scan)
         h.entries.setdefault(sub, [])
         for name, st in scan.files:
             self.app.check_stop()
             self._capture_message(h, sub, name, st)
-        if sub == "cur":
-            self._flush_folder()
 
     def _parent_by_base(self, h: "_Folder") -> dict[str, Entry]:
         if h.by_base is None:
@@ -473,16 +467,30 @@ class BackupRun:
         h.entries.setdefault(sub, []).append((entry, ctime))
 
     def _flush_folder(self) -> None:
-        """Write the held folder's new/ and cur/ pages: exactly one file per base name."""
+        """Write the held folder's new/ and cur/ pages: exactly one file per base name, and only
+        messages that still exist once the folder's dovecot-uidlist has been read.
+
+        A message captured and then expunged or moved away before the uidlist was read is not
+        kept: the folder's index files (read just before the uidlist) record its expunge, and a
+        Dovecot serving the restored folder would give the "reappeared" file a new UID, one the
+        live server may have handed to another message."""
         h, self.held = self.held, None
         if h is None:
             return
-        self._relist(h)
+        present = self._relist(h)
+        if present is not None:
+            present |= self._confirm_gone(h, present)
         # base name -> candidates (sub, entry, ctime)
         cands: dict[str, list[tuple[str, Entry, int]]] = {}
         for sub, lst in h.entries.items():
             for entry, ctime in lst:
-                cands.setdefault(mailstore.base_name(entry.name), []).append((sub, entry, ctime))
+                b = mailstore.base_name(entry.name)
+                if present is not None and b not in present:
+                    self.files -= 1
+                    self.bytes -= entry.size
+                    self.gone += 1
+                    continue
+                cands.setdefault(b, []).append((sub, entry, ctime))
         keep: dict[str, list[Entry]] = {sub: [] for sub in h.entries}
         for base, cs in cands.items():
             best = cs[0]
@@ -508,20 +516,49 @@ class BackupRun:
             entries = files + [e for e in h.other.get(sub, []) if e.name not in names]
             self._queue_page(_join(h.rel, sub), entries, maildir=True)
 
+    def _confirm_gone(self, h: "_Folder", present: set[str]) -> set[str]:
+        """Of the captured messages the last listing did not show, those that still exist.
+
+        A listing taken while messages are renamed can miss one, so "gone" must be certain
+        before a message is left out: its captured name is looked up, and two more listings
+        of both directories must miss it too."""
+        missing = {mailstore.base_name(e.name): (sub, e.name) for sub, lst in h.entries.items()
+                   for e, _ in lst if mailstore.base_name(e.name) not in present}
+        found: set[str] = set()
+        for b, (sub, name) in missing.items():
+            if self._still_there(h, sub, name):
+                found.add(b)
+        for _ in range(2):
+            if len(found) == len(missing):
+                break
+            for sub in ("new", "cur"):
+                if h.fd(sub) < 0:
+                    continue
+                try:
+                    with os.scandir(h.fd(sub)) as it:
+                        found |= {b for e in it if (b := mailstore.base_name(e.name)) in missing}
+                except OSError:
+                    pass
+        return found
+
     def _still_there(self, h: "_Folder", sub: str, name: str) -> bool:
         try:
             return stat.S_ISREG(os.stat(name, dir_fd=h.fd(sub), follow_symlinks=False).st_mode)
         except (OSError, ValueError):
             return False
 
-    def _relist(self, h: "_Folder") -> None:
+    def _relist(self, h: "_Folder") -> set[str] | None:
         """List new/ and cur/ again until no message the first listing missed turns up.
 
         readdir makes no promise while entries are renamed in the same directory: a message
         being flagged can be returned twice, or not at all. A directory whose mtime did not
         move since it was listed (and was older than the listing by the racy margin) was
         listed consistently; any other is listed again, up to three times, and every base
-        name not captured yet is captured."""
+        name not captured yet is captured.
+
+        Returns the base names present in the folder at the last listing, or None when no
+        message directory changed since it was listed (nothing can have gone)."""
+        present: dict[str, set[str]] = {}
         for _ in range(3):
             found = False
             for sub in ("new", "cur"):
@@ -534,6 +571,7 @@ class BackupRun:
                     continue
                 again = mailstore.DirScan(scan.rel, now, fd=scan.fd, listed_ns=time.time_ns())
                 mailstore.fill(again)
+                present[sub] = {mailstore.base_name(n) for n, _ in again.files}
                 scan.st, scan.listed_ns = again.st, again.listed_ns
                 have = {mailstore.base_name(e.name) for lst in h.entries.values() for e, _ in lst}
                 have |= h.failed - set(h.vanished)      # unreadable ones were warned about once
@@ -542,7 +580,18 @@ class BackupRun:
                         self._capture_message(h, sub, name, st)
                         found = True
             if not found:
-                return
+                break
+        if not present:
+            return None
+        out: set[str] = set()
+        for sub in ("new", "cur"):
+            if sub in present:
+                out |= present[sub]
+            elif sub not in h.fast:    # quiet since its listing: what was captured there is there
+                # (a directory taken over from the parent holds no candidates, and nothing
+                # moved into it: its mtime did not change)
+                out |= {mailstore.base_name(e.name) for e, _ in h.entries.get(sub, [])}
+        return out
 
     def _capture(self, dir_fd: int, rel_dir: str, name: str, st, prev, *, message: bool):
         """Capture one file: (entry, ctime), None when it vanished (ENOENT), or _VANISHED when it
