@@ -81,10 +81,9 @@ def generate(root: str, *, seed: int = 1, domains: int = 2, users_per_domain: in
                         f.write(data)
                     os.utime(path, (t, t))
                     total += len(data)
-                    if sub == "cur":
-                        uidlines.append(f"{m + 1} :{base}")
+                    uidlines.append(f"{m + 1} :{base}")     # Dovecot's LDA gives new/ mail a UID too
                 with open(os.path.join(fdir, "dovecot-uidlist"), "w") as f:
-                    f.write(f"3 V{1700000000 + fi} N{messages_per_folder} G{rng.getrandbits(128):032x}\n")
+                    f.write(f"3 V{1700000000 + fi} N{messages_per_folder + 1} G{rng.getrandbits(128):032x}\n")
                     f.write("\n".join(uidlines) + "\n")
                 if kw_used:
                     with open(os.path.join(fdir, "dovecot-keywords"), "w") as f:

@@ -221,8 +221,9 @@ def restore(app, target_name: str, snapshot: str | None = None, *, at: str | Non
     """Restore into ``to`` (a directory), or into the live store (``to`` None: dmbackup.engine.live).
 
     ``uid_gap``: raise every restored folder's next UID by this much (dmbackup.engine.dovecot);
-    default 0 for ``--to`` (an exact copy), except when ``to`` is the configured mail store
-    itself, which is then meant to replace a store. ``resume``: finish an interrupted restore
+    default for ``--to``: only folders holding messages without a UID (an exact copy
+    otherwise), except when ``to`` is the configured mail store itself, which is then meant to
+    replace a store (every folder). ``resume``: finish an interrupted restore
     into the same destination. ``stage_fd``/``owner``/``modes``: used by the live restore."""
     if what == "config":
         from .. import configbackup
@@ -252,7 +253,7 @@ def restore(app, target_name: str, snapshot: str | None = None, *, at: str | Non
         from .dovecot import UID_GAP
 
         store = app.config.source.mail_store
-        uid_gap = UID_GAP if store and os.path.realpath(dest) == os.path.realpath(store) else 0
+        uid_gap = UID_GAP if store and os.path.realpath(dest) == os.path.realpath(store) else None
     target = app.target(target_name)
     with target:
         repo = open_repository(app, target, target_name, require_enrolled=False)

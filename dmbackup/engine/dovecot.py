@@ -8,8 +8,12 @@ decrease). A snapshot is older than what the live server had handed out when it 
   ``max(N, highest UID in its records + 1) + gap``. Dovecot rewrites the header's ``N`` only
   when it recreates the file; LDA, COPY and MOVE append records above it, so ``N`` alone can be
   far below the UIDs in use. Messages the snapshot holds without a UID (left in ``new/`` while
-  the uidlist was locked) get UIDs above the gap on the restored server, beyond anything the
-  live server may have handed out, so no client sees one message's UID on another.
+  the uidlist was locked, or delivered by Postfix straight into ``new/``) get UIDs above the
+  gap on the restored server, beyond anything the live server may have handed out, so no
+  client sees one message's UID on another. So even a restore meant as an exact copy
+  (``--to DIR`` without ``--uid-gap``) raises the next UID of a folder that holds such
+  messages; every other folder's uidlist is restored byte for byte. ``--uid-gap 0`` turns
+  that off.
 - **Mod-sequences.** With Dovecot running on the restored store, every folder's HIGHESTMODSEQ is
   raised to ``max(HIGHESTMODSEQ over all folders) + MODSEQ_GAP`` (``doveadm mailbox update
   --min-highest-modseq``), then every message gets a new mod-sequence above it by adding and
@@ -54,6 +58,16 @@ def raise_uidlist(data: bytes, gap: int) -> bytes | None:
     nxt = max(int(m.group(1)), top + 1) + gap
     head = head[: m.start(1)] + str(nxt).encode() + head[m.end(1):]
     return head + sep + rest
+
+
+def uidlist_bases(data: bytes) -> set[str]:
+    """The base names a uidlist gives a UID (records ``<uid> [fields] :<base name>``)."""
+    out = set()
+    for line in data.split(b"\n")[1:]:
+        head, sep, name = line.partition(b" :")
+        if sep and head[:1].isdigit():
+            out.add(os.fsdecode(name.strip()).split(":", 1)[0])
+    return out
 
 
 class Doveadm:

@@ -54,7 +54,8 @@ class RestoreResult:
     failed_count: int = 0
     damaged: bool = False
     skipped_complete: int = 0                            # --resume: files already there
-    uid_gap: int = 0
+    uid_gap: int | None = 0                              # None: automatic (see TreeRestorer)
+    uid_gap_folders: int = 0                             # folders whose next UID was raised
 
     @property
     def exit_code(self) -> int:
@@ -69,7 +70,8 @@ class RestoreResult:
                 "dirs": self.dirs, "bytes": self.bytes, "bytes_fetched": self.bytes_fetched,
                 "selection": self.selection or "/", "warnings": self.warnings, "failed": self.failed,
                 "failed_count": self.failed_count, "skipped_complete": self.skipped_complete,
-                "uid_gap": self.uid_gap, "exit_code": self.exit_code}
+                "uid_gap": "auto" if self.uid_gap is None else self.uid_gap,
+                "uid_gap_folders": self.uid_gap_folders, "exit_code": self.exit_code}
 
 
 def in_selection(rel: str, prefix: str) -> bool:
@@ -82,7 +84,7 @@ def _flag_count(name: str) -> int:
 
 class TreeRestorer:
     def __init__(self, repo, ref, dest: str, *, prefix: str = "", only_dir_files: bool = False,
-                 chown: bool | None = None, app=None, resume: bool = False, uid_gap: int = 0,
+                 chown: bool | None = None, app=None, resume: bool = False, uid_gap: int | None = 0,
                  owner: tuple[int, int] | None = None, modes: tuple[int, int] | None = None,
                  root_fd: int | None = None):
         self.repo, self.ref, self.dest, self.prefix = repo, ref, dest, prefix
@@ -90,7 +92,9 @@ class TreeRestorer:
         self.reader = BlockReader(repo.t, repo.id, repo.keys.data)
         self.chown = (os.geteuid() == 0) if chown is None else chown
         self.resume = resume
-        self.uid_gap = uid_gap                      # raise next UIDs of restored uidlists by this
+        # raise next UIDs of restored uidlists by this; None: only in folders that hold messages
+        # their uidlist gives no UID (dmbackup.engine.dovecot explains why)
+        self.uid_gap = uid_gap
         self.owner = owner                          # (uid, gid) for everything, instead of the recorded
         self.modes = modes                          # (dir mode, file mode), instead of the recorded
         self.root_fd = root_fd
@@ -324,7 +328,7 @@ class TreeRestorer:
         return self.modes[0] if e.type == "d" else self.modes[1]
 
     def _file(self, dfd: int, path_rel: str, e: Entry) -> None:
-        if self.uid_gap and e.name == "dovecot-uidlist":
+        if e.name == "dovecot-uidlist" and (self.uid_gap is None or self.uid_gap > 0):
             return self._uidlist(dfd, path_rel, e)
         if self.resume and self._complete(dfd, e):
             self.result.skipped_complete += 1
@@ -367,17 +371,22 @@ class TreeRestorer:
 
     def _uidlist(self, dfd: int, path_rel: str, e: Entry) -> None:
         """A folder's dovecot-uidlist with its next UID raised (dmbackup.engine.dovecot)."""
-        from .dovecot import MAX_UIDLIST, raise_uidlist
+        from .dovecot import MAX_UIDLIST, UID_GAP, raise_uidlist
 
         if e.size > MAX_UIDLIST:
             raise CorruptObject(f"{path_rel}: {e.size} bytes is not a plausible dovecot-uidlist")
         data = b"".join(self.reader.extent(self.ref.chain, x) for x in e.extents)
         if len(data) != e.size or hashlib.sha256(data).hexdigest() != e.hash:
             raise CorruptObject(f"{path_rel}: restored content does not match its recorded hash")
-        raised = raise_uidlist(data, self.uid_gap)
+        gap = self.uid_gap
+        if gap is None:
+            gap = UID_GAP if self._unnumbered(path_rel.rpartition("/")[0], data) else 0
+        raised = raise_uidlist(data, gap) if gap else data
         if raised is None:
             self.warn(f"{path_rel}: not a version 3 uidlist, next UID not raised")
             raised = data
+        elif gap:
+            self.result.uid_gap_folders += 1
         if self.resume:
             try:
                 os.unlink(e.name, dir_fd=dfd)
@@ -401,6 +410,27 @@ class TreeRestorer:
         os.close(fd)
         self.result.files += 1
         self.result.bytes += len(raised)
+
+    def _unnumbered(self, folder: str, uidlist: bytes) -> bool:
+        """Does this folder hold a message its uidlist gives no UID (delivered to new/ while the
+        uidlist was locked, or by Postfix directly)? A Dovecot serving the restored folder
+        hands such messages the next UIDs in its own order; the live server handed out the same
+        UIDs in another, so without a gap a client could see one message's UID on another."""
+        from .dovecot import uidlist_bases
+
+        listed = uidlist_bases(uidlist)
+        for sub in ("new", "cur"):
+            rel = f"{folder}/{sub}" if folder else sub
+            row = self._rows_by_dir.get(rel)
+            if row is None:
+                continue
+            try:
+                entries = self.repo.page(self.ref.chain, row)
+            except (CorruptObject, DmError):
+                continue
+            if any(x.type == "f" and base_name(x.name) not in listed for x in entries):
+                return True
+        return False
 
     def _apply_dir_meta(self, tree: SafeTree) -> None:
         for rel, e in sorted(self.dir_meta, key=lambda x: -len(split_rel(x[0]))):

@@ -105,7 +105,7 @@ def test_resume_after_sigkill_at_half_gives_the_same_tree(world, tmp_path):
     total = sum(1 for v in want.values() if v[0][0] == "f")
 
     out = str(tmp_path / "out")
-    p = world.spawn("--quiet", "restore", "--target", "local", "--to", out)
+    p = world.spawn("--quiet", "restore", "--target", "local", "--to", out, "--uid-gap", "0")
     killed_at = None
     deadline = time.monotonic() + 120
     while p.poll() is None and time.monotonic() < deadline:
@@ -119,9 +119,9 @@ def test_resume_after_sigkill_at_half_gives_the_same_tree(world, tmp_path):
     assert killed_at is not None and p.returncode == -9, f"the restore was not killed half way: {p.returncode} {err}"
     assert killed_at < total
 
-    r = world.run("restore", "--target", "local", "--to", out)      # not empty: refused without --resume
+    r = world.run("restore", "--target", "local", "--to", out, "--uid-gap", "0")    # not empty: refused
     assert r.code == 3 and "--resume" in r.err
-    r = world.run("restore", "--target", "local", "--to", out, "--resume", "--json")
+    r = world.run("restore", "--target", "local", "--to", out, "--resume", "--uid-gap", "0", "--json")
     assert r.code == 0, r.err
     res = json.loads(r.out)
     links = sum(1 for v in want.values() if v[0][0] == "l")     # counted above, never "skipped"
@@ -129,5 +129,31 @@ def test_resume_after_sigkill_at_half_gives_the_same_tree(world, tmp_path):
     assert diff_trees(want, tree(out)) == []
 
     uninterrupted = str(tmp_path / "again")
-    world.ok("restore", "--target", "local", "--to", uninterrupted)
+    world.ok("restore", "--target", "local", "--to", uninterrupted, "--uid-gap", "0")
     assert tree(uninterrupted) == tree(out)
+
+
+def test_a_folder_with_mail_that_has_no_uid_gets_its_next_uid_raised(ready, tmp_path):
+    """Mail in new/ that the uidlist gives no UID (Postfix delivered it, or LDA found the
+    uidlist locked): a Dovecot serving the restored folder would number it in its own order,
+    reusing UIDs the live server gave other messages. Only that folder's next UID is raised;
+    every other uidlist is restored byte for byte."""
+    folder = os.path.join(ready.store, "example.it/anna/Maildir/.Archivio")
+    with open(os.path.join(folder, "new", "1799999999.M1P1.postfix,S=42"), "wb") as f:
+        f.write(b"Subject: delivered by postfix\r\nMessage-ID: <pf@x>\r\n\r\nhello\r\n")
+    want = tree(ready.store)
+    ready.ok("backup", "--target", "local")
+    out = tmp_path / "out"
+    res = json.loads(ready.ok("restore", "--to", str(out), "--json").out)
+    assert res["uid_gap"] == "auto" and res["uid_gap_folders"] == 1
+    got = tree(str(out))
+    changed = [k for k in want if want[k] != got.get(k)]
+    assert changed == [b"example.it/anna/Maildir/.Archivio/dovecot-uidlist"], changed
+    with open(os.path.join(folder, "dovecot-uidlist"), "rb") as f:
+        n_live = int(f.readline().split(b" N")[1].split()[0])
+    with open(out / "example.it/anna/Maildir/.Archivio/dovecot-uidlist", "rb") as f:
+        assert int(f.readline().split(b" N")[1].split()[0]) == n_live + 1000
+    # --uid-gap 0: an exact copy
+    exact = tmp_path / "exact"
+    ready.ok("restore", "--to", str(exact), "--uid-gap", "0")
+    assert diff_trees(want, tree(str(exact))) == []

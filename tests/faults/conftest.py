@@ -111,4 +111,19 @@ def add_random_message(store: str, mailbox: str, size: int, seed: int, *, sub: s
     if os.geteuid() == 0:
         os.chown(p, 5000, 5000)
         os.chmod(p, 0o600)
+    append_uid(os.path.dirname(d), name.split(":", 1)[0])
     return p
+
+
+def append_uid(folder_dir: str, base: str) -> None:
+    """Give a delivered message a UID the way Dovecot's LDA does: a record appended to the
+    folder's dovecot-uidlist, above the others, the header left as it is."""
+    p = os.path.join(folder_dir, "dovecot-uidlist")
+    if not os.path.exists(p):
+        return
+    with open(p, "rb") as f:
+        lines = f.read().splitlines()
+    top = max([int(ln.split()[0]) for ln in lines[1:] if ln[:1].isdigit()], default=0)
+    n = int(lines[0].split(b" N")[1].split()[0]) if b" N" in lines[0] else 1
+    with open(p, "ab") as f:
+        f.write(f"{max(top + 1, n)} :{base}\n".encode())
