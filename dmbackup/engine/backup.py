@@ -389,12 +389,13 @@ class BackupRun:
             self.warn(f"not a file, directory or symlink, skipped: {scan.rel}/{name}")
         return entries
 
-    def _queue_page(self, rel: str, entries: list[Entry], maildir: bool) -> None:
+    def _queue_page(self, rel: str, entries: list[Entry], maildir: bool, *, finalize: bool = True) -> None:
         entries.sort(key=lambda e: e.name)
         seqs = [x[0] for e in entries if e.type == "f" and e.extents for x in e.extents if len(x) == 3]
         max_seq = max(seqs, default=-1)
         self.pending.append((rel, entries, max_seq, maildir, min(seqs, default=max_seq)))
-        self._finalize_pages()
+        if finalize:
+            self._finalize_pages()
 
     # --- message directories: one Maildir folder's new/ and cur/ are captured together ---------
     def _message_dir(self, h: "_Folder", scan: mailstore.DirScan) -> None:
@@ -514,7 +515,10 @@ class BackupRun:
             self._count(h.mbox, len(files), sum(e.size for e in files), sub == "cur")
             names = {e.name for e in files}
             entries = files + [e for e in h.other.get(sub, []) if e.name not in names]
-            self._queue_page(_join(h.rel, sub), entries, maildir=True)
+            # both pages are queued before blocks are released: the held folder no longer
+            # pins its blocks, the pending pages do
+            self._queue_page(_join(h.rel, sub), entries, maildir=True, finalize=False)
+        self._finalize_pages()
 
     def _confirm_gone(self, h: "_Folder", present: set[str]) -> set[str]:
         """Of the captured messages the last listing did not show, those that still exist.

@@ -156,3 +156,26 @@ def test_dovecot_transient_files_are_not_captured(ready, tmp_path, name):
     ready.ok("restore", "--to", str(out))
     assert not os.path.lexists(out / "example.it/anna/Maildir" / name)
     assert os.path.exists(out / "example.it/anna/Maildir/dovecot-uidlist")
+
+
+def test_a_folder_larger_than_the_block_window_is_captured_whole(world, tmp_path):
+    """new/ and cur/ of a folder are held until the folder's uidlist is read; the blocks their
+    messages were written to must stay resolvable that long (8,000 messages of ~2.7 KB span
+    several volumes of 8 MiB: this crashed with a KeyError before the fix)."""
+    world.write_config()
+    inbox = os.path.join(world.store, "example.it/big/Maildir")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(inbox, sub))
+    body = os.urandom(2600)
+    for i in range(8000):
+        sub = "new" if i % 50 == 0 else "cur"
+        name = f"{1790000000 + i}.M{i}P1.mx,S=2700" + (":2,S" if sub == "cur" else "")
+        with open(os.path.join(inbox, sub, name), "wb") as f:
+            f.write(f"Message-ID: <{i}@x>\r\n\r\n".encode() + body + str(i).encode())
+    world.ok("init", "local")
+    r = world.run("backup", "--target", "local", "--full", "--json")
+    assert r.code == 0, r.err
+    out = tmp_path / "out"
+    world.ok("restore", "--to", str(out), "--mailbox", "big@example.it")
+    restored = sum(len(os.listdir(out / "example.it/big/Maildir" / s)) for s in ("cur", "new"))
+    assert restored == 8000
