@@ -323,8 +323,10 @@ class TreeRestorer:
         return self.owner if self.owner is not None else (e.uid, e.gid)
 
     def _mode(self, e: Entry) -> int:
+        # a mail store needs no set-uid, set-gid or sticky bit: one in a catalog (a forged one
+        # from an unauthenticated repository) is never put on the disk
         if self.modes is None:
-            return e.mode
+            return e.mode & 0o777
         return self.modes[0] if e.type == "d" else self.modes[1]
 
     def _file(self, dfd: int, path_rel: str, e: Entry) -> None:
