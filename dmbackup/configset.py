@@ -27,6 +27,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from . import __version__
+from .childenv import child_env
 
 MANIFEST_FORMAT = "dmbackup-config-manifest"
 MANIFEST_VERSION = 1
@@ -172,7 +173,7 @@ def _run(argv: list[str]) -> str | None:
         return None
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=_PROBE_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=child_env())
     except (OSError, subprocess.SubprocessError):
         return None
     if proc.returncode != 0:

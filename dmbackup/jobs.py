@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import hooks, notify
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, DamageFound, DmError, Interrupted
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DamageFound, DmError, Interrupted
 
 Clock = Callable[[], datetime]
 LOG_LINES_IN_MAIL = 30
@@ -166,7 +166,7 @@ def run_job(app, job_name: str, *, clock: Clock = utc_now, trigger: str | None =
     except DmError as exc:
         res.status, res.exit_code, res.error = "failed", exc.exit_code, str(exc)
     except Exception as exc:                      # a bug: record, mail, then re-raise
-        res.status, res.exit_code = "failed", EXIT_FAILED
+        res.status, res.exit_code = "failed", EXIT_INTERNAL
         res.error = f"internal error: {type(exc).__name__}: {exc}"
         app.log.error("job_crashed", job=job.name, traceback=traceback.format_exc())
         unexpected = exc

@@ -84,7 +84,8 @@ def build_message(config, subject: str, body: str, *, headers: dict[str, str] | 
     msg["Auto-Submitted"] = "auto-generated"        # RFC 3834: no auto-replies to this
     for k, v in (headers or {}).items():
         msg[k] = v
-    msg.set_content(body)
+    # file names in log lines may hold bytes that are not UTF-8: never let them stop the mail
+    msg.set_content(body.encode("utf-8", "backslashreplace").decode("utf-8"))
     return msg
 
 

@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from .. import engine
-from .common import emit, handled, load_app, pick_target
+from .common import echo, emit, handled, load_app, pick_target
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +21,10 @@ def register(app: typer.Typer) -> None:
         with handled(a):
             res = engine.prune(a, pick_target(a, target), keep_chains=keep_chains, dry_run=dry_run)
             verb = "would delete" if dry_run else "deleted"
+            for w in res.warnings[:20]:
+                echo(f"warning: {w}", err=True)
             emit(res.as_dict(), json_out,
                  f"{verb} {len(res.deleted)} chain(s){': ' + ', '.join(res.deleted) if res.deleted else ''}; "
                  f"kept {', '.join(res.kept) or 'none'}")
+            if res.exit_code:
+                raise typer.Exit(res.exit_code)

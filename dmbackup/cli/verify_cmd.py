@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
                     for f in files[:20]:
                         echo(f"  damaged in {snap}: {f}", err=True)
             else:
-                typer.echo(text)
+                echo(text)
             if d.get("exit_code", 0):
                 raise typer.Exit(d["exit_code"])
 

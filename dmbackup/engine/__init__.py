@@ -95,7 +95,7 @@ def _backup_config(app, target_name: str, job=None):
         raise OperationFailed("config bundles are not available in this build") from None
     tcfg = app.config.target(target_name)
     if not getattr(tcfg, "repository", True):
-        return configbackup.backup_config_to_mailbox(app.config, tcfg)
+        return configbackup.backup_config_to_mailbox(app.config, tcfg, state=app.state)
     return configbackup.backup_config_to_repo(app, target_name)
 
 
@@ -145,7 +145,7 @@ def verify(app, target_name: str, snapshot: str | None = None, read_data: bool =
     if not getattr(tcfg, "repository", True):
         from .. import configbackup
 
-        return configbackup.verify_mailbox(app.config, tcfg)
+        return configbackup.verify_mailbox(app.config, tcfg, state=app.state)
     target = app.target(target_name)
     with target:
         repo = open_repository(app, target, target_name, require_enrolled=False)

@@ -164,8 +164,6 @@ def test_systemd_inhibit_never_sees_the_passphrase(tmp_path, monkeypatch):
     assert_no_secret(dumps, "systemd-inhibit")
 
 
-@pytest.mark.xfail(strict=True, reason="dmbackup/configset.py runs postconf/dovecot/doveconf with the full "
-                                       "environment: wire dmbackup.childenv.child_env() into its _run()")
 def test_config_probes_during_a_backup_never_see_the_passphrase(tmp_path):
     bindir, dumps = str(tmp_path / "bin"), str(tmp_path / "dumps")
     wrapper(bindir, dumps, "postconf", "echo 3.7.11; :")
