@@ -137,27 +137,13 @@ def expunges(sim: Sim, fraction: float) -> None:
         os.unlink(p)
 
 
-def append_uid(folder_dir: str, base: str) -> None:
-    """A UID for a delivered message, as Dovecot's LDA gives one: a record appended to the
-    folder's dovecot-uidlist (the header's N is left behind, as Dovecot leaves it)."""
-    p = os.path.join(folder_dir, "dovecot-uidlist")
-    if not os.path.exists(p):
-        return
-    with open(p, "rb") as f:
-        lines = f.read().splitlines()
-    top = max([int(ln.split()[0]) for ln in lines[1:] if ln[:1].isdigit()], default=0)
-    with open(p, "ab") as f:
-        f.write(f"{top + 1} :{base}\n".encode())
-
 
 def new_mail(sim: Sim, fraction: float) -> list[bytes]:
     n = max(1, int(len(sim.messages()) * fraction))
     out = []
     for _ in range(n):
         user = sim.rng.choice(sim.users)
-        folder = sim.rng.choice(sim.folders(user))
-        p, _ = sim.deliver(folder, "new")
-        append_uid(folder, os.path.basename(p))
+        p, _ = sim.deliver(sim.rng.choice(sim.folders(user)), "new")
         with open(p, "rb") as f:
             out.append(f.read())
     return out
