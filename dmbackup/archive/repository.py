@@ -67,10 +67,14 @@ To restore, on a machine with dmbackup installed and the backup passphrase at ha
      the one noted when the backups were set up: the same fingerprint means the same key.
   3. dmbackup snapshots --target disk              (what is here)
   4. dmbackup verify --target disk --read-data     (is it intact)
-  5. dmbackup restore --target disk --to /srv/restored        (newest snapshot)
+  5. dmbackup restore --target disk --to /srv/restored --uid-gap 1000   (newest snapshot)
      dmbackup restore --target disk --at 2026-11-28T02:30 --mailbox user@example.it --to DIR
-  6. Move the restored tree into place as the vmail user, then run
-       doveadm force-resync -A '*'
+     (--uid-gap 1000 keeps mail clients from missing new mail after the restore; a
+     restore that stopped half way is finished by the same command plus --resume)
+  6. Stop Dovecot, move the restored tree into place as the mail store, start Dovecot,
+     then run
+       dmbackup restore --resync
+     (or, without a config for dmbackup, doveadm force-resync -A '*')
 
 Layout: chains/<chain>/ holds one full snapshot and its incrementals; a snapshot exists
 when its .catalog file exists. keys/ holds the master key, encrypted with the passphrase:
