@@ -55,7 +55,7 @@ from ..errors import (DamageFound, DmError, OperationFailed, UsageError, EXIT_DA
 from ..maildir_names import dir_folder
 from ..mailstore import base_name, is_transient
 from .restore import TreeRestorer, in_selection
-from .safetree import check_name, split_rel
+from .safetree import check_name, open_below, split_rel
 
 SCRATCH_PREFIX = "drill-"
 DOVEADM_TIMEOUT = 600
@@ -388,16 +388,7 @@ def _remove_at(pfd: int, name: str) -> None:
 
 # --- the catalog check -------------------------------------------------------------------
 def _open_dir(root_fd: int, rel: str) -> int:
-    fd = os.dup(root_fd)
-    try:
-        for part in split_rel(rel):
-            nfd = os.open(part, _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return open_below(root_fd, split_rel(rel))
 
 
 def _check_tree(repo, ref, rows, prefix: str, tree_dir: str, restorer, res: DrillResult, app) -> None:

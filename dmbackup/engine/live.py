@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from ..errors import RestoreError, UsageError
 from ..maildir_names import dir_folder, folder_dir
 from .dovecot import UID_GAP, Doveadm, protect_clients
-from .safetree import DIR_FLAGS, check_name
+from .safetree import DIR_FLAGS, open_below
 
 _RENAME_NOREPLACE = 1
 
@@ -63,21 +63,11 @@ def _vmail_ids(app, st: os.stat_result) -> tuple[int, int]:
 
 
 def _open_beneath(root_fd: int, parts: list[str], what: str) -> int:
-    fd = os.dup(root_fd)
     try:
-        for p in parts:
-            check_name(p)
-            try:
-                nfd = os.open(p, DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                raise RestoreError(f"{what} cannot be opened at {p!r} ({exc.strerror}): it must be a real "
-                                   "directory, not a symlink") from None
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_below(root_fd, parts)
+    except OSError as exc:
+        raise RestoreError(f"{what} cannot be opened at {exc.filename or '/'.join(parts)!r} ({exc.strerror}): "
+                           "it must be a real directory, not a symlink") from None
 
 
 def restore_live(app, target_name, *, snapshot=None, at=None, mailbox=None, folder=None, overwrite=False,

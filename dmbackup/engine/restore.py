@@ -337,12 +337,7 @@ class TreeRestorer:
             self.result.files += 1
             self.result.bytes += e.size
             return
-        try:
-            fd = os.open(e.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dfd)
-        except FileExistsError:
-            raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory, "
-                               "or add --resume to finish an interrupted restore") from None
+        fd = self._create(dfd, path_rel, e.name)
         h = hashlib.sha256()
         written = 0
         try:
@@ -364,6 +359,16 @@ class TreeRestorer:
         os.close(fd)
         self.result.files += 1
         self.result.bytes += written
+
+    @staticmethod
+    def _create(dfd: int, path_rel: str, name: str) -> int:
+        """A new file, never one that exists, never through a symlink."""
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                           dir_fd=dfd)
+        except FileExistsError:
+            raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory, "
+                               "or add --resume to finish an interrupted restore") from None
 
     def _finish(self, fd: int, e: Entry) -> None:
         if self.chown or self.owner is not None:
@@ -394,12 +399,7 @@ class TreeRestorer:
                 os.unlink(e.name, dir_fd=dfd)
             except FileNotFoundError:
                 pass
-        try:
-            fd = os.open(e.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dfd)
-        except FileExistsError:
-            raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory, "
-                               "or add --resume to finish an interrupted restore") from None
+        fd = self._create(dfd, path_rel, e.name)
         try:
             view = memoryview(raised)
             while view:

@@ -33,6 +33,21 @@ def split_rel(rel: str) -> list[str]:
     return [check_name(p, "path component") for p in rel.split("/")]
 
 
+def open_below(root_fd: int, parts: list[str]) -> int:
+    """A new fd for the directory ``parts`` below ``root_fd``, opened component by component
+    with O_NOFOLLOW: OSError (ELOOP, ENOTDIR, ENOENT) when any of them is not a real directory."""
+    fd = os.dup(root_fd)
+    try:
+        for p in parts:
+            nfd = os.open(check_name(p, "path component"), DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class SafeTree:
     def __init__(self, root: str, root_fd: int | None = None):
         """``root_fd``: an already opened destination (the tree takes a duplicate of it), for a
