@@ -73,11 +73,11 @@ from .childenv import child_env
 from .errors import DmError, Interrupted, JobTimedOut, Locked, TargetHung
 from .jobs import iso, parse_iso, utc_now
 from .schedule_spec import DAYS, ScheduleSpec, parse_schedule
+from .stopping import STOP_GRACE, Kicker
 
 Clock = Callable[[], datetime]
 MAX_SLEEP = 60.0                 # seconds; the loop re-checks at least this often
 SCHED_STATE = "scheduler.json"
-STOP_GRACE = 10.0                # seconds from a stop request to forcing a stuck run out
 _TARGET_MODULES = ("dmbackup.targets.", "dmbackup.usb.")
 
 # --- the schedule library, reading our clock ------------------------------------------------
@@ -115,49 +115,6 @@ def schedule_clock(clock: Clock):
 
 
 # --- forcing a stuck run out of a system call ---------------------------------------------------
-
-class Kicker:
-    """Sends ``signum`` to the main thread every ``grace`` seconds until cancelled, except while
-    teardown hooks run. The handler of ``signum`` decides whether to raise; the signal itself
-    is what gets a blocked call in the main thread to return (EINTR) so that it can."""
-
-    def __init__(self, signum: int, grace: float, *, delay: float | None = None,
-                 before_first: Callable[[], None] | None = None):
-        self.signum, self.grace = signum, grace
-        self.delay = grace if delay is None else delay
-        self.before_first = before_first
-        self._done = threading.Event()
-        self._main = threading.main_thread().ident
-        self._thread = threading.Thread(target=self._run, name="dmbackup-stop-kicker", daemon=True)
-
-    def start(self) -> "Kicker":
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        """Stop kicking; once this returns no further signal is sent (safe to restore handlers)."""
-        self._done.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._done.is_set()
-
-    def _run(self) -> None:
-        if self._done.wait(self.delay):
-            return
-        if self.before_first is not None:
-            self.before_first()
-        while True:
-            if not hooks.tearing_down():
-                try:
-                    signal.pthread_kill(self._main, self.signum)
-                except (OSError, ValueError):
-                    return
-            if self._done.wait(self.grace):
-                return
-
 
 class _Deadline(KeyboardInterrupt):
     """Raised in the main thread when a run outlives its job_timeout; a KeyboardInterrupt so

@@ -26,6 +26,7 @@ from ..app import App
 from ..childenv import check_config_file
 from ..errors import DmError, UsageError, EXIT_INTERNAL, EXIT_INTERRUPTED
 from ..log import Logger, Progress, terminal_safe
+from .. import stopping
 
 
 class State:
@@ -146,9 +147,7 @@ def handled(app: App | None = None):
         if not asked["stop"]:
             asked["stop"] = True
             app.stop.set()
-            from ..scheduler import STOP_GRACE, Kicker
-
-            asked["kicker"] = Kicker(signum, STOP_GRACE).start()
+            asked["kicker"] = stopping.Kicker(signum, stopping.STOP_GRACE).start()
             return
         if hooks.tearing_down():
             return
