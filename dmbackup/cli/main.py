@@ -25,6 +25,35 @@ from . import (
 )
 from .common import STATE, internal_error
 
+# the libraries whose versions ``--version`` reports (a bug report needs them)
+VERSION_LIBRARIES = ("typer", "smbprotocol", "pyudev", "zstandard", "cryptography", "schedule")
+
+
+def version_text() -> str:
+    """Program, repository format, Python and library versions, one per line. Reads package
+    metadata only: no config, no target, nothing imported just for this."""
+    import platform
+    from importlib import metadata
+
+    from .. import __version__
+    from ..archive import FORMAT_VERSION
+
+    lines = [f"dmbackup {__version__}", f"repository format {FORMAT_VERSION}",
+             f"Python {platform.python_version()} ({platform.python_implementation()})"]
+    for name in VERSION_LIBRARIES:
+        try:
+            v = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            v = "not installed"
+        lines.append(f"{name} {v}")
+    return "\n".join(lines)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
 app = typer.Typer(
     name="dmbackup",
     help="Backup and restore for a Postfix + Dovecot mail appliance.",
@@ -40,6 +69,9 @@ def _root(
         None, "--config", "-c", metavar="FILE",
         help="Config file (default $DMBACKUP_CONFIG or /etc/dmbackup/dmbackup.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No log lines on stderr."),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, expose_value=False,
+        help="Show the program, repository format, Python and library versions and exit."),
 ):
     STATE.config_file = config
     STATE.quiet = quiet
