@@ -50,6 +50,8 @@ SMALL_MAX = 64 * 1024
 # a whole catalog (header + page table) is read into memory: refuse anything larger
 MAX_CATALOG = 256 << 20
 
+_HELD_HERE: set[str] = set()      # locks this process holds now (target + host), see _left_by_us
+
 README_RESTORE = """\
 This disk holds dmbackup backups of the mail server {hostname}.
 
@@ -298,6 +300,7 @@ class Repository:
             try:
                 self.t.create_exclusive("locks/lock", data)
                 self._lock_name = "locks/lock"
+                _HELD_HERE.add(self._lock_key())
                 return
             except AlreadyExists:
                 holder = self._read_lock()
@@ -306,7 +309,7 @@ class Repository:
                         f"the lock file locks/lock on {self.t.describe()} is unreadable (damaged, e.g. by a "
                         "dropped connection while it was written): if no dmbackup run of this appliance "
                         "is active, delete it and run again")
-                if holder is not None and not self._owner_dead(holder):
+                if holder is not None and not self._owner_dead(holder) and not self._left_by_us(holder):
                     raise Locked(
                         f"repository on {self.t.describe()} is locked by {holder.get('purpose', 'a run')} "
                         f"on host {holder.get('host')} (PID {holder.get('pid')}, since {holder.get('time')}); "
@@ -340,8 +343,22 @@ class Repository:
 
     def unlock_repo(self) -> None:
         if self._lock_name:
-            self.t.delete(self._lock_name)
-            self._lock_name = None
+            # the run is over whether or not the delete gets through (a hung target): from now
+            # on a lock file it leaves behind is stale, and the next run of this process breaks it
+            _HELD_HERE.discard(self._lock_key())
+            name, self._lock_name = self._lock_name, None
+            self.t.delete(name)
+
+    def _lock_key(self) -> str:
+        return f"{self.t.describe()}|{self.hostname}"
+
+    def _left_by_us(self, info: dict) -> bool:
+        """A lock of this very process that no run of it holds: an earlier run of the daemon was
+        forced out (job_timeout on a hung target) before it could remove its lock. Its PID is
+        alive -- it is ours -- so without this every later run would wait for ourselves."""
+        return (info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
+                and info.get("boot_id") == boot_id() and info.get("start_ticks") == proc_start_ticks(os.getpid())
+                and self._lock_key() not in _HELD_HERE)
 
     # --- listing ---------------------------------------------------------------------------
     def chains(self) -> list[str]:
