@@ -60,3 +60,42 @@ def test_a_missing_library_is_reported_not_fatal():
     finally:
         main.VERSION_LIBRARIES = old
     assert "dmbackup-no-such-distribution not installed" in text.splitlines()
+
+
+def test_restore_help_shows_the_common_restores(tmp_path):
+    r = dm("restore", "--help", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())            # rich pads and may wrap: compare words
+    assert "Examples:" in out
+    for cmd in (
+        "dmbackup restore --target usb1 --to /var/vmail.new --uid-gap 1000",         # disaster, into a dir
+        "dmbackup restore --target usb1 --at 2026-11-27T23:00 --to /var/vmail.new --uid-gap 1000",
+        "dmbackup restore --resync",
+        "dmbackup restore --target usb1 --overwrite",                                 # into the live store
+        "--resume",
+        "dmbackup restore --target usb1 --mailbox anna@example.it --to /tmp/anna",   # one mailbox
+        "--mailbox anna@example.it --folder Archivio/2024 --to /tmp/a",              # one folder
+        "dmbackup restore --target usb1 --mailbox anna@example.it --at 2026-11-27T23:00",   # live, at a time
+    ):
+        assert cmd in out, f"{cmd!r} missing from restore --help:\n{r.stdout}"
+
+
+def test_every_command_has_examples(tmp_path):
+    wanted = {
+        ("backup",): "dmbackup backup nightly",
+        ("verify",): "dmbackup verify --target usb1 --read-data",
+        ("snapshots",): "dmbackup snapshots --target usb1 --json",
+        ("init",): "dmbackup init usb1",
+        ("prune",): "dmbackup prune --target usb1 --dry-run",
+        ("status",): "dmbackup status --json",
+        ("daemon",): "systemctl enable --now dmbackup.service",
+        ("check-config",): "dmbackup check-config",
+        ("usb", "list"): "dmbackup usb list",
+    }
+    for args, cmd in wanted.items():
+        r = dm(*args, "--help", tmp_path=tmp_path)
+        assert r.returncode == 0, r.stderr
+        out = " ".join(r.stdout.split())
+        assert "Examples:" in out and cmd in out, f"{' '.join(args)} --help:\n{r.stdout}"
+    r = dm("verify", "--help", tmp_path=tmp_path)
+    assert "dmbackup verify --target usb1 --restore-drill" in " ".join(r.stdout.split())

@@ -6,11 +6,22 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, handled, human_bytes, load_app, pick_target, echo
+from .common import emit, examples, handled, human_bytes, load_app, pick_target, echo
+
+EXAMPLES = examples(
+    "Run the job jobs.nightly of the config now (hooks, backup, prune, verify, notify)",
+    "dmbackup backup nightly",
+    "Start a new chain with a full backup",
+    "dmbackup backup nightly --full",
+    "A one-off incremental of the mail store to a target",
+    "dmbackup backup --target usb1",
+    "A config-only bundle (the mailbox target mails it off the box)",
+    "dmbackup backup --target offbox --what config",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("backup")
+    @app.command("backup", epilog=EXAMPLES)
     def backup(
         job: Optional[str] = typer.Argument(None, help="A job from the config ([jobs.NAME])."),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),

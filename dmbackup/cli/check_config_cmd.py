@@ -2,11 +2,16 @@
 
 import typer
 
-from .common import handled, load_app, echo
+from .common import examples, handled, load_app, echo
+
+EXAMPLES = examples(
+    "Check the installed config, or another file",
+    "dmbackup check-config; dmbackup --config /tmp/new.toml check-config",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("check-config")
+    @app.command("check-config", epilog=EXAMPLES)
     def check_config():
         """Validate the config file; exit 2 with the file and field on error."""
         with handled():

@@ -177,6 +177,15 @@ def handled(app: App | None = None):
             signal.signal(signal.SIGTERM, old_term)
 
 
+def examples(*pairs: str) -> str:
+    """A command's ``--help`` epilog: "Examples:" then (what, command) pairs, one per line.
+
+    A blank line between examples (older typers join single newlines, so an example then
+    reads "what: command" on one line). No square brackets: rich would read them as markup."""
+    assert not any("[" in p for p in pairs), "no square brackets in --help examples"
+    return "\n\n".join(["Examples:"] + [f"{what}:\n    {cmd}" for what, cmd in zip(pairs[0::2], pairs[1::2])])
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"

@@ -2,11 +2,16 @@
 
 import typer
 
-from .common import handled, load_app
+from .common import examples, handled, load_app
+
+EXAMPLES = examples(
+    "Normally started by systemd",
+    "systemctl enable --now dmbackup.service",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("daemon")
+    @app.command("daemon", epilog=EXAMPLES)
     def daemon():
         """Run jobs on their schedules (and on USB plug-in) until SIGTERM."""
         with handled():

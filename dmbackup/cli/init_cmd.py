@@ -3,11 +3,16 @@
 import typer
 
 from .. import engine
-from .common import emit, handled, load_app
+from .common import emit, examples, handled, load_app
+
+EXAMPLES = examples(
+    "Create the repository on a new disk, or enrol a disk after a disaster",
+    "dmbackup init usb1",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("init")
+    @app.command("init", epilog=EXAMPLES)
     def init(target: str = typer.Argument(..., help="Target name from the config."),
              json_out: bool = typer.Option(False, "--json", help="Print a JSON summary.")):
         """Create the repository on TARGET (or enrol an existing one on this machine)."""

@@ -5,11 +5,18 @@ from typing import Optional
 import typer
 
 from .. import engine
-from .common import echo, emit, handled, load_app, pick_target
+from .common import echo, emit, examples, handled, load_app, pick_target
+
+EXAMPLES = examples(
+    "What would be deleted",
+    "dmbackup prune --target usb1 --dry-run",
+    "Keep the newest 2 chains",
+    "dmbackup prune --target usb1 --keep-chains 2",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("prune")
+    @app.command("prune", epilog=EXAMPLES)
     def prune(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
               keep_chains: Optional[int] = typer.Option(None, "--keep-chains", min=1,
                                                         help="Override the jobs' keep_chains."),

@@ -7,11 +7,32 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, handled, human_bytes, load_app, pick_target, echo
+from .common import emit, examples, handled, human_bytes, load_app, pick_target, echo
+
+EXAMPLES = examples(
+    "Disaster, the whole newest snapshot into an empty directory (then move it into place)",
+    "dmbackup restore --target usb1 --to /var/vmail.new --uid-gap 1000",
+    "The same, as it was at a time (UTC)",
+    "dmbackup restore --target usb1 --at 2026-11-27T23:00 --to /var/vmail.new --uid-gap 1000",
+    "After the restored store is in place and Dovecot runs on it",
+    "dmbackup restore --resync",
+    "Disaster, straight into the empty live store served by Dovecot",
+    "dmbackup restore --target usb1 --overwrite",
+    "Finish a restore that died half way (disk full, power cut)",
+    "dmbackup restore --target usb1 --to /var/vmail.new --uid-gap 1000 --resume",
+    "One mailbox into a directory",
+    "dmbackup restore --target usb1 --mailbox anna@example.it --to /tmp/anna",
+    "One folder into a directory",
+    "dmbackup restore --target usb1 --mailbox anna@example.it --folder Archivio/2024 --to /tmp/a",
+    "One mailbox into the live server (new folders Restored-DATE/..., nothing live touched)",
+    "dmbackup restore --target usb1 --mailbox anna@example.it --at 2026-11-27T23:00",
+    "The configuration: preflight, then apply",
+    "dmbackup restore --target offbox --what config; dmbackup restore --target offbox --what config --overwrite",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("restore")
+    @app.command("restore", epilog=EXAMPLES)
     def restore(
         snapshot: Optional[str] = typer.Argument(None, help="Snapshot id (default: the newest)."),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),

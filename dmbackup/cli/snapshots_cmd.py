@@ -6,11 +6,18 @@ import typer
 
 from .. import engine
 from ..errors import DmError
-from .common import emit, handled, human_bytes, load_app, echo
+from .common import emit, examples, handled, human_bytes, load_app, echo
+
+EXAMPLES = examples(
+    "Snapshots on every target",
+    "dmbackup snapshots",
+    "One target, as JSON (id, chain, kind, time, files, bytes, stored_bytes, ...)",
+    "dmbackup snapshots --target usb1 --json",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("snapshots")
+    @app.command("snapshots", epilog=EXAMPLES)
     def snapshots(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name (default: all)."),
                   json_out: bool = typer.Option(False, "--json", help="JSON list of snapshots.")):
         """List snapshots: id, chain, kind, time, files, logical and stored bytes."""

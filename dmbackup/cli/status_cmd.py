@@ -2,11 +2,18 @@
 
 import typer
 
-from .common import emit, handled, load_app
+from .common import emit, examples, handled, load_app
+
+EXAMPLES = examples(
+    "A table for people (exit 1 when a job is overdue or failed)",
+    "dmbackup status",
+    "For monitoring (schema: docs/status-json.md)",
+    "dmbackup status --json",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("status")
+    @app.command("status", epilog=EXAMPLES)
     def status(json_out: bool = typer.Option(False, "--json", help="JSON report (schema: docs/status-json.md).")):
         """Per job: last run, result, last success and its age, next run, overdue (exit 1 if any)."""
         with handled():

@@ -2,12 +2,13 @@
 
 import typer
 
-from .common import emit, handled, human_bytes, load_app, echo
+from .common import emit, examples, handled, human_bytes, load_app, echo
 
 usb_app = typer.Typer(help="USB backup disks.", no_args_is_help=True)
 
 
-@usb_app.command("list")
+@usb_app.command("list", epilog=examples("USB partitions, which targets they match, enrolled or not",
+                                         "dmbackup usb list"))
 def usb_list(json_out: bool = typer.Option(False, "--json", help="JSON list.")):
     """List USB partitions with label, UUID, file system and size; mark enrolled ones."""
     with handled():

@@ -6,11 +6,22 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, handled, load_app, pick_target, echo
+from .common import emit, examples, handled, load_app, pick_target, echo
+
+EXAMPLES = examples(
+    "Every snapshot restorable (catalogs, names, extents)",
+    "dmbackup verify --target usb1",
+    "Also read and authenticate every stored byte",
+    "dmbackup verify --target usb1 --read-data",
+    "Restore one mailbox of the newest snapshot to scratch and check it",
+    "dmbackup verify --target usb1 --restore-drill",
+    "The same for a chosen mailbox",
+    "dmbackup verify --target usb1 --restore-drill --mailbox anna@example.it",
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("verify")
+    @app.command("verify", epilog=EXAMPLES)
     def verify(snapshot: Optional[str] = typer.Argument(None, help="Snapshot id (default: all)."),
                target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
                read_data: bool = typer.Option(False, "--read-data", help="Read and authenticate every stored byte."),
