@@ -196,7 +196,10 @@ def _walk(w: _Walker, scan: DirScan) -> Iterator[DirScan]:
                 yield DirScan(_join(scan.rel, "tmp"), subst["tmp"], skip_files=True)
 
             # The folder's own files, listed afresh now: dovecot-uidlist/keywords last.
-            fill(scan)
+            try:
+                fill(scan)
+            except OSError as exc:          # unreadable since: keep what the first listing saw
+                w.warn(f"{scan.rel or '/'} could not be listed again ({exc.strerror}): its first listing is used")
             scan.files.sort(key=lambda f: (f[0] in LAST_FILES,
                                            LAST_FILES.index(f[0]) if f[0] in LAST_FILES else 0, f[0]))
             yield scan
