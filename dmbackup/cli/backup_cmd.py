@@ -69,6 +69,10 @@ def register(app: typer.Typer) -> None:
             else:
                 text = (f"{d.get('kind', what)} snapshot {d.get('id')} on {d.get('target')}: {d.get('files')} files, "
                         f"{human_bytes(d.get('bytes'))}, {human_bytes(d.get('stored_bytes'))} stored")
+                if d.get("duplicate_names_dropped") or d.get("expunged_during_backup"):
+                    # a live store under load: what the capture settled, so nobody wonders
+                    text += (f"; {d.get('duplicate_names_dropped', 0)} message(s) seen under two names kept once, "
+                             f"{d.get('expunged_during_backup', 0)} expunged or moved during the backup left out")
             for w in d.get("warnings", [])[:20]:
                 echo(f"warning: {w}", err=True)
             emit(d, json_out, text)
