@@ -244,6 +244,11 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    textfile: str | None = None         # Prometheus text file, rewritten after every run (dmbackup.monitoring)
+
+
+@dataclass(frozen=True)
 class Config:
     file: str
     hostname: str
@@ -256,6 +261,7 @@ class Config:
     hook_timeout: int = 600
     volume_size: int = 1 * GiB
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     def target(self, name: str):
         try:
@@ -392,6 +398,13 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
     if notify.to and not notify.smtp_host:
         raise n_s.error("smtp_host", "missing; needed to send notifications to " + ", ".join(notify.to))
 
+    m_s = Section(top.table("monitoring", {}), file, "monitoring")
+    monitoring = MonitoringConfig(textfile=m_s.abs_path("textfile", None))
+    m_s.finish()
+    if monitoring.textfile is not None and not monitoring.textfile.endswith(".prom"):
+        raise m_s.error("textfile", f"expected a file name ending in .prom (node_exporter's textfile collector reads "
+                                    f"only those), got {monitoring.textfile!r}")
+
     volume_size = top.size("volume_size", 1 * GiB)
     if volume_size < 1 * MiB or volume_size >= 4 * GiB:
         raise top.error("volume_size", "must be between 1M and 4G (exclusive)")
@@ -407,6 +420,7 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
         hook_timeout=top.int("hook_timeout", 600, min=1),
         volume_size=volume_size,
         notify=notify,
+        monitoring=monitoring,
     )
     top.finish()
     return cfg

@@ -11,7 +11,8 @@ call, so a job behaves the same however it was started:
    "quick" or "read-data"; then ``engine.drill.restore_drill(app, target, snapshot=<new>)``
    when ``drill_after``: one mailbox of the new snapshot restored to scratch and checked;
 5. post-backup hooks (they see the final ``DMBACKUP_STATUS``), on-failure hooks on failure;
-6. the run is recorded in ``State`` (``runs.json``) and, on failure (or on success with
+6. the run is recorded in ``State`` (``runs.json``), the Prometheus textfile is rewritten
+   when ``[monitoring] textfile`` is set (``dmbackup.monitoring``) and, on failure (or on success with
    ``[notify] on_success``), mailed to the administrator with the last log lines.
 
 Outcomes: "ok" (exit 0), "warning" (exit 1: the snapshot is committed but something needs a
@@ -103,6 +104,8 @@ class JobResult:
             "trigger": self.trigger,
             "target": self.target,
             "what": self.what,
+            # bytes the backup wrote to the target (the Prometheus textfile reports them)
+            "stored_bytes": (self.backup or {}).get("stored_bytes"),
         }
 
 
@@ -186,6 +189,10 @@ def run_job(app, job_name: str, *, clock: Clock = utc_now, trigger: str | None =
         app.state.record_run(job.name, res.record())
     except OSError as exc:
         app.log.error("state_write_failed", job=job.name, error=str(exc))
+    if getattr(getattr(app.config, "monitoring", None), "textfile", None):
+        from . import monitoring     # never fails the run: a problem is a logged warning
+
+        monitoring.after_job(app, res)
     if send_notifications:
         res.notified = notify.notify_job_result(app, res, run_log_lines(app, wall_start))
     if unexpected is not None:

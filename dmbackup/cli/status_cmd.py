@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import emit, examples, handled, load_app
+from .common import echo, emit, examples, handled, load_app
 
 EXAMPLES = examples(
     "A table for people (exit 1 when a job is overdue or failed)",
@@ -22,6 +22,12 @@ def register(app: typer.Typer) -> None:
             from .. import status as status_mod
 
             report = status_mod.status(a)
+            if a.config.monitoring.textfile:
+                from .. import monitoring
+
+                problem = monitoring.after_status(a, report)
+                if problem:
+                    echo(f"warning: {problem}", err=True)
             emit(report, json_out, status_mod.render_text(report) if hasattr(status_mod, "render_text") else None)
             if not json_out and not hasattr(status_mod, "render_text"):
                 emit(report, True)
