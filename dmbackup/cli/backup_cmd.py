@@ -6,7 +6,7 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, examples, handled, human_bytes, load_app, pick_target, echo
+from .common import complete_job, complete_target, emit, examples, handled, human_bytes, load_app, pick_target, echo
 
 EXAMPLES = examples(
     "Run the job jobs.nightly of the config now (hooks, backup, prune, verify, notify)",
@@ -23,8 +23,10 @@ EXAMPLES = examples(
 def register(app: typer.Typer) -> None:
     @app.command("backup", epilog=EXAMPLES)
     def backup(
-        job: Optional[str] = typer.Argument(None, help="A job from the config ([jobs.NAME])."),
-        target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
+        job: Optional[str] = typer.Argument(None, help="A job from the config ([jobs.NAME]).",
+                                            autocompletion=complete_job),
+        target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name.",
+                                              autocompletion=complete_target),
         what: str = typer.Option("mail", "--what", help="mail or config."),
         full: bool = typer.Option(False, "--full", help="Start a new chain with a full backup."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),

@@ -186,6 +186,31 @@ def examples(*pairs: str) -> str:
     return "\n\n".join(["Examples:"] + [f"{what}:\n    {cmd}" for what, cmd in zip(pairs[0::2], pairs[1::2])])
 
 
+def _config_for_completion(ctx) -> "config_mod.Config | None":
+    """The config named by --config (or the default) while the shell completes a word; None
+    when it cannot be read (e.g. not root): completion then offers no names, never an error."""
+    path = None
+    while ctx is not None and path is None:
+        path = (ctx.params or {}).get("config")
+        ctx = ctx.parent
+    try:
+        return config_mod.load(path)
+    except Exception:
+        return None
+
+
+def complete_target(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of target names (``--target``, ``init TARGET``)."""
+    cfg = _config_for_completion(ctx)
+    return [n for n in sorted(cfg.targets) if n.startswith(incomplete)] if cfg else []
+
+
+def complete_job(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of job names (``backup JOB``)."""
+    cfg = _config_for_completion(ctx)
+    return [n for n in sorted(cfg.jobs) if n.startswith(incomplete)] if cfg else []
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"

@@ -3,7 +3,7 @@
 import typer
 
 from .. import engine
-from .common import emit, examples, handled, load_app
+from .common import complete_target, emit, examples, handled, load_app
 
 EXAMPLES = examples(
     "Create the repository on a new disk, or enrol a disk after a disaster",
@@ -13,7 +13,8 @@ EXAMPLES = examples(
 
 def register(app: typer.Typer) -> None:
     @app.command("init", epilog=EXAMPLES)
-    def init(target: str = typer.Argument(..., help="Target name from the config."),
+    def init(target: str = typer.Argument(..., help="Target name from the config.",
+                                           autocompletion=complete_target),
              json_out: bool = typer.Option(False, "--json", help="Print a JSON summary.")):
         """Create the repository on TARGET (or enrol an existing one on this machine)."""
         with handled():

@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 warnings, 2 usage/config, 3 failed (nothing committed), 4 da
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import typer
@@ -83,9 +84,18 @@ for mod in (init_cmd, backup_cmd, snapshots_cmd, verify_cmd, restore_cmd, prune_
 app.add_typer(usb_cmd.usb_app, name="usb")
 
 
+COMPLETE_VAR = "_DMBACKUP_COMPLETE"    # set by the bash completion (packaging/bash-completion/dmbackup)
+
+
 def main() -> None:
+    if COMPLETE_VAR in os.environ:
+        # typer registers its shell classes only with add_completion, which would add
+        # --install-completion to every help; register them only when a shell asks
+        from typer.completion import completion_init
+
+        completion_init()
     try:
-        app()
+        app(complete_var=COMPLETE_VAR)     # the same variable however dmbackup was started
     except Exception as exc:
         # a bug outside a command body (option parsing, typer itself): still exit 70, one line
         try:

@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from .. import engine
-from .common import echo, emit, examples, handled, load_app, pick_target
+from .common import complete_target, echo, emit, examples, handled, load_app, pick_target
 
 EXAMPLES = examples(
     "What would be deleted",
@@ -17,7 +17,8 @@ EXAMPLES = examples(
 
 def register(app: typer.Typer) -> None:
     @app.command("prune", epilog=EXAMPLES)
-    def prune(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
+    def prune(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name.",
+                                              autocompletion=complete_target),
               keep_chains: Optional[int] = typer.Option(None, "--keep-chains", min=1,
                                                         help="Override the jobs' keep_chains."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be deleted."),

@@ -7,7 +7,7 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, examples, handled, human_bytes, load_app, pick_target, echo
+from .common import complete_target, emit, examples, handled, human_bytes, load_app, pick_target, echo
 
 EXAMPLES = examples(
     "Disaster, the whole newest snapshot into an empty directory (then move it into place)",
@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
     @app.command("restore", epilog=EXAMPLES)
     def restore(
         snapshot: Optional[str] = typer.Argument(None, help="Snapshot id (default: the newest)."),
-        target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
+        target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name.",
+                                              autocompletion=complete_target),
         at: Optional[str] = typer.Option(None, "--at", help="Newest snapshot at or before TIME (ISO 8601, UTC)."),
         what: str = typer.Option("mail", "--what", help="mail or config."),
         mailbox: Optional[str] = typer.Option(None, "--mailbox", help="Only this mailbox (USER@DOMAIN)."),

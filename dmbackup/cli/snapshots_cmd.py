@@ -6,7 +6,7 @@ import typer
 
 from .. import engine
 from ..errors import DmError
-from .common import emit, examples, handled, human_bytes, load_app, echo
+from .common import complete_target, emit, examples, handled, human_bytes, load_app, echo
 
 EXAMPLES = examples(
     "Snapshots on every target",
@@ -18,7 +18,8 @@ EXAMPLES = examples(
 
 def register(app: typer.Typer) -> None:
     @app.command("snapshots", epilog=EXAMPLES)
-    def snapshots(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name (default: all)."),
+    def snapshots(target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name (default: all).",
+                                              autocompletion=complete_target),
                   json_out: bool = typer.Option(False, "--json", help="JSON list of snapshots.")):
         """List snapshots: id, chain, kind, time, files, logical and stored bytes."""
         with handled():

@@ -6,7 +6,7 @@ import typer
 
 from .. import engine
 from ..errors import UsageError
-from .common import emit, examples, handled, load_app, pick_target, echo
+from .common import complete_target, emit, examples, handled, load_app, pick_target, echo
 
 EXAMPLES = examples(
     "Every snapshot restorable (catalogs, names, extents)",
@@ -23,7 +23,8 @@ EXAMPLES = examples(
 def register(app: typer.Typer) -> None:
     @app.command("verify", epilog=EXAMPLES)
     def verify(snapshot: Optional[str] = typer.Argument(None, help="Snapshot id (default: all)."),
-               target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name."),
+               target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name.",
+                                              autocompletion=complete_target),
                read_data: bool = typer.Option(False, "--read-data", help="Read and authenticate every stored byte."),
                json_out: bool = typer.Option(False, "--json", help="Print a JSON report."),
                restore_drill: bool = typer.Option(
