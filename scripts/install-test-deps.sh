@@ -26,6 +26,7 @@ DEBS=(
   nfs-ganesha nfs-ganesha-vfs libnfs13 libnfs-utils rpcbind        # NFS server + userspace client
   iproute2 util-linux openssl systemd zstd tar procps              # tools used by tests
   shellcheck curl tzdata                                           # hook script checks, DST tests
+  dpkg-dev binutils python3 python3-venv lintian man-db bash-completion   # .deb build + install test (tests/packaging)
 )
 need=()
 for p in "${DEBS[@]}"; do
