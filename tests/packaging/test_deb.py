@@ -249,7 +249,15 @@ def test_install_run_upgrade_remove_purge(debs, clean_machine, tmp_path):
     for wants in Path("/etc/systemd/system").glob("*.wants"):
         assert not list(wants.glob("dmbackup*")), f"the package enabled something: {wants}"
 
-    # --- the program
+    # --- the program: Debian's interpreter (not the build machine's pyenv), isolated from
+    # the caller's PYTHONPATH
+    assert os.path.realpath("/usr/lib/dmbackup/venv/bin/python3").startswith("/usr/bin/python3")
+    assert "home = /usr/bin" in Path("/usr/lib/dmbackup/venv/pyvenv.cfg").read_text()
+    decoy = tmp_path / "decoy"
+    (decoy / "dmbackup").mkdir(parents=True)
+    (decoy / "dmbackup" / "__init__.py").write_text("raise SystemExit('decoy dmbackup imported')\n")
+    r = run(["/usr/bin/dmbackup", "--help"], env={"PYTHONPATH": str(decoy)}, cwd=decoy)
+    assert "restore" in r.stdout
     h = dm("--help")
     assert "restore" in h.stdout and "backup" in h.stdout and h.stdout.lstrip().lower().startswith("usage: dmbackup")
     v = dm("--version", check=False)
