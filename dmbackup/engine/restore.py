@@ -337,20 +337,33 @@ class TreeRestorer:
             self.result.files += 1
             self.result.bytes += e.size
             return
-        fd = self._create(dfd, path_rel, e.name)
         h = hashlib.sha256()
-        written = 0
-        try:
+
+        def blocks():
             for ext in e.extents:
                 data = self.reader.extent(self.ref.chain, ext)
                 h.update(data)
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                written += len(data)
+                yield data
+
+        def check(written: int) -> None:
             if written != e.size or h.hexdigest() != e.hash:
                 raise CorruptObject(f"{path_rel}: restored content does not match its recorded hash")
+
+        self._write(dfd, path_rel, e, blocks(), check)
+
+    def _write(self, dfd: int, path_rel: str, e: Entry, chunks, check=None) -> None:
+        """Create ``e`` (O_EXCL, no symlink), write ``chunks``, check, set owner/mode/mtime; a
+        file that fails anywhere is removed, never left half-written."""
+        fd = self._create(dfd, path_rel, e.name)
+        written = 0
+        try:
+            for data in chunks:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                written += len(data)
+            if check is not None:
+                check(written)
             self._finish(fd, e)
         except BaseException:
             os.close(fd)
@@ -399,19 +412,7 @@ class TreeRestorer:
                 os.unlink(e.name, dir_fd=dfd)
             except FileNotFoundError:
                 pass
-        fd = self._create(dfd, path_rel, e.name)
-        try:
-            view = memoryview(raised)
-            while view:
-                view = view[os.write(fd, view):]
-            self._finish(fd, e)
-        except BaseException:
-            os.close(fd)
-            os.unlink(e.name, dir_fd=dfd)
-            raise
-        os.close(fd)
-        self.result.files += 1
-        self.result.bytes += len(raised)
+        self._write(dfd, path_rel, e, [raised])
 
     def _unnumbered(self, folder: str, uidlist: bytes) -> bool:
         """Does this folder hold a message its uidlist gives no UID (delivered to new/ while the
