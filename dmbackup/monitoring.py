@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from datetime import datetime
 
 from .jobs import iso, parse_iso, utc_now
+from .state import write_atomic
 
 CACHE = "monitoring.json"       # in state_dir: {"targets": {name: {"snapshots": n, "time": iso}}}
 
@@ -105,25 +105,6 @@ def render(report: dict, runs: dict, counts: dict, now: datetime) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Replace ``path`` with ``text``: a temporary file in the same directory, fsync, rename, 0644."""
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _counts(app) -> dict:
     c = app.state.read_json(CACHE).get("targets")
     return {k: v for k, v in c.items() if k in app.config.targets and isinstance(v, dict)} \
@@ -150,7 +131,7 @@ def write(app, report: dict | None = None, *, now: datetime | None = None) -> st
         if not os.path.isdir(d):
             why = f"its directory {d} does not exist (is node_exporter's textfile collector set up?)"
         else:
-            write_atomic(path, text)
+            write_atomic(path, text, mode=0o644)     # node_exporter reads it as another user
             return None
     except OSError as exc:
         why = exc.strerror or str(exc)

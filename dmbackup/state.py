@@ -54,19 +54,7 @@ class State:
         if not os.path.isdir(self.dir):
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             os.chmod(self.dir, 0o700)          # makedirs' mode is filtered by the umask
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(name))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(self._path(name), json.dumps(data, indent=1, sort_keys=True))
 
     # --- enrolled repositories -----------------------------------------------------------
     def enrolled(self, target: str) -> list[str]:
@@ -147,3 +135,22 @@ class State:
                 jobs[job] = record
                 data["jobs"] = jobs
             self._write("drills.json", data)
+
+
+def write_atomic(path: str, text: str, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text``: a temporary file in the same directory, fsync, rename.
+    Readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
