@@ -1,3 +1,3 @@
-from .cli.main import main
+from dmbackup.cli.main import main
 
 main()

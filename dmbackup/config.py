@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from dmbackup.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/dmbackup/dmbackup.toml"
 DEFAULT_CONFIG_PATHS = (
@@ -245,7 +245,7 @@ class NotifyConfig:
 
 @dataclass(frozen=True)
 class MonitoringConfig:
-    textfile: str | None = None         # Prometheus text file, rewritten after every run (dmbackup.monitoring)
+    textfile: str | None = None         # Prometheus text file, rewritten after every run (dmbackup.daemon.monitoring)
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,7 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=file) from None
 
-    from .targets import registry   # late: targets import config helpers
+    from dmbackup.targets import registry   # late: targets import config helpers
 
     top = Section(data, file, "")
     hostname = top.str("hostname", None) or socket.gethostname()
@@ -372,7 +372,7 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
             raise s.error("drill_after", "a restore drill restores a mailbox: it needs what = \"mail\"")
         registry.check_job_target(job, targets[job.target], file)
         if job.schedule is not None:
-            from .schedule_spec import parse_schedule
+            from dmbackup.daemon.schedule_spec import parse_schedule
 
             try:
                 parse_schedule(job.schedule)

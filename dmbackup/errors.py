@@ -5,7 +5,7 @@ administrator sees (what is wrong and what to do). The CLI prints ``str(err)`` a
 ``err.exit_code``; it never shows a traceback for a DmError. Warnings are not raised: they are
 collected by the operation (see ``Outcome``) and turn a success into exit 1.
 
-Exit codes (stable, documented in README.md, tested in tests/test_exit_codes.py):
+Exit codes (stable, documented in README.md, tested in tests/cli/test_exit_codes.py):
   0 ok · 1 done with warnings · 2 usage or config error · 3 operation failed, nothing
   committed · 4 verify found damage · 5 locked by another run · 6 wrong passphrase or key ·
   7 target unavailable · 70 internal error (a bug: one line on stderr, the traceback in the

@@ -2,7 +2,7 @@
 # Regenerate packaging/bash-completion/dmbackup (or the file given as $1) from the CLI itself:
 # typer/click's bash completion, a small function that calls back into `dmbackup` with
 # _DMBACKUP_COMPLETE=complete_bash, so commands, options and the target and job names of the
-# config always match the installed program. tests/test_completion.py checks that the
+# config always match the installed program. tests/cli/test_completion.py checks that the
 # committed file is what this script prints and that it completes in a real bash.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)

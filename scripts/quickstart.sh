@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/pip-install.sh -e .
-exec "${PYTHON:-python3}" -m dmbackup.demo "$@"
+exec "${PYTHON:-python3}" -m dmbackup.quickstart.demo "$@"

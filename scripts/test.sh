@@ -13,5 +13,5 @@ run "$PY" -m pytest -q -p no:cacheprovider tests
 # 2. the udev-emulation suite runs under umockdev's LD_PRELOAD, in a process of its own
 #    (the NFS suite needs a private network namespace: tests/nfs/test_in_netns.py runs it
 #    from step 1)
-run tests/usb/run-umockdev-tests.sh -q
+run tests/system/usb/run-umockdev-tests.sh -q
 exit $status

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from dmbackup import crypto
+from dmbackup.archive import crypto
 from tests.world import World
 
 

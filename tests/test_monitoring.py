@@ -17,12 +17,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.world import base_config
-from dmbackup import engine, monitoring
-from dmbackup.app import App
+from dmbackup import engine
+from dmbackup.daemon import monitoring
+from dmbackup.context import App
 from dmbackup.config import load
-from dmbackup.jobs import run_job
+from dmbackup.daemon.jobs import run_job
 from dmbackup.log import Logger
-from dmbackup.scheduler import SchedulerState
+from dmbackup.daemon.scheduler import SchedulerState
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "status-json.md"

@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.world import base_config
-from dmbackup import engine, status
-from dmbackup.app import App
+from dmbackup import engine
+from dmbackup.daemon import status
+from dmbackup.context import App
 from dmbackup.config import load
-from dmbackup.jobs import run_job
+from dmbackup.daemon.jobs import run_job
 from dmbackup.log import Logger
-from dmbackup.scheduler import SchedulerState
+from dmbackup.daemon.scheduler import SchedulerState
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "status-json.md"
 UTC = timezone.utc

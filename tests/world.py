@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typer.testing import CliRunner
 
 from dmbackup.cli.main import app as cli_app
-from dmbackup.sample import generate
+from dmbackup.quickstart.sample import generate
 
 PASSPHRASE = "correct horse battery staple"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,7 @@
 Layout on a target (``<target root>/dmbackup/<hostname>/``)::
 
     repo.json                      format version, repository id, creation time, encryption, MAC
-    keys/master.json               master key wrapped by the passphrase (see dmbackup.crypto)
+    keys/master.json               master key wrapped by the passphrase (see dmbackup.archive.crypto)
     README-RESTORE.txt             plain words for the person holding the disk
     locks/lock                     the one writer: host, PID, boot id, start time (JSON)
     chains/<chain>/                a full snapshot and its incrementals: the unit of retention
@@ -11,7 +11,7 @@ Layout on a target (``<target root>/dmbackup/<hostname>/``)::
         <snap>.pages               sealed directory pages written by this snapshot (if any)
         <snap>.index               content index of what this snapshot stored (if any)
         <snap>.catalog             written LAST; its presence is what makes the snapshot exist
-    config/<snap>.bundle           config-only bundles (see dmbackup.bundle)
+    config/<snap>.bundle           config-only bundles (see dmbackup.archive.bundle)
 
 repo.json. ``{"format": 1, "id": 32 hex digits, "created": ISO time, "hostname": ...,
 "encryption": "aes-256-gcm" | "none", "mac": hex}``. ``mac`` is HMAC-SHA256 under a key

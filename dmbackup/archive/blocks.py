@@ -17,16 +17,13 @@ from typing import Callable
 
 import zstandard
 
-from ..errors import CorruptObject, NotFound, OperationFailed
-from . import BLOCK_SIZE
-from .catalog import decompress
+from dmbackup.errors import CorruptObject, NotFound, OperationFailed
+from dmbackup.archive import BLOCK_SIZE
+from dmbackup.archive.catalog import decompress
+from dmbackup.archive.layout import block_aad
 
 FRAME = struct.Struct("<I")
 ZLEVEL = 3
-
-
-def block_aad(repo_id: str, chain: str, volume: str, offset: int) -> bytes:
-    return f"{repo_id}|blk|{chain}|{volume}|{offset}".encode()
 
 
 class BlockWriter:

@@ -15,13 +15,12 @@ from typing import Any
 
 import zstandard
 
-from ..errors import CorruptObject
-from . import BLOCK_SIZE, CATALOG_MAGIC, FORMAT_VERSION
+from dmbackup.archive.layout import OBJECT_RE, VOLUME_RE, body_aad, head_aad, index_aad, page_aad  # noqa: F401 (re-exported)
+from dmbackup.errors import CorruptObject
+from dmbackup.archive import BLOCK_SIZE, CATALOG_MAGIC, FORMAT_VERSION
 
 U32 = struct.Struct("<I")
 TYPES = ("f", "d", "l")
-VOLUME_RE = re.compile(r"^\d{8}T\d{6}Z-(full|inc)\.v\d{4}$")
-OBJECT_RE = re.compile(r"^\d{8}T\d{6}Z-(full|inc)\.(v\d{4}|pages|index)$")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 MAX_ID = (1 << 32) - 2          # uid_t/gid_t; 0xFFFFFFFF means "unchanged" to chown
 MAX_PAGE_PLAIN = 64 << 20
@@ -34,18 +33,6 @@ MAX_RATIO = 256
 MAX_HEADER = 16 << 20           # a sealed catalog header (its volume list) is far smaller
 # a sealed block: zstd's worst case for 4 MiB (plus its frame) and the seal's overhead
 MAX_SEALED_BLOCK = BLOCK_SIZE + (BLOCK_SIZE >> 7) + 4096
-
-
-def head_aad(repo_id: str, chain: str, snap: str) -> bytes:
-    return f"{repo_id}|cat-head|{chain}|{snap}".encode()
-
-
-def body_aad(repo_id: str, chain: str, snap: str) -> bytes:
-    return f"{repo_id}|cat-body|{chain}|{snap}".encode()
-
-
-def page_aad(repo_id: str, chain: str, owner: str, offset: int) -> bytes:
-    return f"{repo_id}|page|{chain}|{owner}|{offset}".encode()
 
 
 def dumps(obj: Any) -> bytes:
@@ -346,16 +333,12 @@ def decode_rows(raw: Any, what: str) -> list[PageRow]:
     return rows
 
 
-def index_aad(repo_id: str, chain: str, snap: str) -> bytes:
-    return f"{repo_id}|index|{chain}|{snap}".encode()
-
-
 def encode_index(builder, sealer, repo_id: str, chain: str, snap: str) -> bytes:
     return sealer.seal(compress(builder.encode()), index_aad(repo_id, chain, snap))
 
 
 def decode_index(data: bytes, sealer, repo_id: str, chain: str, snap: str):
-    from .contentindex import Index
+    from dmbackup.archive.contentindex import Index
 
     what = f"content index {chain}/{snap}"
     return Index(decompress(sealer.open(data, index_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN), what)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import struct
 
-from ..errors import CorruptObject
+from dmbackup.errors import CorruptObject
 
 MAGIC = b"DMIDX1\n"
 REC = struct.Struct("<16sHQIII")

@@ -20,13 +20,14 @@ import socket
 import struct
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from .. import crypto
-from ..errors import CorruptObject, Locked, NoRepository, NotFound, OperationFailed, WrongRepository
-from ..targets.base import AlreadyExists, PrefixedTarget, Target, is_temporary
-from . import CATALOG_MAGIC, FORMAT_VERSION
-from .catalog import (
+from dmbackup import utctime
+from dmbackup.archive import crypto
+from dmbackup.errors import CorruptObject, Locked, NoRepository, NotFound, OperationFailed, WrongRepository
+from dmbackup.targets.base import AlreadyExists, PrefixedTarget, Target, is_temporary
+from dmbackup.archive import CATALOG_MAGIC, FORMAT_VERSION
+from dmbackup.archive.layout import CHAIN_RE, SNAP_RE  # noqa: F401 (re-exported)
+from dmbackup.archive.catalog import (
     Header,
     PageRow,
     apply_delta,
@@ -41,8 +42,6 @@ from .catalog import (
     MAX_PAGE_PLAIN,
 )
 
-CHAIN_RE = re.compile(r"^(\d{4})-(\d{8}T\d{6}Z)$")
-SNAP_RE = re.compile(r"^(\d{8}T\d{6}Z)-(full|inc)$")
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # Small files are read with a cap: a repo.json, key file or lock that is a link to /dev/zero
 # or a multi-gigabyte file must not be read whole.
@@ -82,18 +81,6 @@ Layout: chains/<chain>/ holds one full snapshot and its incrementals; a snapshot
 when its .catalog file exists. keys/ holds the master key, encrypted with the passphrase:
 without the passphrase nothing here can be read. Do not edit or move files by hand.
 """
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def snap_time(t: datetime) -> str:
-    return t.strftime("%Y%m%dT%H%M%SZ")
-
-
-def iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def boot_id() -> str:
@@ -195,7 +182,7 @@ class Repository:
                                       "refusing to replace the key of existing backups") from None
         self.t.put("README-RESTORE.txt", README_RESTORE.format(hostname=self.hostname).encode())
         self.keys = crypto.Keys(master)
-        meta = {"format": FORMAT_VERSION, "id": repo_id, "created": iso(utc_now()),
+        meta = {"format": FORMAT_VERSION, "id": repo_id, "created": utctime.iso(utctime.utc_now()),
                 "hostname": self.hostname, "encryption": "aes-256-gcm" if encrypted else "none"}
         if encrypted:
             meta["mac"] = self.keys.meta_mac(meta)
@@ -283,7 +270,7 @@ class Repository:
         a repository from before repo.json had a MAC): the id, the key's encryption, a MAC."""
         assert self.meta is not None and self.keys is not None
         meta = {"format": FORMAT_VERSION, "id": self.id,
-                "created": self.meta.get("created") if isinstance(self.meta.get("created"), str) else iso(utc_now()),
+                "created": self.meta.get("created") if isinstance(self.meta.get("created"), str) else utctime.iso(utctime.utc_now()),
                 "hostname": self.hostname, "encryption": "aes-256-gcm" if self.keys.encrypted else "none"}
         if self.keys.encrypted:
             meta["mac"] = self.keys.meta_mac(meta)
@@ -294,7 +281,7 @@ class Repository:
     # --- locking ---------------------------------------------------------------------------
     def lock(self, purpose: str) -> None:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id(),
-                "start_ticks": proc_start_ticks(os.getpid()), "time": iso(utc_now()), "purpose": purpose}
+                "start_ticks": proc_start_ticks(os.getpid()), "time": utctime.iso(utctime.utc_now()), "purpose": purpose}
         data = json.dumps(info).encode()
         for _ in range(2):
             try:

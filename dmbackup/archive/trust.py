@@ -13,8 +13,8 @@ first successful unlock (trust on first use) and logged.
 
 from __future__ import annotations
 
-from ..errors import DmError, WrongRepository
-from .repository import Repository
+from dmbackup.errors import DmError, WrongRepository
+from dmbackup.archive.repository import Repository
 
 
 def _mode_words(mode: str | None) -> str:
@@ -111,7 +111,7 @@ def enrol(app, repo: Repository, target_name: str, *, created: bool) -> dict:
            "created": repo.meta.get("created"), "mac": repo.meta_mac == "ok",
            "newest": ({"chain": newest.chain, "seq": newest.header.seq, "id": newest.id,
                        "time": newest.header.time} if newest else None)}
-    from ..configbackup import _repo_bundle_names   # late: configbackup imports the engine
+    from dmbackup.engine.configbundle import _repo_bundle_names   # late: configbackup imports the engine
 
     committed = {x.id for x in snaps} | {b for _, b, _ in repo.damaged}
     bundles = [n for n, _ in _repo_bundle_names(repo) if n.endswith("-config") or n in committed]

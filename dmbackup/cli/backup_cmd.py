@@ -4,9 +4,10 @@ from typing import Optional
 
 import typer
 
-from .. import engine
-from ..errors import UsageError
-from .common import complete_job, complete_target, emit, examples, handled, human_bytes, load_app, pick_target, echo
+from dmbackup import engine
+from dmbackup.errors import UsageError
+from dmbackup import humanize
+from dmbackup.cli.common import complete_job, complete_target, emit, examples, handled, load_app, pick_target, echo
 
 EXAMPLES = examples(
     "Run the job jobs.nightly of the config now (hooks, backup, prune, verify, notify)",
@@ -47,8 +48,7 @@ def register(app: typer.Typer) -> None:
                     raise UsageError("give either a JOB or --target, not both")
                 res = _run_job(a, job, full)
             else:
-                from .. import hooks
-
+                from dmbackup.engine import hooks
                 tname = pick_target(a, target)
                 ctx = hooks.HookContext(action="backup", target=tname, what=what)
                 res = None
@@ -64,13 +64,13 @@ def register(app: typer.Typer) -> None:
             if "job" in d:        # a job run: its backup summary is nested
                 b = d.get("backup") or {}
                 text = (f"job {d['job']}: {d['status']}" + (f", snapshot {d['snapshot_id']}" if d.get("snapshot_id") else "")
-                        + (f" ({b.get('files')} files, {human_bytes(b.get('bytes'))}, "
-                           f"{human_bytes(b.get('stored_bytes'))} stored)" if b.get("files") is not None else ""))
+                        + (f" ({b.get('files')} files, {humanize.size(b.get('bytes'))}, "
+                           f"{humanize.size(b.get('stored_bytes'))} stored)" if b.get("files") is not None else ""))
                 if d.get("error"):
                     echo(f"dmbackup: {d['error']}", err=True)
             else:
                 text = (f"{d.get('kind', what)} snapshot {d.get('id')} on {d.get('target')}: {d.get('files')} files, "
-                        f"{human_bytes(d.get('bytes'))}, {human_bytes(d.get('stored_bytes'))} stored")
+                        f"{humanize.size(d.get('bytes'))}, {humanize.size(d.get('stored_bytes'))} stored")
                 if d.get("duplicate_names_dropped") or d.get("expunged_during_backup"):
                     # a live store under load: what the capture settled, so nobody wonders
                     text += (f"; {d.get('duplicate_names_dropped', 0)} message(s) seen under two names kept once, "
@@ -84,9 +84,9 @@ def register(app: typer.Typer) -> None:
 
 def _on_plug(a, device: str, json_out: bool) -> int:
     """Jobs with on_plug = true whose USB target is this disk; the worst exit code wins."""
-    from ..jobs import run_job
-    from ..scheduler import daemon_running
-    from ..targets.usb import on_plug_jobs
+    from dmbackup.daemon.jobs import run_job
+    from dmbackup.daemon.scheduler import daemon_running
+    from dmbackup.targets.usb import on_plug_jobs
 
     if daemon_running(a.config.state_dir):
         echo(f"the dmbackup daemon is running and handles plug-ins: nothing to do for {device}")
@@ -109,7 +109,7 @@ def _on_plug(a, device: str, json_out: bool) -> int:
 def _run_job(a, job_name: str, full: bool):
     job = a.config.job(job_name)
     try:
-        from ..jobs import run_job
+        from dmbackup.daemon.jobs import run_job
     except ImportError:
         return engine.backup(a, job.target, what=job.what, full=full, job=job)
     return run_job(a, job_name, full=full)

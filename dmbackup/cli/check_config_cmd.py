@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import examples, handled, load_app, echo
+from dmbackup.cli.common import examples, handled, load_app, echo
 
 EXAMPLES = examples(
     "Check the installed config, or another file",

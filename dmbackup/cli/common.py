@@ -21,14 +21,12 @@ from contextlib import contextmanager
 import click
 import typer
 
-from .. import config as config_mod
-from ..app import App
-from ..childenv import check_config_file
-from ..errors import DmError, UsageError, EXIT_INTERNAL, EXIT_INTERRUPTED
-from ..log import Logger, Progress, terminal_safe
-from .. import stopping
-
-
+from dmbackup import config as config_mod
+from dmbackup.context import App
+from dmbackup.system.childenv import check_config_file
+from dmbackup.errors import DmError, UsageError, EXIT_INTERNAL, EXIT_INTERRUPTED
+from dmbackup.log import Logger, Progress, terminal_safe
+from dmbackup.system import stopping
 class State:
     config_file: str | None = None
     quiet: bool = False
@@ -45,7 +43,7 @@ def load_app(*, progress: bool = False, json_out: bool = False) -> App:
     prog = Progress()
     app = App(cfg, log=log, progress=prog)
     if progress and tty and not json_out and not STATE.quiet:
-        from .progress import attach
+        from dmbackup.cli.progress import attach
 
         attach(prog)
     return app
@@ -142,8 +140,7 @@ def handled(app: App | None = None):
     asked: dict = {"stop": False, "kicker": None}
 
     def on_int(signum, frame):
-        from .. import hooks
-
+        from dmbackup.engine import hooks
         if not asked["stop"]:
             asked["stop"] = True
             app.stop.set()
@@ -209,13 +206,3 @@ def complete_job(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of job names (``backup JOB``)."""
     cfg = _config_for_completion(ctx)
     return [n for n in sorted(cfg.jobs) if n.startswith(incomplete)] if cfg else []
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import examples, handled, load_app
+from dmbackup.cli.common import examples, handled, load_app
 
 EXAMPLES = examples(
     "Normally started by systemd",
@@ -16,6 +16,5 @@ def register(app: typer.Typer) -> None:
         """Run jobs on their schedules (and on USB plug-in) until SIGTERM."""
         with handled():
             a = load_app()
-            from .. import scheduler
-
+            from dmbackup.daemon import scheduler
             raise typer.Exit(scheduler.run_daemon(a))

@@ -2,8 +2,8 @@
 
 import typer
 
-from .. import engine
-from .common import complete_target, emit, examples, handled, load_app
+from dmbackup import engine
+from dmbackup.cli.common import complete_target, emit, examples, handled, load_app
 
 EXAMPLES = examples(
     "Create the repository on a new disk, or enrol a disk after a disaster",

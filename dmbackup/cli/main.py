@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from . import (
+from dmbackup.cli import (
     backup_cmd,
     check_config_cmd,
     daemon_cmd,
@@ -24,7 +24,7 @@ from . import (
     usb_cmd,
     verify_cmd,
 )
-from .common import STATE, internal_error
+from dmbackup.cli.common import STATE, internal_error
 
 # the libraries whose versions ``--version`` reports (a bug report needs them)
 VERSION_LIBRARIES = ("typer", "smbprotocol", "pyudev", "zstandard", "cryptography", "schedule")
@@ -36,8 +36,8 @@ def version_text() -> str:
     import platform
     from importlib import metadata
 
-    from .. import __version__
-    from ..archive import FORMAT_VERSION
+    from dmbackup import __version__
+    from dmbackup.archive import FORMAT_VERSION
 
     lines = [f"dmbackup {__version__}", f"repository format {FORMAT_VERSION}",
              f"Python {platform.python_version()} ({platform.python_implementation()})"]

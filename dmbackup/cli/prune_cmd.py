@@ -4,8 +4,8 @@ from typing import Optional
 
 import typer
 
-from .. import engine
-from .common import complete_target, echo, emit, examples, handled, load_app, pick_target
+from dmbackup import engine
+from dmbackup.cli.common import complete_target, echo, emit, examples, handled, load_app, pick_target
 
 EXAMPLES = examples(
     "What would be deleted",

@@ -5,9 +5,10 @@ from typing import Optional
 
 import typer
 
-from .. import engine
-from ..errors import UsageError
-from .common import complete_target, emit, examples, handled, human_bytes, load_app, pick_target, echo
+from dmbackup import engine
+from dmbackup.errors import UsageError
+from dmbackup import humanize
+from dmbackup.cli.common import complete_target, emit, examples, handled, load_app, pick_target, echo
 
 EXAMPLES = examples(
     "Disaster, the whole newest snapshot into an empty directory (then move it into place)",
@@ -71,8 +72,7 @@ def register(app: typer.Typer) -> None:
                 if d.get("exit_code", 0):
                     raise typer.Exit(d["exit_code"])
                 return
-            from .. import hooks
-
+            from dmbackup.engine import hooks
             tname = pick_target(a, target)
             ctx = hooks.HookContext(action="restore", target=tname, what=what)
             res = None
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
             if what == "config" and not to:
                 text = _preflight_text(d)
             else:
-                text = (f"restored {d.get('files')} files ({human_bytes(d.get('bytes'))}) from "
+                text = (f"restored {d.get('files')} files ({humanize.size(d.get('bytes'))}) from "
                         f"{d.get('snapshot')} into {d.get('destination')}")
                 if d.get("skipped_complete"):
                     text += f"; {d['skipped_complete']} already complete (--resume)"

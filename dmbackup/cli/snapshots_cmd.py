@@ -4,9 +4,10 @@ from typing import Optional
 
 import typer
 
-from .. import engine
-from ..errors import DmError
-from .common import complete_target, emit, examples, handled, human_bytes, load_app, echo
+from dmbackup import engine
+from dmbackup.errors import DmError
+from dmbackup import humanize
+from dmbackup.cli.common import complete_target, emit, examples, handled, load_app, echo
 
 EXAMPLES = examples(
     "Snapshots on every target",
@@ -58,5 +59,5 @@ def _table(rows) -> None:
          f"{'bytes':>10} {'stored':>10}")
     for d in rows:
         echo(f"{d['target']:<10} {str(d['chain'] or '-'):<22} {d['id']:<24} {d['kind']:<11} "
-             f"{d['time']:<20} {d['files']:>8} {human_bytes(d['bytes']):>10} "
-             f"{human_bytes(d['stored_bytes']):>10}")
+             f"{d['time']:<20} {d['files']:>8} {humanize.size(d['bytes']):>10} "
+             f"{humanize.size(d['stored_bytes']):>10}")

@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import echo, emit, examples, handled, load_app
+from dmbackup.cli.common import echo, emit, examples, handled, load_app
 
 EXAMPLES = examples(
     "A table for people (exit 1 when a job is overdue or failed)",
@@ -19,12 +19,10 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
         with handled(a):
-            from .. import status as status_mod
-
+            from dmbackup.daemon import status as status_mod
             report = status_mod.status(a)
             if a.config.monitoring.textfile:
-                from .. import monitoring
-
+                from dmbackup.daemon import monitoring
                 problem = monitoring.after_status(a, report)
                 if problem:
                     echo(f"warning: {problem}", err=True)

@@ -2,7 +2,8 @@
 
 import typer
 
-from .common import emit, examples, handled, human_bytes, load_app, echo
+from dmbackup import humanize
+from dmbackup.cli.common import emit, examples, handled, load_app, echo
 
 usb_app = typer.Typer(help="USB backup disks.", no_args_is_help=True)
 
@@ -14,11 +15,10 @@ def usb_list(json_out: bool = typer.Option(False, "--json", help="JSON list.")):
     with handled():
         a = load_app()
     with handled(a):
-        from ..usb import detect
-
+        from dmbackup.system import usbdetect
         rows = []
         usb_targets = {n: t for n, t in a.config.targets.items() if t.type == "usb"}
-        for d in detect.list_disks():
+        for d in usbdetect.list_disks():
             r = d.as_dict()
             # which configured targets this disk is; "enrolled": such a target has a repository
             # enrolled here (which disk holds it is checked when it is mounted for a run)
@@ -36,4 +36,4 @@ def usb_list(json_out: bool = typer.Option(False, "--json", help="JSON list.")):
             mark = (", ".join(r["targets"]) + (" (enrolled)" if r["enrolled"] else " (not enrolled)")
                     if r["targets"] else "-")
             echo(f"{r.get('device', '-'):<12} {r.get('label') or '-':<16} {r.get('uuid') or '-':<38} "
-                 f"{r.get('fstype') or '-':<6} {human_bytes(r.get('size')):>10}  {mark}")
+                 f"{r.get('fstype') or '-':<6} {humanize.size(r.get('size')):>10}  {mark}")

@@ -4,9 +4,9 @@ from typing import Optional
 
 import typer
 
-from .. import engine
-from ..errors import UsageError
-from .common import complete_target, emit, examples, handled, load_app, pick_target, echo
+from dmbackup import engine
+from dmbackup.errors import UsageError
+from dmbackup.cli.common import complete_target, emit, examples, handled, load_app, pick_target, echo
 
 EXAMPLES = examples(
     "Every snapshot restorable (catalogs, names, extents)",
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _drill(a, target: str, snapshot: Optional[str], mailbox: Optional[str], json_out: bool) -> None:
-    from ..engine.drill import restore_drill
+    from dmbackup.engine.drill import restore_drill
 
     res = restore_drill(a, target, snapshot=snapshot, mailbox=mailbox)
     d = res.as_dict()

@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from .. import mailstore
-from ..archive import BLOCK_SIZE
-from ..archive.blocks import BlockWriter
-from ..archive.contentindex import IndexBuilder
-from ..archive.catalog import (
+from dmbackup import utctime
+from dmbackup.archive import layout
+from dmbackup.source import mailstore
+from dmbackup.archive import BLOCK_SIZE
+from dmbackup.archive.blocks import BlockWriter
+from dmbackup.archive.contentindex import IndexBuilder
+from dmbackup.archive.catalog import (
     Entry,
     Header,
     PageRow,
@@ -31,8 +33,9 @@ from ..archive.catalog import (
     tree_order,
     page_aad,
 )
-from ..archive.repository import Repository, SnapshotRef, iso, snap_time, utc_now
-from ..errors import CorruptObject, DmError, NoSpace, SourceError, EXIT_OK, EXIT_WARNING
+from dmbackup.archive.repository import Repository, SnapshotRef
+from dmbackup.archive.layout import snap_time
+from dmbackup.errors import CorruptObject, DmError, NoSpace, SourceError, EXIT_OK, EXIT_WARNING
 
 MiB = 1 << 20
 
@@ -69,7 +72,7 @@ class BackupResult:
 def open_repository(app, target, target_name: str, *, require_enrolled: bool = True) -> Repository:
     """The repository, unlocked with the config's mode and checked against this machine's
     enrolment (key fingerprint, repo.json MAC, newest snapshot seen): dmbackup.archive.trust."""
-    from ..archive.trust import open_trusted
+    from dmbackup.archive.trust import open_trusted
 
     return open_trusted(app, target, target_name, require_enrolled=require_enrolled)
 
@@ -86,9 +89,8 @@ class ParentView:
         if parent is not None:
             rows, _ = repo.catalog_body(parent)
             self.table_depth = repo.table_depth(parent)
-            from . import parse_time
 
-            self.start_ns = int(parse_time(parent.header.time).timestamp()) * 1_000_000_000
+            self.start_ns = int(utctime.parse_time(parent.header.time).timestamp()) * 1_000_000_000
             for r in rows:
                 self.rows[r.dir] = r
 
@@ -226,7 +228,7 @@ class BackupRun:
             header = Header(
                 id=self.snap, chain=self.chain, seq=self.seq,
                 parent=self.parent.id if self.parent else None,
-                kind="incremental" if self.parent else "full", what="mail", time=iso(self.now),
+                kind="incremental" if self.parent else "full", what="mail", time=utctime.iso(self.now),
                 hostname=self.app.config.hostname, files=self.files, dirs=self.dirs, bytes=self.bytes,
                 stored_bytes=stored,
                 root=[stat.S_IMODE(root_st.st_mode), root_st.st_uid, root_st.st_gid, root_st.st_mtime_ns],
@@ -277,12 +279,12 @@ class BackupRun:
 
     def _config_bundle(self) -> str | None:
         """Every mail snapshot carries the config bundle: one disk restores the whole appliance."""
-        from ..configbackup import make_config_bundle
+        from dmbackup.engine.configbundle import make_config_bundle
 
         name = f"config/{self.snap}.bundle"
         try:
             b = make_config_bundle(self.app.config, key=self.repo.keys.bundle,
-                                   context=f"{self.repo.id}|bundle|{self.snap}".encode(),
+                                   context=layout.bundle_aad(self.repo.id, self.snap),
                                    time=self.now, domains=self.mailbox_stats())
         except DmError as exc:     # the mail snapshot stays useful without it
             self.warn(f"config bundle not included: {exc}")
@@ -837,7 +839,7 @@ def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> Backu
                     start_warning = (f"the newest snapshot {parent.id} cannot be read ({exc}): this backup "
                                      "starts a new chain with a full backup; run `dmbackup verify`")
                     parent = None
-            now = utc_now()
+            now = utctime.utc_now()
             # one snapshot per second, whatever its kind: --at TIME must name exactly one
             taken = {s.id.split("-", 1)[0] for s in snaps} | {d[1].split("-", 1)[0] for d in repo.damaged}
             kind = "full" if parent is None else "inc"

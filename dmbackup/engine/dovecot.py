@@ -33,7 +33,7 @@ import re
 import shutil
 import subprocess
 
-from ..childenv import child_env
+from dmbackup.system.childenv import child_env
 
 UID_GAP = 1000
 MODSEQ_GAP = 1_000_000_000

@@ -50,12 +50,12 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ..errors import (DamageFound, DmError, OperationFailed, UsageError, EXIT_DAMAGE, EXIT_OK,
+from dmbackup.errors import (DamageFound, DmError, OperationFailed, UsageError, EXIT_DAMAGE, EXIT_OK,
                       EXIT_WARNING)
-from ..maildir_names import dir_folder
-from ..mailstore import base_name, is_transient
-from .restore import TreeRestorer, in_selection
-from .safetree import check_name, open_below, split_rel
+from dmbackup.source.maildir_names import dir_folder
+from dmbackup.source.mailstore import base_name, is_transient
+from dmbackup.engine.restore import TreeRestorer, in_selection
+from dmbackup.engine.safetree import check_name, open_below, split_rel
 
 SCRATCH_PREFIX = "drill-"
 DOVEADM_TIMEOUT = 600
@@ -199,7 +199,7 @@ def restore_drill(app, target_name: str, *, snapshot: str | None = None, mailbox
     not recorded; any other ``DmError`` (target unavailable, wrong key, interrupted...) is
     recorded as result "error" and raised again.
     """
-    from . import selection_prefix
+    from dmbackup.engine import selection_prefix
 
     tcfg = app.config.target(target_name)
     if not getattr(tcfg, "repository", True):
@@ -235,8 +235,8 @@ def _record(app, res: DrillResult) -> None:
 
 
 def _drill(app, target_name: str, res: DrillResult, snapshot: str | None, mailbox: str | None) -> None:
-    from . import pick_snapshot, selection_prefix
-    from .backup import open_repository
+    from dmbackup.engine import pick_snapshot, selection_prefix
+    from dmbackup.engine.backup import open_repository
 
     target = app.target(target_name)
     with target:
@@ -753,7 +753,7 @@ def _dovecot_check(app, ref, prefix: str, scratch: str, tree_dir: str, res: Dril
 
 
 def _folder_dir_name(name: str) -> str:
-    from ..maildir_names import folder_dir
+    from dmbackup.source.maildir_names import folder_dir
 
     try:
         return folder_dir(name)

@@ -33,10 +33,10 @@ import secrets
 import stat
 from datetime import datetime, timezone
 
-from ..errors import RestoreError, UsageError
-from ..maildir_names import dir_folder, folder_dir
-from .dovecot import UID_GAP, Doveadm, protect_clients
-from .safetree import DIR_FLAGS, open_below
+from dmbackup.errors import RestoreError, UsageError
+from dmbackup.source.maildir_names import dir_folder, folder_dir
+from dmbackup.engine.dovecot import UID_GAP, Doveadm, protect_clients
+from dmbackup.engine.safetree import DIR_FLAGS, open_below
 
 _RENAME_NOREPLACE = 1
 
@@ -72,7 +72,7 @@ def _open_beneath(root_fd: int, parts: list[str], what: str) -> int:
 
 def restore_live(app, target_name, *, snapshot=None, at=None, mailbox=None, folder=None, overwrite=False,
                  resume=False, uid_gap=None):
-    from . import restore as restore_to_dir
+    from dmbackup.engine import restore as restore_to_dir
 
     store = app.config.source.mail_store
     if overwrite:
@@ -129,7 +129,7 @@ def restore_live(app, target_name, *, snapshot=None, at=None, mailbox=None, fold
 
 
 def _restore_into_mailbox(app, target_name, md_fd, uid, gid, *, snapshot, at, mailbox, folder, store):
-    from . import restore as restore_to_dir
+    from dmbackup.engine import restore as restore_to_dir
 
     user, domain = mailbox.split("@", 1)
     stage_name = f"dmbackup-stage-{secrets.token_hex(8)}"      # no leading dot: not a Maildir++ folder

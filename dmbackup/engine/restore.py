@@ -31,11 +31,11 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from ..archive.blocks import BlockReader
-from ..archive.catalog import Entry
-from ..errors import CorruptObject, DmError, RestoreError, UsageError, EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, EXIT_WARNING
-from ..mailstore import base_name, is_transient
-from .safetree import SafeTree, check_name, split_rel
+from dmbackup.archive.blocks import BlockReader
+from dmbackup.archive.catalog import Entry
+from dmbackup.errors import CorruptObject, DmError, RestoreError, UsageError, EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, EXIT_WARNING
+from dmbackup.source.mailstore import base_name, is_transient
+from dmbackup.engine.safetree import SafeTree, check_name, split_rel
 
 MAX_LISTED_FAILURES = 1000
 
@@ -391,7 +391,7 @@ class TreeRestorer:
 
     def _uidlist(self, dfd: int, path_rel: str, e: Entry) -> None:
         """A folder's dovecot-uidlist with its next UID raised (dmbackup.engine.dovecot)."""
-        from .dovecot import MAX_UIDLIST, UID_GAP, raise_uidlist
+        from dmbackup.engine.dovecot import MAX_UIDLIST, UID_GAP, raise_uidlist
 
         if e.size > MAX_UIDLIST:
             raise CorruptObject(f"{path_rel}: {e.size} bytes is not a plausible dovecot-uidlist")
@@ -419,7 +419,7 @@ class TreeRestorer:
         uidlist was locked, or by Postfix directly)? A Dovecot serving the restored folder
         hands such messages the next UIDs in its own order; the live server handed out the same
         UIDs in another, so without a gap a client could see one message's UID on another."""
-        from .dovecot import uidlist_bases
+        from dmbackup.engine.dovecot import uidlist_bases
 
         listed = uidlist_bases(uidlist)
         for sub in ("new", "cur"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CorruptObject, RestoreError
+from dmbackup.errors import CorruptObject, RestoreError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 

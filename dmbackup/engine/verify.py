@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from ..archive.blocks import BlockReader, stream_volume
-from ..errors import CorruptObject, DmError, NotFound, EXIT_DAMAGE, EXIT_OK
+from dmbackup.archive.blocks import BlockReader, stream_volume
+from dmbackup.errors import CorruptObject, DmError, NotFound, EXIT_DAMAGE, EXIT_OK
 
 
 @dataclass
@@ -135,7 +135,7 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
         name = s.header.config_bundle
         try:
             if read_data:
-                from ..configbackup import _open_repo_bundle
+                from dmbackup.engine.configbundle import _open_repo_bundle
 
                 _open_repo_bundle(repo, s.id)
             else:
@@ -147,7 +147,7 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
 
     # config-only bundles (config/<time>-config.bundle)
     if not snapshot:
-        from ..configbackup import _open_repo_bundle, _repo_bundle_names
+        from dmbackup.engine.configbundle import _open_repo_bundle, _repo_bundle_names
 
         for bid, _ in _repo_bundle_names(repo):
             if not bid.endswith("-config"):
@@ -227,8 +227,8 @@ class _TreeShape:
             lst.append(path or "/")
 
     def add(self, d: str, entries) -> None:
-        from ..mailstore import base_name
-        from .safetree import check_name
+        from dmbackup.source.mailstore import base_name
+        from dmbackup.engine.safetree import check_name
 
         self.rows.append(d)
         names: set[str] = set()

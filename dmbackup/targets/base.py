@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..errors import DmError, TargetUnavailable
+from dmbackup.errors import DmError, TargetUnavailable
 
 TMP_MARK = ".tmp-"
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
@@ -154,7 +154,7 @@ class Target(ABC):
         target error, which callers ignore)."""
 
     def exists(self, name: str) -> bool:
-        from ..errors import NotFound
+        from dmbackup.errors import NotFound
 
         try:
             self.stat(name)

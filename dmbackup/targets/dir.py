@@ -25,8 +25,8 @@ import secrets
 import stat
 from typing import Iterator
 
-from ..errors import CorruptObject, NoSpace, NotFound, TargetUnavailable
-from .base import (
+from dmbackup.errors import CorruptObject, NoSpace, NotFound, TargetUnavailable
+from dmbackup.targets.base import (
     TMP_MARK,
     AlreadyExists,
     Capabilities,
@@ -35,7 +35,7 @@ from .base import (
     Target,
     validate_name,
 )
-from .mounts import is_mount_point
+from dmbackup.system.mountinfo import is_mount_point
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .registry import DirConfig
+from dmbackup.targets.registry import DirConfig
 
 _MEMORY: dict[str, object] = {}   # memory targets live as long as the process
 
@@ -21,10 +21,10 @@ def parse_config(name, s, kind):
 
 def build(cfg: DirConfig, app):
     if cfg.type == "memory":
-        from .memory import MemoryTarget
+        from dmbackup.targets.memory import MemoryTarget
 
         return _MEMORY.setdefault(cfg.name, MemoryTarget(cfg.name))
-    from .dir import DirTarget
+    from dmbackup.targets.dir import DirTarget
 
     return DirTarget(cfg.name, cfg.path, require_mount=cfg.require_mount,
                      max_object_size=cfg.max_object_size)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from ..errors import NoSpace, NotFound
-from .base import AlreadyExists, Capabilities, ObjectInfo, ObjectWriter, Target, validate_name
+from dmbackup.errors import NoSpace, NotFound
+from dmbackup.targets.base import AlreadyExists, Capabilities, ObjectInfo, ObjectWriter, Target, validate_name
 
 
 class _MemWriter(ObjectWriter):

@@ -12,7 +12,7 @@ Two transports, one target type:
   what ``open()`` mounted. Without explicit ``options`` the mount is ``soft`` with a timeout
   derived from ``timeout``: a hard mount of a dead NAS would hang the backup, and then the
   daemon, in the kernel forever.
-- ``transport = "userspace"``: NFSv3 through libnfs (dmbackup.targets.libnfs), no mount, no
+- ``transport = "userspace"``: NFSv3 through libnfs (dmbackup.system.libnfs), no mount, no
   kernel NFS client, no privilege needed. Every RPC is bounded by ``timeout``; a dead or hung
   server ends the call with TransientTargetError (exit 7, worth a retry) and the next call
   reconnects. Writes go to ``name + TMP_MARK + random`` created with O_EXCL (an NFSv3
@@ -58,15 +58,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
-from ..childenv import child_env
-from ..errors import (
+from dmbackup.system.childenv import child_env
+from dmbackup.errors import (
     AuthFailed,
     NoSpace,
     NotFound,
     TargetUnavailable,
     TransientTargetError,
 )
-from .base import (
+from dmbackup.targets.base import (
     TMP_MARK,
     AlreadyExists,
     Capabilities,
@@ -75,9 +75,9 @@ from .base import (
     Target,
     validate_name,
 )
-from .dir import DirTarget
-from .mounts import Mount, MountPointDirs, mount_at, mounts_of
-from .mounts import unescape as _unescape
+from dmbackup.targets.dir import DirTarget
+from dmbackup.system.mountinfo import Mount, MountPointDirs, mount_at, mounts_of
+from dmbackup.system.mountinfo import unescape as _unescape
 
 log = logging.getLogger(__name__)
 
@@ -587,8 +587,7 @@ class NfsUserspaceTarget(Target):
 
     # -- session ---------------------------------------------------------------------------
     def _connect(self):
-        from . import libnfs
-
+        from dmbackup.system import libnfs
         with self._lock:
             if self._ctx is not None and self._ctx.alive:
                 return self._ctx

@@ -12,8 +12,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Section
-from ..errors import ConfigError
+from dmbackup.config import Section
+from dmbackup.errors import ConfigError
 
 TYPES = {
     "dir": "dmbackup.targets.dir_config",
@@ -21,7 +21,7 @@ TYPES = {
     "usb": "dmbackup.targets.usb",
     "smb": "dmbackup.targets.smb",
     "nfs": "dmbackup.targets.nfs",
-    "mailbox": "dmbackup.targets.mailbox",
+    "mailbox": "dmbackup.mailout.mailbox",
 }
 
 

@@ -36,8 +36,8 @@ import logging
 import time
 from typing import Callable, Iterator
 
-from ..errors import NotFound, TransientTargetError
-from .base import AlreadyExists, ObjectWriter, Target
+from dmbackup.errors import NotFound, TransientTargetError
+from dmbackup.targets.base import AlreadyExists, ObjectWriter, Target
 
 log = logging.getLogger("dmbackup.targets")
 

@@ -52,9 +52,9 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..config import check_secret_file
-from ..errors import AuthFailed, ConfigError, NoSpace, NotFound, TargetUnavailable, TransientTargetError
-from .base import (
+from dmbackup.config import check_secret_file
+from dmbackup.errors import AuthFailed, ConfigError, NoSpace, NotFound, TargetUnavailable, TransientTargetError
+from dmbackup.targets.base import (
     TMP_MARK,
     AlreadyExists,
     Capabilities,

@@ -1,7 +1,7 @@
 """The ``usb`` target: a disk named by file-system label or UUID, mounted for the session.
 
-``open()`` finds the disk (dmbackup.usb.detect, through udev), mounts it or reuses an
-existing mount (dmbackup.usb.mount), and from then on every object operation goes to a
+``open()`` finds the disk (dmbackup.system.usbdetect, through udev), mounts it or reuses an
+existing mount (dmbackup.system.diskmount), and from then on every object operation goes to a
 ``dir`` target rooted at the mount point: the USB target adds finding, mounting and
 guarding, never its own file handling. ``close()`` syncs and unmounts what ``open()``
 mounted, so the disk can be pulled when a run ends.
@@ -40,9 +40,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..errors import NoSpace, TargetUnavailable
-from ..usb.detect import BUSES, DiskNotPresent, UsbDisk, find_disk, matches, probe_node, wanted
-from ..usb.mount import (
+from dmbackup.errors import NoSpace, TargetUnavailable
+from dmbackup.system.usbdetect import BUSES, DiskNotPresent, UsbDisk, find_disk, matches, probe_node, wanted
+from dmbackup.system.diskmount import (
     DEFAULT_MOUNT_ROOT,
     SAFE_OPTIONS,
     DiskMount,
@@ -52,8 +52,8 @@ from ..usb.mount import (
     oserror_means_gone,
     unsafe_options,
 )
-from .base import Capabilities, ObjectInfo, ObjectWriter, Target, validate_name
-from .dir import DirTarget
+from dmbackup.targets.base import Capabilities, ObjectInfo, ObjectWriter, Target, validate_name
+from dmbackup.targets.dir import DirTarget
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -424,7 +424,7 @@ def disk_for_node(device_node: str, context=None) -> UsbDisk:
     try:
         import pyudev
 
-        from ..usb.detect import disk_from_device
+        from dmbackup.system.usbdetect import disk_from_device
 
         ctx = context if context is not None else pyudev.Context()
         nodes = {device_node, os.path.realpath(device_node)}

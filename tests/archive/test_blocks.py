@@ -5,7 +5,7 @@ import os
 import pytest
 
 from dmbackup.archive.blocks import BlockReader, BlockWriter
-from dmbackup.crypto import Keys
+from dmbackup.archive.crypto import Keys
 from dmbackup.errors import OperationFailed
 from dmbackup.targets.base import Capabilities
 from dmbackup.targets.memory import MemoryTarget

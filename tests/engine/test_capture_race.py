@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from dmbackup import mailstore
-from dmbackup.mailstore import base_name
+from dmbackup.source import mailstore
+from dmbackup.source.mailstore import base_name
 
 INBOX_CUR = "example.it/anna/Maildir/cur"
 

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from dmbackup.app import App
+from dmbackup.context import App
 from dmbackup.config import load
 from dmbackup.engine.backup import open_repository
 from dmbackup.log import Logger

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dmbackup import crypto
+from dmbackup.archive import crypto
 from dmbackup.archive import CATALOG_MAGIC
 from dmbackup.archive.blocks import FRAME, walk_volume
 from dmbackup.archive.catalog import (
@@ -240,7 +240,7 @@ def unwrap(data: bytes):
 
 
 UNWRAP_BUG = (
-    "bug: crypto.unwrap_master (dmbackup/crypto.py) lets non-DmError exceptions out for a damaged "
+    "bug: crypto.unwrap_master (dmbackup/archive/crypto.py) lets non-DmError exceptions out for a damaged "
     "key file: a JSON list or string (AttributeError on doc.get), a non-string salt/nonce/wrapped "
     "(AttributeError in unb64), n = 1e400 (OverflowError in int()), n not a power of two "
     "(ValueError from Scrypt, outside the try), a nonce shorter than 8 bytes (ValueError from "

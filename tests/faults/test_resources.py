@@ -10,7 +10,7 @@ files cannot be read, the target turns read-only, the clock goes backwards.
     with a warning naming each, the snapshot committed and restorable;
   * target remounted read-only: backup and prune exit 7 with one line saying so; snapshots,
     verify --read-data and restore still work (a disk mounted read-only for a recovery);
-  * clock going backwards between backups (utc_now patched in-process): the chain stays in
+  * clock going backwards between backups (utc_now patched in-process (dmbackup.utctime)): the chain stays in
     the order the snapshots were made, each restores to exactly its moment, prune keeps the
     chain made last.
 
@@ -29,6 +29,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+from dmbackup import utctime
 
 from tests.faults.conftest import (
     FULL_SWEEP,
@@ -279,8 +281,7 @@ def test_clock_going_backwards_keeps_the_chain_ordered(ready, monkeypatch, tmp_p
             add_random_message(w.store, "example.it/anna", 5_000, seed=200 + i, sub="new")
             cur = os.path.join(w.store, "example.it", "mario", "Maildir", "cur")
             os.unlink(os.path.join(cur, sorted(os.listdir(cur))[0]))
-        monkeypatch.setattr(backup_mod, "utc_now", lambda c=clock: c)
-        monkeypatch.setattr(repo_mod, "utc_now", lambda c=clock: c)
+        monkeypatch.setattr(utctime, "utc_now", lambda c=clock: c)
         moments.append(tree(w.store))
         w.ok("backup", "--target", "local", *(["--full"] if full else []))
     monkeypatch.undo()

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from dmbackup.demo import _tree
-from dmbackup.sample import generate
+from dmbackup.quickstart.demo import _tree
+from dmbackup.quickstart.sample import generate
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "scripts" / "build-deb.sh"

@@ -22,7 +22,9 @@ import time
 import pytest
 import zstandard
 
-from dmbackup import bundle, configset
+from dmbackup.archive import bundle
+
+from dmbackup.source import appliance
 from tests.world import PASSPHRASE, ROOT, Result, World
 
 JOB = """
@@ -92,7 +94,7 @@ def craft_bundle(files: list[dict], *, sealer, context: bytes, hostname: str = "
         ti = tarfile.TarInfo(f["path"][1:])
         ti.size, ti.mode, ti.uid, ti.gid = len(data), f.get("mode", 0o644), f.get("uid", 0), f.get("gid", 0)
         members.append((ti, data))
-    manifest = {"format": configset.MANIFEST_FORMAT, "version": configset.MANIFEST_VERSION,
+    manifest = {"format": appliance.MANIFEST_FORMAT, "version": appliance.MANIFEST_VERSION,
                 "id": bid.hex(), "hostname": hostname, "time": "2099-01-01T00:00:00Z",
                 "files": records, "warnings": []}
     buf = io.BytesIO()

@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from dmbackup.childenv import child_env, is_secret
+from dmbackup.system.childenv import child_env, is_secret
 from tests.world import World
 
 SECRET = "Pa55phrase-that-must-not-leak"
@@ -119,7 +119,7 @@ umount_command = ["{umount}"]
 @pytest.mark.realdev
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/loop-control"), reason="needs root and loop devices")
 def test_usb_probe_mount_and_fuse_helpers_never_see_the_passphrase(tmp_path):
-    from tests.usb import loopdev
+    from tests.system.usb import loopdev
 
     if "umockdev" in os.environ.get("LD_PRELOAD", ""):
         pytest.skip("real loop devices do not work under the umockdev preload")
@@ -149,7 +149,7 @@ mount_point = "{tmp_path}/usb"
 
 
 def test_systemd_inhibit_never_sees_the_passphrase(tmp_path, monkeypatch):
-    from dmbackup.scheduler import _Inhibitor
+    from dmbackup.daemon.scheduler import _Inhibitor
 
     bindir, dumps = str(tmp_path / "bin"), str(tmp_path / "dumps")
     # a stand-in with systemd-inhibit's contract (hold until stdin closes): there is no

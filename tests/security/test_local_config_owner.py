@@ -91,10 +91,10 @@ def test_config_reached_through_a_symlink_in_a_writable_directory_is_refused(tmp
 
 def test_the_daemon_keeps_its_config_when_the_file_becomes_untrusted(tmp_path):
     """SIGHUP re-reads the file: an untrusted one is logged and the running config kept."""
-    from dmbackup.app import App
+    from dmbackup.context import App
     from dmbackup.config import load
     from dmbackup.log import Logger
-    from dmbackup.scheduler import Daemon
+    from dmbackup.daemon.scheduler import Daemon
 
     w, marker = trap_world(tmp_path)
     app = App(load(w.config), log=Logger(None))

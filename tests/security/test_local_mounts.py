@@ -29,9 +29,9 @@ import pytest
 from dmbackup.config import parse
 from dmbackup.errors import EXIT_TARGET, ConfigError, TargetUnavailable
 from dmbackup.targets import nfs
-from dmbackup.targets.mounts import mount_at
+from dmbackup.system.mountinfo import mount_at
 from dmbackup.targets.registry import build
-from dmbackup.usb.mount import mount_command
+from dmbackup.system.diskmount import mount_command
 from tests.world import World
 
 SAFE = {"nosuid", "nodev", "noexec"}
@@ -53,7 +53,7 @@ needs_realdev = pytest.mark.skipif(_realdev_skip() is not None, reason=str(_real
 @pytest.fixture
 def loop_disk(tmp_path):
     """Factory for real file systems on loop devices; all detached at teardown."""
-    from tests.usb import loopdev
+    from tests.system.usb import loopdev
 
     made = []
 
@@ -100,7 +100,7 @@ def flags(path: str) -> set[str]:
 def plant_hostile_content(disk, tmp_path) -> None:
     """What a hostile ext4 stick carries: a set-uid-root program, an executable, and a
     device node that opens the appliance's own disk (here: the loop device itself)."""
-    from tests.usb import loopdev
+    from tests.system.usb import loopdev
 
     mp = str(tmp_path / "prepare")
     os.makedirs(mp)
@@ -163,7 +163,7 @@ def test_usb_disk_with_a_file_system_outside_the_allow_list_is_refused(loop_disk
 
 
 def _all_mounts():
-    from dmbackup.targets.mounts import mounts
+    from dmbackup.system.mountinfo import mounts
 
     return mounts()
 

@@ -155,9 +155,9 @@ def test_sigterm_ends_a_job_stuck_on_a_silent_server(smbd, tmp_path):
 def test_the_same_app_runs_again_after_a_job_timeout(smbd, tmp_path):
     """The daemon keeps one App across runs: the stop request a timeout made must not leak
     into the next run (in-process, in the main thread, as the daemon runs jobs)."""
-    from dmbackup.app import App
+    from dmbackup.context import App
     from dmbackup.config import load
-    from dmbackup.jobs import run_job
+    from dmbackup.daemon.jobs import run_job
     from dmbackup.log import Logger
 
     w = smb_job_world(tmp_path, smbd, 'job_timeout = "2s"\n')

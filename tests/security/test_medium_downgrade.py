@@ -15,7 +15,7 @@ import json
 import os
 import stat
 
-from dmbackup import crypto
+from dmbackup.archive import crypto
 from tests.engine.forge import open_repo
 from tests.security.conftest import (
     PASSPHRASE,

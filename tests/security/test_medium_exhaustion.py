@@ -16,7 +16,7 @@ import struct
 
 import pytest
 
-from dmbackup import crypto
+from dmbackup.archive import crypto
 from dmbackup.archive.catalog import body_aad
 from tests.security.conftest import child_line, repo_id, run_child
 

@@ -1,7 +1,7 @@
 """The shipped KDF cannot be weakened from outside (issue 13, item 7), and what dmbackup
 creates on a target and in ``state_dir`` is private whatever the caller's umask (item 8).
 
-Tests weaken scrypt only by monkeypatching ``dmbackup.crypto.SCRYPT_N`` in their own process
+Tests weaken scrypt only by monkeypatching ``dmbackup.archive.crypto.SCRYPT_N`` in their own process
 (tests/conftest.py); a real ``dmbackup`` process always uses the production cost, whatever
 its environment says.
 """
@@ -13,7 +13,7 @@ import os
 import stat
 
 import dmbackup
-from dmbackup import crypto
+from dmbackup.archive import crypto
 from tests.security.conftest import run_child
 
 

@@ -2,7 +2,7 @@
 mailbox can delete the newest bundle messages; "restore the newest" must then not restore an
 older configuration in silence. The machine remembers the newest bundle it saw (state_dir),
 and a restore of "the newest" is exit 4 when it is gone; naming an older one still works.
-Real servers: aiosmtpd delivering through Dovecot's LDA, IMAP over TLS (tests/test_mailbox_target).
+Real servers: aiosmtpd delivering through Dovecot's LDA, IMAP over TLS (tests/mailout/test_mailbox).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import os
 
 from typer.testing import CliRunner
 
-from dmbackup import configset
+from dmbackup import utctime
+from dmbackup.source import appliance
 from dmbackup.cli.main import app as cli_app
 from tests.security.conftest import one_line
 from tests.fixtures.smtp import smtp_factory  # noqa: F401 (fixture)
-from tests.test_mailbox_target import RCPT, smtp, tls_dovecot, write_config  # noqa: F401 (fixtures)
+from tests.mailout.test_mailbox import RCPT, smtp, tls_dovecot, write_config  # noqa: F401 (fixtures)
 from tests.world import Result
 
 
@@ -33,8 +34,8 @@ def test_deleted_newest_mailed_bundle_is_noticed(tmp_path, smtp, tls_dovecot, mo
         f.write(f'state_dir = "{tmp_path}/state"\n' + text)
     sent = []
     for day in ("2026-11-01", "2026-11-08"):
-        t = configset.parse_time(f"{day}T06:00:00Z")
-        monkeypatch.setattr(configset, "utc_now", lambda t=t: t)
+        t = utctime.parse_time(f"{day}T06:00:00Z")
+        monkeypatch.setattr(utctime, "utc_now", lambda t=t: t)
         r = _cli(path, "backup", "--target", "offbox", "--what", "config", "--json")
         assert r.code in (0, 1), r.err           # 1: the fixture configures a missing path
         sent.append(json.loads(r.out)["id"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from dmbackup import crypto
+from dmbackup.archive import crypto
 from tests.security.conftest import craft_bundle, files_containing, one_line, repo_id
 
 PEM = b"-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBogus0nlyForTests\n-----END EC PRIVATE KEY-----\n"

@@ -19,8 +19,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from dmbackup import mailstore
-
+from dmbackup.source import mailstore
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as the vmail uid")
 
 VMAIL = ["setpriv", "--reuid=5000", "--regid=5000", "--clear-groups", "--"]

@@ -36,7 +36,7 @@ from dmbackup.errors import (
 )
 from dmbackup.targets import nfs
 from dmbackup.targets.base import AlreadyExists, is_temporary
-from dmbackup.targets.mounts import mount_at
+from dmbackup.system.mountinfo import mount_at
 from tests.fixtures.ganesha import (  # noqa: F401  (fixtures)
     Ganesha,
     ganesha,

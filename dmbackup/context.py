@@ -1,0 +1,48 @@
+"""The context every operation runs in: config, local state, logger, passphrase, stop flag.
+
+The core takes an ``App``; the CLI and the daemon build one. ``stop`` is set by signal
+handlers (SIGTERM in the daemon, SIGINT in the CLI); long operations call ``check_stop()``
+between files and volumes, so an interrupted run aborts at a point where nothing half-written
+is visible.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from dmbackup import credentials
+from dmbackup.config import Config
+from dmbackup.errors import Interrupted
+from dmbackup.log import Logger, Progress, null_logger
+from dmbackup.state import State
+
+
+class App:
+    def __init__(self, config: Config, *, log: Logger | None = None, progress: Progress | None = None):
+        self.config = config
+        self.state = State(config.state_dir)
+        self.log = log or null_logger()
+        self.progress = progress or Progress()
+        self.stop = threading.Event()
+        self._passphrase: bytes | None = None
+
+    def passphrase(self) -> bytes:
+        if self._passphrase is None:
+            self._passphrase = credentials.passphrase(self.config)
+        return self._passphrase
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("interrupted: the run was stopped; nothing of it was committed")
+
+    def target(self, name: str):
+        """The target, opened by the caller; network targets retry transient errors."""
+        from dmbackup.targets import registry
+
+        cfg = self.config.target(name)
+        t = registry.build(cfg, self)
+        if cfg.type in ("smb", "nfs"):
+            from dmbackup.targets.retry import RetryingTarget
+
+            t = RetryingTarget(t)
+        return t

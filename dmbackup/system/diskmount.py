@@ -1,0 +1,476 @@
+"""Mounting one device node for the length of a session, and leaving it as it was found.
+
+``DiskMount(device, mount_point, fs_type)`` knows nothing about how the device was found.
+``open()`` returns the directory to write under:
+
+- if the device is already mounted (an administrator or a desktop did it), that mount is
+  reused and ``close()`` only syncs; dmbackup never unmounts what it did not mount;
+- otherwise it creates the mount point (default ``/run/dmbackup/<target>``), mounts the
+  device with the helper its file system needs, and checks /proc/self/mountinfo that the
+  device is really mounted there before anyone writes. ``close()`` syncs, unmounts, waits
+  for a FUSE helper to let go of the device (so the disk can be pulled safely) and removes
+  the mount point it created.
+
+A backup disk is untrusted medium: whoever hands over the stick chooses every byte on it,
+including the file-system image the kernel has to parse. So only the file systems a backup
+disk needs are mounted at all (``ALLOWED_FS``: ext4, exFAT, FAT); anything else (ext2/3,
+btrfs, xfs, squashfs, NTFS, minix, ...) is refused before a mount is attempted. Every mount is
+``nosuid,nodev,noexec``, and options that would undo that (``suid``, ``dev``, ``exec``,
+``defaults``) are refused; a helper that ignores one of the flags (exfat-fuse 1.3 drops
+``noexec``) gets a bind-remount that sets them, and if that fails the disk is unmounted
+again, before anyone writes.
+
+Helpers by file system: the kernel driver when the running kernel has it (``vfat``,
+``exfat``), else the FUSE implementation: ``mount.exfat-fuse`` for exFAT, ``fusefat -o rw+``
+for FAT (experimental upstream, but the only writer when the kernel lacks vfat). FUSE mounts
+get ``fsname=<device>`` so mountinfo names the device and a later run can recognise the mount.
+
+Every failure is a TargetUnavailable (exit 7) that says what to do; a failed mount never
+leaves anything in the mount-point directory, because nothing is written before the
+mountinfo check passes, and the target re-checks it before each write.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+from dmbackup.system.childenv import child_env
+from dmbackup.errors import TargetUnavailable
+from dmbackup.system.mountinfo import Mount, MountPointDirs, mount_at, mounts, mounts_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MOUNT_ROOT = "/run/dmbackup"
+SAFE_OPTIONS = ("nosuid", "nodev", "noexec")
+# mount(8) options that would switch the safe flags off again
+UNSAFE_OPTIONS = frozenset({"suid", "dev", "exec", "defaults"})
+_FAT_NAMES = ("vfat", "fat", "msdos", "fat32")
+ALLOWED_FS = ("ext4", "exfat", *_FAT_NAMES)
+# FAT and exFAT have no owners: keep files private to root.
+_PRIVATE_FAT = ("fmask=0077", "dmask=0077")
+_HELPER_TIMEOUT = 120        # seconds a mount helper may take (fsck-like replay on a big disk)
+_SETTLE_TIMEOUT = 10         # seconds for a mount to show up in mountinfo after the helper returns
+_RELEASE_TIMEOUT = 60        # seconds for a FUSE daemon to flush and exit after unmount
+
+
+class MountFailed(TargetUnavailable):
+    """The disk could not be mounted."""
+
+
+class FileSystemRefused(MountFailed):
+    """The disk's file system is not one dmbackup mounts."""
+
+
+def check_fs_allowed(device: str, fs_type: str | None) -> None:
+    """Raise FileSystemRefused (exit 7) unless ``fs_type`` is in ALLOWED_FS."""
+    fs = (fs_type or "").lower()
+    if fs in ALLOWED_FS:
+        return
+    what = f"a {fs_type} file system" if fs and fs != "auto" else "no file system dmbackup recognises"
+    raise FileSystemRefused(
+        f"{device} holds {what}; dmbackup mounts only ext4, exfat or vfat backup disks (an "
+        f"untrusted disk is never handed to another file-system driver of the kernel): copy what "
+        f"you need off it on another machine, then reformat it (mkfs.ext4 -L LABEL {device}) or "
+        "use another disk; nothing was mounted")
+
+
+def unsafe_options(options) -> list[str]:
+    """The options in ``options`` that would undo nosuid/nodev/noexec."""
+    return [o for o in options if o.strip().lower() in UNSAFE_OPTIONS]
+
+
+def kernel_supports(fs_type: str, *, proc_filesystems: str = "/proc/filesystems",
+                    modules_dir: str | None = None) -> bool:
+    """True when the running kernel has ``fs_type`` built in, loaded, or as a module on disk."""
+    try:
+        with open(proc_filesystems, encoding="ascii", errors="replace") as f:
+            if any(line.split()[-1:] == [fs_type] for line in f):
+                return True
+    except OSError:
+        pass
+    modules_dir = modules_dir or os.path.join("/lib/modules", platform.release())
+    pattern = re.compile(rf"/{re.escape(fs_type)}\.ko(\.[a-z]+)?(:|\s|$)", re.M)
+    for name in ("modules.builtin", "modules.dep"):
+        try:
+            with open(os.path.join(modules_dir, name), encoding="utf-8", errors="replace") as f:
+                if pattern.search(f.read()):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def mount_command(device: str, mount_point: str, fs_type: str, options: tuple[str, ...] = (), *,
+                  kernel=kernel_supports, which=shutil.which) -> list[str]:
+    """The argv that mounts ``device`` (file system ``fs_type``) on ``mount_point``.
+
+    ``options`` from the target config come last, so they override the defaults.
+    """
+    def opts(*parts) -> str:
+        return ",".join(p for p in (*parts, *options) if p)
+
+    check_fs_allowed(device, fs_type)
+    bad = unsafe_options(options)
+    if bad:
+        raise MountFailed(f"cannot mount {device} with {','.join(bad)}: backup disks are always mounted "
+                          "nosuid,nodev,noexec; remove it from the target's mount_options")
+    fs = fs_type.lower()
+    if fs in _FAT_NAMES:
+        if kernel("vfat"):
+            return ["mount", "-t", "vfat", "-o", opts(*SAFE_OPTIONS, *_PRIVATE_FAT, "utf8"), device, mount_point]
+        if which("fusefat"):
+            # rw+ is fusefat's "read-write, I accept the experimental writer" switch
+            return ["fusefat", "-o", opts("rw+", f"fsname={device}", "subtype=fusefat", *SAFE_OPTIONS),
+                    device, mount_point]
+        raise MountFailed(f"cannot mount the FAT file system on {device}: this kernel has no vfat "
+                          "driver and fusefat is not installed (apt-get install fusefat)")
+    if fs == "exfat":
+        if kernel("exfat"):
+            return ["mount", "-t", "exfat", "-o", opts(*SAFE_OPTIONS, *_PRIVATE_FAT), device, mount_point]
+        helper = which("mount.exfat-fuse") or which("mount.exfat")
+        if helper:
+            # a fuseblk mount: mountinfo names the device without an fsname option
+            return [helper, "-o", opts(*SAFE_OPTIONS), device, mount_point]
+        raise MountFailed(f"cannot mount the exFAT file system on {device}: this kernel has no exfat "
+                          "driver and exfat-fuse is not installed (apt-get install exfat-fuse)")
+    return ["mount", "-t", fs, "-o", opts(*SAFE_OPTIONS), device, mount_point]
+
+
+def missing_safe_flags(m: Mount) -> list[str]:
+    """Which of nosuid/nodev/noexec the mount ``m`` lacks (its per-mount options)."""
+    have = set(m.options.split(","))
+    return [f for f in SAFE_OPTIONS if f not in have]
+
+
+def enforce_safe_flags(mount_point: str) -> str | None:
+    """Make sure the mount on ``mount_point`` is nosuid,nodev,noexec, with a bind-remount
+    (which changes only the mount's own flags, not the file system) when a helper left one
+    out. Returns None when it is, else what went wrong."""
+    m = mount_at(mount_point)
+    if m is None:
+        return f"nothing is mounted on {mount_point}"
+    if not missing_safe_flags(m):
+        return None
+    code, output = _run(["mount", "-o", "remount,bind," + ",".join(SAFE_OPTIONS), mount_point])
+    m = mount_at(mount_point)
+    missing = missing_safe_flags(m) if m is not None else list(SAFE_OPTIONS)
+    if not missing:
+        return None
+    return (f"the mount helper left out {','.join(missing)} and a remount could not set it "
+            f"({output or f'exit status {code}'})")
+
+
+def _same_device(source: str, device: str) -> bool:
+    if not source.startswith("/"):
+        return False
+    if os.path.realpath(source) == os.path.realpath(device):
+        return True
+    try:
+        a, b = os.stat(source), os.stat(device)
+    except OSError:
+        return False
+    return bool(a.st_rdev) and a.st_rdev == b.st_rdev
+
+
+def mounts_of_device(device: str) -> list[Mount]:
+    """Where ``device`` is mounted now, by path or by device number."""
+    found = mounts_of(device)
+    if found:
+        return found
+    return [m for m in mounts() if _same_device(m.source, device)]
+
+
+def holders(device: str) -> list[tuple[int, str]]:
+    """(pid, command) of processes holding ``device`` open: FUSE daemons show up here."""
+    try:
+        rdev = os.stat(device).st_rdev
+    except OSError:
+        return []
+    real = os.path.realpath(device)
+    found = []
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if link != real:
+                # a node with another name (udev symlink, mknod copy): compare device numbers
+                if not link.startswith("/dev/"):
+                    continue
+                try:
+                    if os.stat(f"{fd_dir}/{fd}").st_rdev != rdev:
+                        continue
+                except OSError:
+                    continue
+            try:
+                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+            found.append((int(pid), comm))
+            break
+    return found
+
+
+def _run(argv: list[str], timeout: int = _HELPER_TIMEOUT) -> tuple[int, str]:
+    """Run a helper; output goes to a file, not a pipe: a FUSE helper that daemonises keeps
+    its inherited stdout open for its whole life and a pipe would never reach EOF."""
+    with tempfile.TemporaryFile() as out:
+        try:
+            # a FUSE helper lives as long as the mount: it must not carry the passphrase
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout,
+                                  env=child_env())
+        except FileNotFoundError:
+            return 127, f"{argv[0]}: command not found"
+        except subprocess.TimeoutExpired:
+            return 124, f"{argv[0]} did not finish within {timeout} s"
+        out.seek(0)
+        text = out.read(4096).decode("utf-8", "replace")
+    return proc.returncode, " ".join(text.split())
+
+
+class DiskMount:
+    """Mount ``device`` for one session; see the module docstring."""
+
+    def __init__(self, device: str, mount_point: str, fs_type: str, options: tuple[str, ...] = (), *,
+                 what: str | None = None):
+        self.device = device
+        self.requested_mount_point = os.path.abspath(mount_point)
+        self.fs_type = fs_type
+        self.options = tuple(options)
+        self.what = what or f"disk {device}"
+        self.path: str | None = None          # where the file system is, while open
+        self.mounted_by_us = False
+        self.fstype: str | None = None        # as mountinfo names it: ext4, fuseblk, fuse.fusefat
+        self._mp_dirs = MountPointDirs()
+        self._fuse = False
+
+    # -- queries -------------------------------------------------------------------------
+    def is_mounted(self) -> bool:
+        """Is the device still mounted where this session writes?"""
+        if self.path is None:
+            return False
+        m = mount_at(self.path)
+        return m is not None and self._is_ours(m)
+
+    def _is_ours(self, m: Mount) -> bool:
+        return _same_device(m.source, self.device)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(self) -> str:
+        if self.path is not None:
+            return self.path
+        existing = mounts_of_device(self.device)
+        if existing:
+            self.path = existing[0].mount_point
+            self.fstype = existing[0].fstype
+            self.mounted_by_us = False
+            log.info("%s is already mounted on %s: using that mount", self.what, self.path)
+            return self.path
+        self._mount()
+        return self.path  # type: ignore[return-value]
+
+    def _mount(self) -> None:
+        mp = self.requested_mount_point
+        if not os.path.exists(self.device):
+            raise MountFailed(f"cannot mount {self.what}: {self.device} does not exist (disk unplugged?)")
+        taken = mount_at(mp)
+        if taken is not None:
+            raise MountFailed(f"cannot mount {self.what} on {mp}: {taken.source} ({taken.fstype}) is "
+                              f"already mounted there: unmount it or choose another mount_point")
+        argv = mount_command(self.device, mp, self.fs_type, self.options)
+        self._fuse = argv[0] != "mount"
+        if self._fuse:
+            busy = holders(self.device)
+            if busy:
+                who = ", ".join(f"{comm} (PID {pid})" for pid, comm in busy)
+                raise MountFailed(f"cannot mount {self.what}: {self.device} is in use by {who} although "
+                                  "it is not mounted anywhere dmbackup can see; stop that program first")
+        self._make_mount_point(mp)
+        code, output = _run(argv)
+        mounted = self._settle(mp) if code == 0 else None
+        if mounted is None:
+            stray = mount_at(mp)
+            if stray is not None and code == 0:
+                # the helper mounted something else there (wrong device?): take it away again
+                _run(["umount", mp])
+            self._remove_mount_point()
+            detail = output or f"exit status {code}"
+            if code == 0:
+                detail = f"{argv[0]} reported success but /proc/self/mountinfo does not show {self.device} on {mp}"
+            raise MountFailed(f"cannot mount {self.what} ({self.fs_type}) on {mp}: {detail}. "
+                              "Check the disk (fsck) or the target's mount_options; nothing was written")
+        unsafe = enforce_safe_flags(mp)
+        if unsafe is not None:
+            _run(["umount", mp])
+            if self._fuse:
+                self._wait_released()
+            self._remove_mount_point()
+            raise MountFailed(f"cannot mount {self.what} safely on {mp}: {unsafe}. An untrusted disk is "
+                              "never used without nosuid,nodev,noexec; nothing was written")
+        self.path = mp
+        self.fstype = mounted.fstype
+        self.mounted_by_us = True
+        log.info("mounted %s on %s with %s", self.what, mp, argv[0])
+
+    def _settle(self, mp: str) -> Mount | None:
+        """The helper may return a moment before a FUSE mount shows up in mountinfo."""
+        deadline = time.monotonic() + _SETTLE_TIMEOUT
+        while True:
+            m = mount_at(mp)
+            if m is not None and self._is_ours(m):
+                return m
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+    def _make_mount_point(self, mp: str) -> None:
+        try:
+            self._mp_dirs.make(mp)
+        except OSError as exc:
+            raise MountFailed(f"mount point {mp}: {exc.strerror}") from None
+
+    def _remove_mount_point(self) -> None:
+        self._mp_dirs.remove()
+
+    def sync(self) -> None:
+        if self.path is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            os.sync()
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        os.sync()   # Python 3.11 has no syncfs(); sync(2) covers this file system too
+
+    def close(self) -> None:
+        """Sync, and unmount what open() mounted. Raises MountFailed if the disk stays busy."""
+        if self.path is None:
+            return
+        path = self.path
+        try:
+            self.sync()
+            if not self.mounted_by_us:
+                return
+            if self._ours_at(path):       # never unmount what someone mounted there since
+                self._unmount(path)
+            if self._fuse:
+                self._wait_released()
+            self._remove_mount_point()
+        finally:
+            if not self.mounted_by_us or not self._ours_at(path):
+                self.path = None
+                self.mounted_by_us = False
+
+    def _ours_at(self, path: str) -> bool:
+        m = mount_at(path)
+        return m is not None and self._is_ours(m)
+
+    def _unmount(self, path: str) -> None:
+        last = ""
+        for attempt in range(10):
+            code, last = _run(["umount", path], timeout=_HELPER_TIMEOUT)
+            if code == 0 or not self._ours_at(path):
+                return
+            if self._fuse and shutil.which("fusermount"):
+                code, last = _run(["fusermount", "-u", path], timeout=_HELPER_TIMEOUT)
+                if code == 0 or not self._ours_at(path):
+                    return
+            if "busy" not in last.lower() and attempt:
+                break
+            time.sleep(0.2 * (attempt + 1))     # a just-closed file may still be referenced
+        raise MountFailed(f"cannot unmount {self.what} from {path}: {last or 'busy'}. "
+                          f"Close programs using it (fuser -vm {path}), then run umount {path}; "
+                          "do not unplug the disk before that")
+
+    def _wait_released(self) -> None:
+        """A FUSE daemon flushes and exits after umount returns; wait so the disk can be pulled."""
+        deadline = time.monotonic() + _RELEASE_TIMEOUT
+        while holders(self.device):
+            if time.monotonic() > deadline:
+                log.warning("%s: a FUSE helper still holds %s %d s after unmount", self.what,
+                            self.device, _RELEASE_TIMEOUT)
+                return
+            time.sleep(0.05)
+
+    def __enter__(self) -> str:
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.close()
+        except TargetUnavailable:
+            if exc_type is None:
+                raise
+        return False
+
+
+def fat_cluster_bytes(device: str) -> int | None:
+    """Cluster size of the FAT file system on ``device``, from its boot sector."""
+    try:
+        with open(device, "rb") as f:
+            boot = f.read(16)
+    except OSError:
+        return None
+    if len(boot) < 14:
+        return None
+    per_sector = int.from_bytes(boot[11:13], "little")
+    sectors = boot[13]
+    if per_sector not in (512, 1024, 2048, 4096) or sectors == 0 or sectors & (sectors - 1):
+        return None
+    return per_sector * sectors
+
+
+def fusefat_free_bytes(path: str, device: str) -> int | None:
+    """Free bytes on a fusefat mount. Its statfs reports no blocks at all, but counts data
+    clusters in f_files and free clusters in f_ffree (seen with fusefat 0.1a)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    cluster = fat_cluster_bytes(device)
+    if cluster is None or st.f_blocks != 0 or st.f_files == 0:
+        return None
+    return st.f_ffree * cluster
+
+
+def device_present(device: str) -> bool:
+    """Is the disk behind ``device`` still there? A pulled USB disk loses its node; a card
+    reader without its card, or a loop device whose backing is gone, reports size 0."""
+    if not os.path.exists(device):
+        return False
+    name = os.path.basename(os.path.realpath(device))
+    try:
+        with open(f"/sys/class/block/{name}/size", encoding="ascii") as f:
+            return int(f.read().strip() or "0") > 0
+    except (OSError, ValueError):
+        return True          # no sysfs entry to ask (not a block device node): assume present
+
+
+def oserror_means_gone(exc: BaseException) -> bool:
+    """Errors seen when a disk disappears under a mount (kernel or FUSE)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ENODEV, errno.ENOTCONN,
+                                                      errno.ENXIO, errno.ESHUTDOWN)
