@@ -28,6 +28,10 @@ never on the clock, the host or the order workers run in: each user's mailbox is
 its own ``random.Random`` seeded from ``(seed, domain, user)``, so users can be generated in
 parallel (one process per core) and still come out identical.
 
+Layout, file names and control-file formats come from dmbackup.quickstart.maildir_gen,
+shared with the sample store and the tests' mail simulator; what is here is the content,
+the sizes and the volumes.
+
 Run ``python3 -m bench.corpus --help``; presets: ``small`` (~50 MB), ``default`` (~1.9 GB,
 ~46,000 files), ``scale`` (1,000,000 messages, attachment rate lowered to 0.5% so the
 store stays near 12.5 GB).
@@ -46,7 +50,9 @@ import shutil
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
+
+from dmbackup.quickstart import maildir_gen as mg
 
 # A fixed "now" so that the corpus never depends on the clock: 2025-11-03 08:00 UTC.
 EPOCH_NOW = 1762156800
@@ -81,16 +87,18 @@ PRESETS: dict[str, Params] = {
     "scale": Params(messages=1_000_000, users=400, domains=8, attach_rate=0.005),
 }
 
-# (directory name, IMAP name for subscriptions, share of the user's messages)
-FOLDERS: list[tuple[str, str, float]] = [
-    ("", "INBOX", 0.44),
-    (".Sent", "Sent", 0.17),
-    (".Posta&AOA-inviata", "Posta&AOA-inviata", 0.05),
-    (".Drafts", "Drafts", 0.01),
-    (".Trash", "Trash", 0.05),
-    (".Junk", "Junk", 0.04),
-    (".Archivio", "Archivio", 0.0),
-    (".Archivio.2024", "Archivio.2024", 0.24),
+# The folder whose directory is ``.Posta&AOA-inviata``: "Posta", a-grave, "inviata".
+POSTA = "Posta\u00e0inviata"
+# (IMAP name, share of the user's messages)
+FOLDERS: list[tuple[str, float]] = [
+    ("INBOX", 0.44),
+    ("Sent", 0.17),
+    (POSTA, 0.05),
+    ("Drafts", 0.01),
+    ("Trash", 0.05),
+    ("Junk", 0.04),
+    ("Archivio", 0.0),
+    ("Archivio/2024", 0.24),
 ]
 
 KEYWORDS = ["$Forwarded", "$Junk", "$NotJunk", "$Label1", "$Label2", "NonJunk"]
@@ -217,14 +225,6 @@ def rand_b64(rng: random.Random, nbytes: int) -> str:
     return binascii.b2a_base64(rng.randbytes(nbytes), newline=False).decode()
 
 
-def base_name(t: int, usec: int, pid: int, host: str, size: int, vsize: int) -> str:
-    return f"{t}.M{usec}P{pid}.{host},S={size},W={vsize}"
-
-
-def flags_sorted(flags: str) -> str:
-    return "".join(sorted(set(flags)))
-
-
 def person(rng: random.Random) -> tuple[str, str]:
     f, l = rng.choice(FIRST), rng.choice(LAST)
     name = f"{f.split('.')[0].capitalize()} {l.capitalize()}"
@@ -242,7 +242,7 @@ class MessageFactory:
         self.owner, self.owner_name = owner, owner_name
         self.mu = math.log(p.median_size)
         self.amu = math.log(p.attach_median)
-        sig_lines = [f"-- ", owner_name, rng.choice(["Responsabile amministrativo", "Ufficio tecnico",
+        sig_lines = ["-- ", owner_name, rng.choice(["Responsabile amministrativo", "Ufficio tecnico",
                                                       "Segreteria", "Titolare", "Commerciale"]),
                      owner.split("@")[1].split(".")[0].replace("-", " ").title() + " S.r.l.",
                      f"Tel. +39 0{rng.randint(10, 99)} {rng.randint(100000, 999999)}",
@@ -401,45 +401,10 @@ def index_file(rng: random.Random, uids: list[int], kind: str) -> bytes:
     raise ValueError(kind)
 
 
-def write_file(path: str, data: bytes, mtime: int | None = None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
-
-
-def replace_file(path: str, data: bytes) -> None:
-    """Dovecot never rewrites its control files in place: temp name, then rename()."""
-    tmp = path + ".tmp"
-    write_file(tmp, data)
-    os.replace(tmp, path)
-
-
-def uidlist_bytes(uidvalidity: int, nextuid: int, guid: str, entries: list[tuple[int, str]]) -> bytes:
-    lines = [f"3 V{uidvalidity} N{nextuid} G{guid}"]
-    lines += [f"{uid} :{base}" for uid, base in entries]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def parse_uidlist(data: bytes) -> tuple[dict[str, str], list[tuple[int, str]]]:
-    text = data.decode()
-    first, _, rest = text.partition("\n")
-    parts = first.split()
-    if not parts or parts[0] != "3":
-        raise ValueError(f"not a version 3 dovecot-uidlist header: {first!r}")
-    header = {p[0]: p[1:] for p in parts[1:]}
-    entries = []
-    for line in rest.splitlines():
-        if not line:
-            continue
-        uid, _, base = line.partition(" :")
-        entries.append((int(uid.split()[0]), base))
-    return header, entries
+# The shared Maildir writers, under the names bench/mutate.py and the tests use.
+base_name, flags_sorted = mg.message_base, mg.flags_sorted
+write_file, replace_file = mg.write_file, mg.replace_file
+uidlist_bytes, parse_uidlist = mg.uidlist_bytes, mg.parse_uidlist
 
 
 # --------------------------------------------------------------------------- one mailbox
@@ -473,7 +438,7 @@ def folder_flags(rng: random.Random, folder: str) -> str:
         if r < 0.92:
             return "Sd" if rng.random() < 0.5 else "Sa"
         return ""
-    if folder in ("Sent", "Posta&AOA-inviata"):
+    if folder in ("Sent", POSTA):
         return "S"
     if folder == "Drafts":
         return "DS"
@@ -492,37 +457,35 @@ def make_user(args: tuple) -> Stats:
     fmt_name = " ".join(x.capitalize() for x in user.replace("_", ".").split(".") if x)
     fac = MessageFactory(p, pl, rng, owner, fmt_name or user)
     st = Stats(users=1)
-    mdir = os.path.join(root, domain, user, "Maildir")
+    mdir = mg.mailbox_dir(root, owner)
     os.makedirs(mdir, mode=0o700, exist_ok=True)
     pid_base = rng.randint(1000, 30000)
 
     # Split the user's messages among folders (multinomial, deterministic).
-    shares = [s for _, _, s in FOLDERS]
+    shares = [s for _, s in FOLDERS]
     counts = [0] * len(FOLDERS)
     for i in rng.choices(range(len(FOLDERS)), weights=shares, k=n_messages):
         counts[i] += 1
 
     subs = []
-    for (dname, imap, _), count in zip(FOLDERS, counts):
-        fdir = os.path.join(mdir, dname) if dname else mdir
-        for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(fdir, sub), mode=0o700, exist_ok=True)
-        st.folders += 1
-        # Delivery times: Archivio.2024 holds 2024, the rest the last ~300 days.
-        if imap == "Archivio.2024":
+    for (folder, _), count in zip(FOLDERS, counts):
+        # Delivery times: Archivio/2024 holds 2024, the rest the last ~300 days.
+        if folder == "Archivio/2024":
             t0, t1 = 1704067200, 1735689599
         else:
             t0, t1 = EPOCH_NOW - 300 * 86400, EPOCH_NOW - 3600
-        if dname:
-            write_file(os.path.join(fdir, "maildirfolder"), b"", mtime=t0)
+        fdir = mg.make_folder(mdir, folder, mode=0o700, marker=True, marker_mtime=t0)
+        st.folders += 1
+        if fdir != mdir:
             st.files += 1
-            subs.append(imap)
+            # Dovecot 1 style: the name as the directory has it, without the leading dot
+            subs.append(os.path.basename(fdir)[1:])
         times = sorted(rng.randint(t0, t1) for _ in range(count))
         uidvalidity = t0 + rng.randint(0, 86400 * 30)
         uid = rng.randint(1, 40)
         entries: list[tuple[int, str]] = []
-        new_tail = max(0, int(count * 0.015)) if imap == "INBOX" else 0
-        outgoing = imap in ("Sent", "Posta&AOA-inviata", "Drafts")
+        new_tail = max(0, int(count * 0.015)) if folder == "INBOX" else 0
+        outgoing = folder in ("Sent", POSTA, "Drafts")
         used: set[str] = set()
         for i, t in enumerate(times):
             attach = rng.random() < p.attach_rate
@@ -535,10 +498,10 @@ def make_user(args: tuple) -> Stats:
                     used.add(base)
                     break
             if i >= count - new_tail:
-                path = os.path.join(fdir, "new", base)
+                sub, flags = "new", ""
             else:
-                path = os.path.join(fdir, "cur", base + ":2," + flags_sorted(folder_flags(rng, imap)))
-            write_file(path, data, mtime=t)
+                sub, flags = "cur", folder_flags(rng, folder)
+            mg.write_message(fdir, sub, base, data, flags=flags, mtime=t)
             st.files += 1
             st.messages += 1
             st.bytes += len(data)
@@ -550,8 +513,8 @@ def make_user(args: tuple) -> Stats:
         ctl = {
             "dovecot-uidlist": uidlist_bytes(uidvalidity, uid, guid, entries),
         }
-        if imap in ("INBOX", "Junk") or rng.random() < 0.3:
-            ctl["dovecot-keywords"] = "".join(f"{i} {k}\n" for i, k in enumerate(KEYWORDS)).encode()
+        if folder in ("INBOX", "Junk") or rng.random() < 0.3:
+            ctl["dovecot-keywords"] = mg.keywords_bytes(KEYWORDS)
         uids = [u for u, _ in entries]
         if count or rng.random() < 0.5:
             ctl["dovecot.index.log"] = index_file(rng, uids, "log")
@@ -566,7 +529,7 @@ def make_user(args: tuple) -> Stats:
 
     uv = rng.getrandbits(32)
     root_files = {
-        "subscriptions": ("".join(f"{s}\n" for s in subs)).encode(),
+        "subscriptions": mg.subscriptions_bytes(subs),
         "dovecot.list.index": index_file(rng, list(range(1, len(FOLDERS) + 1)), "list"),
         "dovecot.list.index.log": index_file(rng, [], "log"),
         "dovecot.mailbox.log": rng.randbytes(24 * rng.randint(1, 20)),

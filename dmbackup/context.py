@@ -36,12 +36,12 @@ class App:
             raise Interrupted("interrupted: the run was stopped; nothing of it was committed")
 
     def target(self, name: str):
-        """The target, opened by the caller; network targets retry transient errors."""
+        """The target, opened by the caller; a network target (its capabilities say so) retries
+        transient errors."""
         from dmbackup.targets import registry
 
-        cfg = self.config.target(name)
-        t = registry.build(cfg, self)
-        if cfg.type in ("smb", "nfs"):
+        t = registry.build(self.config.target(name), self)
+        if t.capabilities.network:
             from dmbackup.targets.retry import RetryingTarget
 
             t = RetryingTarget(t)

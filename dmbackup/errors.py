@@ -3,7 +3,8 @@
 Each class carries its exit code; the message passed when raising is the one-line text the
 administrator sees (what is wrong and what to do). The CLI prints ``str(err)`` and exits with
 ``err.exit_code``; it never shows a traceback for a DmError. Warnings are not raised: they are
-collected by the operation (see ``Outcome``) and turn a success into exit 1.
+collected by the operation in its result (``dmbackup.engine.result.Result``) and turn a
+success into exit 1.
 
 Exit codes (stable, documented in README.md, tested in tests/cli/test_exit_codes.py):
   0 ok · 1 done with warnings · 2 usage or config error · 3 operation failed, nothing

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import json
 import re
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -109,6 +108,3 @@ class Progress:
 def null_logger() -> Logger:
     return Logger(None)
 
-
-def stderr_logger() -> Logger:
-    return Logger(sys.stderr)

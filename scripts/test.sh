@@ -14,4 +14,6 @@ run "$PY" -m pytest -q -p no:cacheprovider tests
 #    (the NFS suite needs a private network namespace: tests/nfs/test_in_netns.py runs it
 #    from step 1)
 run tests/system/usb/run-umockdev-tests.sh -q
+# 3. no import cycles, and the layers kept (cli/ > daemon/ > engine/ > archive/ source/ system/ ...)
+run "$PY" scripts/check-imports.py
 exit $status

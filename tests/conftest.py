@@ -16,6 +16,17 @@ import pytest
 from dmbackup.archive import crypto
 from tests.world import World
 
+# Fixture modules, registered once here (pytest reads ``pytest_plugins`` from the root conftest
+# only): their fixtures are available to every test by name, without importing them.
+pytest_plugins = [
+    "tests.fixtures.dovecot",    # dovecot_factory
+    "tests.fixtures.smtp",       # smtp_factory
+    "tests.fixtures.mailbox",    # tls_dovecot, smtp (the mailbox target's servers)
+    "tests.fixtures.smbd",       # smbd, smbd_factory, smbd_module
+    "tests.fixtures.ganesha",    # nfs_netns, ganesha
+    "tests.fixtures.databases",  # mariadb_server, postgres_server, slapd_server
+]
+
 
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch):

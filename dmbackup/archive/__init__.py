@@ -1,5 +1,7 @@
 """The repository format, in prose. Code in this package implements exactly this.
 
+Every name and AAD below is spelled once, in dmbackup.archive.layout.
+
 Layout on a target (``<target root>/dmbackup/<hostname>/``)::
 
     repo.json                      format version, repository id, creation time, encryption, MAC
@@ -10,8 +12,10 @@ Layout on a target (``<target root>/dmbackup/<hostname>/``)::
         <snap>.v0001 ...           data volumes: sealed blocks of file content
         <snap>.pages               sealed directory pages written by this snapshot (if any)
         <snap>.index               content index of what this snapshot stored (if any)
+        <snap>.hidx                header index of the messages this snapshot stored (see below)
         <snap>.catalog             written LAST; its presence is what makes the snapshot exist
-    config/<snap>.bundle           config-only bundles (see dmbackup.archive.bundle)
+    config/<snap>.bundle           the config bundle a mail snapshot carries (see dmbackup.archive.bundle)
+    config/<time>-config.bundle    a config-only backup
 
 repo.json. ``{"format": 1, "id": 32 hex digits, "created": ISO time, "hostname": ...,
 "encryption": "aes-256-gcm" | "none", "mac": hex}``. ``mac`` is HMAC-SHA256 under a key
@@ -88,6 +92,25 @@ Content index. ``<snap>.index`` (sealed zstd JSON, AD ``... "index" ...``) maps 
 128 bits (hex) of the SHA-256 of each content this snapshot stored to its extents. It is
 read only by a later incremental that meets a file it cannot match by name (a message moved
 to another folder), never by a restore.
+
+Header index. ``<snap>.hidx`` (optional) holds, for each message whose content the snapshot
+stored (new to its chain), its Message-ID, Date, From, To, Cc, Subject (decoded to text), size
+and whether it seems to carry attachments, keyed by the first 128 bits of the content's SHA-256
+(so a catalog entry's ``sha256-hex`` finds its record). The plaintext is the record codec of
+dmbackup.archive.headerindex (magic ``DMHIX``, version 1, chunks of at most 4096 records stored
+column by column), zstd-compressed (level 9) and sealed with the catalog key, AD ``repo id |
+"hidx" | chain | snap``, so the medium learns no header and an index copied to another snapshot
+fails to open. Every backup writes one before its catalog (even an empty one; the block workers
+extract the headers of a full backup's messages while they hash them). It is not listed in the
+catalog header: catalogs are immutable and ``reindex`` adds indexes to snapshots made before
+they existed, by reading the first block of each message the snapshot stored (entries whose
+extents lie in its own volumes). Its absence means "not indexed". It is written under a
+temporary name and renamed, never replaced; it belongs to its snapshot like the snapshot's
+other objects (a leftover of a snapshot without a catalog is deleted by the next writer,
+``prune`` deletes it with its chain). A reader takes at most 256 MiB of it and inflates at most
+1 GiB; an index that does not open or decode is damage, which ``find`` reports and treats as
+"not indexed". Only ``find``, ``ls``, ``diff --long`` and restore by message read it, never a
+restore of a tree.
 
 Incrementals. An incremental lists the whole tree of its moment (deleted files are simply
 absent) but stores only content that is new to the chain: an unchanged file (same size and

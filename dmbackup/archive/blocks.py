@@ -20,6 +20,8 @@ import zstandard
 from dmbackup.errors import CorruptObject, NotFound, OperationFailed
 from dmbackup.archive import BLOCK_SIZE
 from dmbackup.archive.catalog import decompress
+from dmbackup.archive import layout
+from dmbackup.archive.headerindex import HEADER_CAP, extract
 from dmbackup.archive.layout import block_aad
 
 FRAME = struct.Struct("<I")
@@ -37,8 +39,9 @@ class BlockWriter:
         self.stop_check = stop_check or (lambda: None)
         self.chunks: list[bytes] = []     # the open block, joined once when it is flushed
         self.fill = 0
-        self.to_hash: list[tuple[int, int]] = []   # (offset, length) in the open block
+        self.to_hash: list[tuple[int, int, bool]] = []   # (offset, length, a message?) in the open block
         self.hashes: dict[int, list[str]] = {}     # seq -> SHA-256 hex of those slices
+        self.headers: dict[int, list] = {}        # seq -> headerindex.Headers of the messages among them
         self.seq = 0                      # seq of the block being filled
         self.written_seq = -1             # highest seq whose location is known
         self.locations: dict[int, tuple[str, int, int]] = {}
@@ -58,10 +61,12 @@ class BlockWriter:
     def room(self) -> int:
         return BLOCK_SIZE - self.fill
 
-    def add(self, data: bytes | memoryview, *, want_hash: bool = False):
+    def add(self, data: bytes | memoryview, *, want_hash: bool = False, message: bool = False):
         """Append content that fits in the current block; returns (seq, offset, length), and
         with ``want_hash`` also the index under which the workers will record its SHA-256
-        (``hash_of(seq, index)`` once the block is written): hashing then runs in parallel."""
+        (``hash_of(seq, index)`` once the block is written): hashing then runs in parallel.
+        ``message`` (with ``want_hash``): the workers also extract its headers for the header
+        index (``headers_of(seq, index)``), so a full backup indexes off the main thread."""
         assert len(data) <= self.room()
         off = self.fill
         self.chunks.append(data)
@@ -70,7 +75,7 @@ class BlockWriter:
         hidx = None
         if want_hash:
             hidx = len(self.to_hash)
-            self.to_hash.append((off, len(data)))
+            self.to_hash.append((off, len(data), message))
         if not self.room():
             self.flush()
         return (ref, hidx) if want_hash else ref
@@ -78,10 +83,15 @@ class BlockWriter:
     def hash_of(self, seq: int, index: int) -> str:
         return self.hashes[seq][index]
 
+    def headers_of(self, seq: int, index: int):
+        """The headers the workers extracted for a ``message`` added with ``want_hash`` (or None)."""
+        h = self.headers.get(seq)
+        return h[index] if h is not None else None
+
     def release(self, below: int, keep: set[int]) -> None:
         """Forget locations and digests of blocks below ``below`` (every entry using them is
         final), except the ``keep`` ones (still referenced, e.g. by hardlinked files)."""
-        for d in (self.locations, self.hashes):
+        for d in (self.locations, self.hashes, self.headers):
             for seq in [q for q in d if q < below and q not in keep]:
                 del d[seq]
 
@@ -98,13 +108,16 @@ class BlockWriter:
             self._write_one()
 
     @staticmethod
-    def _compress(chunks: list[bytes], level: int, slices: list[tuple[int, int]]):
+    def _compress(chunks: list[bytes], level: int, slices: list[tuple[int, int, bool]]):
         import hashlib
 
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         view = memoryview(data)
-        digests = [hashlib.sha256(view[o:o + n]).hexdigest() for o, n in slices]
-        return zstandard.ZstdCompressor(level=level).compress(data), digests
+        digests = [hashlib.sha256(view[o:o + n]).hexdigest() for o, n, _ in slices]
+        headers = None
+        if any(m for _, _, m in slices):
+            headers = [extract(bytes(view[o:o + min(n, HEADER_CAP)])) if m else None for o, n, m in slices]
+        return zstandard.ZstdCompressor(level=level).compress(data), digests, headers
 
     # --- writing ---------------------------------------------------------------------------
     def _write_one(self) -> None:
@@ -112,16 +125,18 @@ class BlockWriter:
 
         self.stop_check()
         seq, fut = self.pending.popleft()
-        compressed, digests = fut.result()
+        compressed, digests, headers = fut.result()
         if digests:
             self.hashes[seq] = digests
+        if headers:
+            self.headers[seq] = headers
         framed_len = FRAME.size + len(compressed) + 64
         if self.vol is not None and self.vol.size + framed_len > self.volume_size:
             self._close_volume()
         if self.vol is None:
             self.vol_no += 1
-            self.vol_name = f"{self.snap}.v{self.vol_no:04d}"
-            self.vol = self.target.writer(f"chains/{self.chain}/{self.vol_name}")
+            self.vol_name = layout.volume_name(self.snap, self.vol_no)
+            self.vol = self.target.writer(layout.chain_object(self.chain, self.vol_name))
             self._hash = hashlib.sha256()
         offset = self.vol.size + FRAME.size
         sealed = self.sealer.seal(compressed, block_aad(self.repo_id, self.chain, self.vol_name, offset))
@@ -148,7 +163,7 @@ class BlockWriter:
         target must be what was written (a share can acknowledge writes it then loses)."""
         import hashlib
 
-        name = f"chains/{self.chain}/{info['name']}"
+        name = layout.chain_object(self.chain, info["name"])
         h, pos = hashlib.sha256(), 0
         size = self.target.stat(name).size
         while pos < size:
@@ -205,7 +220,7 @@ class BlockReader:
             self.cache.move_to_end(key)
             return hit
         try:
-            sealed = self.target.get(f"chains/{chain}/{volume}", offset, length)
+            sealed = self.target.get(layout.chain_object(chain, volume), offset, length)
         except NotFound:
             raise CorruptObject(f"volume {chain}/{volume} is missing from the repository") from None
         self.bytes_fetched += len(sealed)

@@ -2,7 +2,7 @@
 
 Everything read from a repository is validated here before the engine sees it: a catalog or
 page that does not have exactly the documented shape raises ``CorruptObject``, whatever the
-bytes are (the parsers are fuzzed in tests/archive/test_parsers_fuzz.py).
+bytes are (the parsers are fuzzed in tests/faults/test_parsers_fuzz.py).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 import zstandard
 
-from dmbackup.archive.layout import OBJECT_RE, VOLUME_RE, body_aad, head_aad, index_aad, page_aad  # noqa: F401 (re-exported)
+from dmbackup.archive.layout import OBJECT_RE, VOLUME_RE, body_aad, head_aad, index_aad
 from dmbackup.errors import CorruptObject
 from dmbackup.archive import BLOCK_SIZE, CATALOG_MAGIC, FORMAT_VERSION
 
 U32 = struct.Struct("<I")
 TYPES = ("f", "d", "l")
-TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
 MAX_ID = (1 << 32) - 2          # uid_t/gid_t; 0xFFFFFFFF means "unchanged" to chown
 MAX_PAGE_PLAIN = 64 << 20
 MAX_BODY_PLAIN = 1 << 30
@@ -344,16 +344,24 @@ def decode_index(data: bytes, sealer, repo_id: str, chain: str, snap: str):
     return Index(decompress(sealer.open(data, index_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN), what)
 
 
-def encode_catalog(header: Header, table: dict, warnings: list[str], sealer, repo_id: str) -> bytes:
+def encode_catalog(header: Header, table: dict, warnings: list[str], sealer, repo_id: str, *,
+                   count_self: bool = False) -> bytes:
     """``table`` is {"pages": rows} (a full table) or {"base": parent id, "depth": n,
-    "changed": rows, "removed": dirs} (changes to the parent's table)."""
-    head = sealer.seal(dumps(header.as_dict()), head_aad(repo_id, header.chain, header.id))
+    "changed": rows, "removed": dirs} (changes to the parent's table).
+
+    ``count_self``: first add the size of this very catalog to ``header.stored_bytes`` (the
+    size it has with the header as given, as a backup records it); the body, which does not
+    depend on the header, is encoded once either way."""
     body_obj = dict(table)
     for k in ("pages", "changed"):
         if k in body_obj:
             body_obj[k] = [r.encode() for r in body_obj[k]]
     body_obj["warnings"] = warnings[:1000]
     body = sealer.seal(compress(dumps(body_obj)), body_aad(repo_id, header.chain, header.id))
+    head = sealer.seal(dumps(header.as_dict()), head_aad(repo_id, header.chain, header.id))
+    if count_self:
+        header.stored_bytes += len(CATALOG_MAGIC) + U32.size + len(head) + len(body)
+        head = sealer.seal(dumps(header.as_dict()), head_aad(repo_id, header.chain, header.id))
     return CATALOG_MAGIC + U32.pack(len(head)) + head + body
 
 

@@ -13,8 +13,9 @@ first successful unlock (trust on first use) and logged.
 
 from __future__ import annotations
 
-from dmbackup.errors import DmError, WrongRepository
+from dmbackup.archive import layout
 from dmbackup.archive.repository import Repository
+from dmbackup.errors import DmError, WrongRepository
 
 
 def _mode_words(mode: str | None) -> str:
@@ -111,11 +112,10 @@ def enrol(app, repo: Repository, target_name: str, *, created: bool) -> dict:
            "created": repo.meta.get("created"), "mac": repo.meta_mac == "ok",
            "newest": ({"chain": newest.chain, "seq": newest.header.seq, "id": newest.id,
                        "time": newest.header.time} if newest else None)}
-    from dmbackup.engine.configbundle import _repo_bundle_names   # late: configbackup imports the engine
-
     committed = {x.id for x in snaps} | {b for _, b, _ in repo.damaged}
-    bundles = [n for n, _ in _repo_bundle_names(repo) if n.endswith("-config") or n in committed]
-    rec["config_newest"] = max(bundles, key=lambda n: (n[:16], n)) if bundles else None
+    bundles = [n for n in repo.bundle_ids() if layout.parse_id_time(n) is not None
+               and (layout.is_config_only(n) or n in committed)]
+    rec["config_newest"] = max(bundles, key=lambda n: (layout.id_time(n), n)) if bundles else None
     app.state.enrol(target_name, repo.id)
     app.state.set_trust(target_name, repo.id, rec)
     return {

@@ -1,5 +1,6 @@
-"""What every command shares: loading config into an App, choosing a target, printing, and
-turning errors into one line on stderr plus the documented exit code (no traceback).
+"""What every command shares: loading config into an App, choosing a target, printing a
+``Result`` (``show``), and turning errors into one line on stderr plus the documented exit
+code (no traceback).
 
 A bug (any exception that is not a DmError) is exit 70, never 1: units count 1 as success.
 The administrator gets one line; the traceback goes to the log and to a crash report file
@@ -23,10 +24,14 @@ import typer
 
 from dmbackup import config as config_mod
 from dmbackup.context import App
-from dmbackup.system.childenv import check_config_file
+from dmbackup.engine import hooks
+from dmbackup.engine.result import Result
 from dmbackup.errors import DmError, UsageError, EXIT_INTERNAL, EXIT_INTERRUPTED
 from dmbackup.log import Logger, Progress, terminal_safe
 from dmbackup.system import stopping
+from dmbackup.system.childenv import check_config_file
+
+
 class State:
     config_file: str | None = None
     quiet: bool = False
@@ -78,6 +83,18 @@ def emit(obj, json_out: bool, text: str | None = None) -> None:
         typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=True))
     elif text is not None:
         echo(text)
+
+
+def show(res: Result, json_out: bool, *, after: str | None = None) -> None:
+    """Print an engine ``Result``: its notes (warnings) on stderr, then its summary, or its
+    ``--json``, on stdout; ``after``, an error line, on stderr last; exit with its code."""
+    for line in res.notes():
+        echo(line, err=True)
+    emit(res.as_json(), json_out, res.summary())
+    if after:
+        echo(f"dmbackup: {after}", err=True)
+    if res.exit_code:
+        raise typer.Exit(res.exit_code)
 
 
 def fail(err: DmError) -> None:
@@ -140,7 +157,6 @@ def handled(app: App | None = None):
     asked: dict = {"stop": False, "kicker": None}
 
     def on_int(signum, frame):
-        from dmbackup.engine import hooks
         if not asked["stop"]:
             asked["stop"] = True
             app.stop.set()

@@ -82,6 +82,9 @@ for mod in (init_cmd, backup_cmd, snapshots_cmd, verify_cmd, restore_cmd, prune_
             daemon_cmd, check_config_cmd):
     mod.register(app)
 app.add_typer(usb_cmd.usb_app, name="usb")
+from dmbackup.cli import diff_cmd, find_cmd, ls_cmd, reindex_cmd  # noqa: E402 (issue 15: find, ls, diff, reindex)
+for mod in (find_cmd, ls_cmd, diff_cmd, reindex_cmd):
+    mod.register(app)
 
 
 COMPLETE_VAR = "_DMBACKUP_COMPLETE"    # set by the bash completion (packaging/bash-completion/dmbackup)

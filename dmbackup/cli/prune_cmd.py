@@ -5,7 +5,8 @@ from typing import Optional
 import typer
 
 from dmbackup import engine
-from dmbackup.cli.common import complete_target, echo, emit, examples, handled, load_app, pick_target
+from dmbackup.cli.common import complete_target, examples, handled, load_app, pick_target, show
+from dmbackup.engine.prune import keep_chains_for
 
 EXAMPLES = examples(
     "What would be deleted",
@@ -27,12 +28,5 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
         with handled(a):
-            res = engine.prune(a, pick_target(a, target), keep_chains=keep_chains, dry_run=dry_run)
-            verb = "would delete" if dry_run else "deleted"
-            for w in res.warnings[:20]:
-                echo(f"warning: {w}", err=True)
-            emit(res.as_dict(), json_out,
-                 f"{verb} {len(res.deleted)} chain(s){': ' + ', '.join(res.deleted) if res.deleted else ''}; "
-                 f"kept {', '.join(res.kept) or 'none'}")
-            if res.exit_code:
-                raise typer.Exit(res.exit_code)
+            tname = pick_target(a, target)
+            show(engine.prune(a, tname, keep_chains or keep_chains_for(a.config, tname), dry_run=dry_run), json_out)

@@ -1,14 +1,16 @@
 """dmbackup restore --target T [SNAPSHOT | --at TIME] [--what] [--mailbox] [--folder] [--to DIR]
-[--overwrite] [--resume] [--uid-gap N]; dmbackup restore --resync."""
+[--overwrite] [--resume] [--uid-gap N]; dmbackup restore --resync; and restore by message:
+[--message-id ID] [--from TEXT] [--rcpt TEXT] [--subject TEXT] [--since DATE] [--before DATE]
+[--format maildir|eml] [--dry-run] (dmbackup.engine.msgrestore)."""
 
 from typing import Optional
 
 import typer
 
 from dmbackup import engine
+from dmbackup.cli.common import complete_target, examples, handled, load_app, pick_target, show
+from dmbackup.cli.find_cmd import has_message_filter, restore_messages
 from dmbackup.errors import UsageError
-from dmbackup import humanize
-from dmbackup.cli.common import complete_target, emit, examples, handled, load_app, pick_target, echo
 
 EXAMPLES = examples(
     "Disaster, the whole newest snapshot into an empty directory (then move it into place)",
@@ -27,6 +29,10 @@ EXAMPLES = examples(
     "dmbackup restore --target usb1 --mailbox anna@example.it --folder Archivio/2024 --to /tmp/a",
     "One mailbox into the live server (new folders Restored-DATE/..., nothing live touched)",
     "dmbackup restore --target usb1 --mailbox anna@example.it --at 2026-11-27T23:00",
+    "One message deleted last week, back into the live mailbox (Restored-DATE/<folder>)",
+    "dmbackup restore --target usb1 --mailbox anna@example.it --message-id '<abc@example.it>'",
+    "A sender's messages of November as .eml files (see first: --dry-run)",
+    "dmbackup restore --target usb1 --from rossi --since 2026-11-01 --before 2026-12-01 --to /tmp/eml --format eml",
     "The configuration: preflight, then apply",
     "dmbackup restore --target offbox --what config; dmbackup restore --target offbox --what config --overwrite",
 )
@@ -50,6 +56,18 @@ def register(app: typer.Typer) -> None:
                                               "1000 for --overwrite or --to the mail store, else 0)."),
         resync: bool = typer.Option(False, "--resync", help="After a store restored with --to was moved into place "
                                     "and Dovecot started: resync it and raise mod-sequences for clients."),
+        message_id: Optional[str] = typer.Option(None, "--message-id", help="Restore the messages whose "
+                                                  "Message-ID contains ID (see `dmbackup find`)."),
+        from_: Optional[str] = typer.Option(None, "--from", help="Restore the messages whose From contains TEXT."),
+        rcpt: Optional[str] = typer.Option(None, "--rcpt", help="Restore the messages whose To or Cc contains TEXT."),
+        subject: Optional[str] = typer.Option(None, "--subject", help="Restore the messages whose Subject "
+                                               "contains TEXT."),
+        since: Optional[str] = typer.Option(None, "--since", help="Messages dated at or after DATE (ISO 8601)."),
+        before: Optional[str] = typer.Option(None, "--before", help="Messages dated before DATE (ISO 8601)."),
+        fmt: str = typer.Option("maildir", "--format", help="With a message filter and --to DIR: maildir or eml "
+                                "(one .eml file per message)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="With a message filter: list what would be "
+                                     "restored, write nothing."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     ):
         """Restore a snapshot, a mailbox or a folder."""
@@ -60,65 +78,24 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("give either SNAPSHOT or --at, not both")
             if what not in ("mail", "config"):
                 raise UsageError(f"--what must be mail or config, not {what!r}")
+            if has_message_filter(from_=from_, rcpt=rcpt, subject=subject, message_id=message_id, since=since,
+                                  before=before):
+                if what != "mail" or overwrite or resume or resync or uid_gap is not None:
+                    raise UsageError("--message-id/--from/--rcpt/--subject/--since/--before restore messages: they "
+                                     "do not combine with --what config, --overwrite, --resume, --resync or --uid-gap")
+                restore_messages(a, target, snapshot=snapshot, at=at, mailbox=mailbox, folder=folder, from_=from_,
+                                 rcpt=rcpt, subject=subject, message_id=message_id, since=since, before=before,
+                                 to=to, fmt=fmt, dry_run=dry_run, json_out=json_out)
+                return
+            if fmt != "maildir" or dry_run:
+                raise UsageError("--format and --dry-run go with a message filter (--message-id, --from, --rcpt, "
+                                 "--subject, --since, --before)")
             if resync:
                 if snapshot or at or to or overwrite or resume or mailbox or folder or uid_gap is not None:
                     raise UsageError("--resync takes no other restore option: it finishes a store that is already "
                                      "in place and served by Dovecot")
-                d = engine.resync(a)
-                for w in d.get("warnings", []):
-                    echo(f"warning: {w}", err=True)
-                emit(d, json_out, f"resynced; {d.get('folders')} folder(s) now at HIGHESTMODSEQ "
-                                  f"{d.get('highest_modseq')}, every message's mod-sequence raised")
-                if d.get("exit_code", 0):
-                    raise typer.Exit(d["exit_code"])
+                show(engine.resync(a), json_out)
                 return
-            from dmbackup.engine import hooks
-            tname = pick_target(a, target)
-            ctx = hooks.HookContext(action="restore", target=tname, what=what)
-            res = None
-            with hooks.around(a, ctx):
-                res = engine.restore(a, tname, snapshot, at=at, what=what, mailbox=mailbox,
+            res = engine.run_restore(a, pick_target(a, target), snapshot, at=at, what=what, mailbox=mailbox,
                                      folder=folder, to=to, overwrite=overwrite, resume=resume, uid_gap=uid_gap)
-                ctx.snapshot = getattr(res, "snapshot_id", None) or (res.get("snapshot") if isinstance(res, dict) else None)
-            if res is None:
-                echo(f"restore from {tname} skipped by a pre-restore hook")
-                return
-            d = res.as_dict() if hasattr(res, "as_dict") else res
-            for w in d.get("warnings", [])[:20]:
-                echo(f"warning: {w}", err=True)
-            failed = d.get("failed") or []
-            if what == "config" and not to:
-                text = _preflight_text(d)
-            else:
-                text = (f"restored {d.get('files')} files ({humanize.size(d.get('bytes'))}) from "
-                        f"{d.get('snapshot')} into {d.get('destination')}")
-                if d.get("skipped_complete"):
-                    text += f"; {d['skipped_complete']} already complete (--resume)"
-                if failed:
-                    text += f"\nNOT restored ({d['failed_count']}):" + "".join(
-                        f"\n  {f.get('path')}: {f.get('error')}" for f in failed[:200])
-            emit(d, json_out, text)
-            if failed:
-                n, first = d["failed_count"], failed[0]
-                why = ("damaged or unsafe in the backup: run `dmbackup verify --read-data` and restore them from "
-                       "another snapshot" if d.get("exit_code") == 4 else
-                       "they could not be written: fix the destination and run the same restore with --resume")
-                echo(f"dmbackup: restore incomplete: {n} entr{'y' if n == 1 else 'ies'} not restored (first: "
-                     f"{first.get('path')}: {first.get('error')}), everything else was restored; {why}", err=True)
-                raise typer.Exit(d["exit_code"])
-            if d.get("exit_code", 0):
-                raise typer.Exit(d["exit_code"])
-
-
-def _preflight_text(d: dict) -> str:
-    """A config restore into the live system: what would change, and whether it was applied."""
-    lines = []
-    for c in (d.get("changes") or [])[:200]:
-        if isinstance(c, dict) and c.get("action") != "unchanged":
-            lines.append(f"  {c.get('action', '?'):<9} {c.get('path', '?')}")
-    counts = d.get("counts") or {}
-    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-    head = (f"applied config bundle {d.get('snapshot')}: {summary or 'nothing to change'}" if d.get("applied")
-            else f"preflight of config bundle {d.get('snapshot')}: {summary or 'nothing to change'}; "
-                 "nothing written (add --overwrite to apply; replaced files are kept as <file>.dmbackup-<time>)")
-    return "\n".join([head] + lines)
+            show(res, json_out, after=res.incomplete())

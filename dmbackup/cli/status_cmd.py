@@ -2,7 +2,8 @@
 
 import typer
 
-from dmbackup.cli.common import echo, emit, examples, handled, load_app
+from dmbackup.cli.common import examples, handled, load_app, show
+from dmbackup.daemon import monitoring
 
 EXAMPLES = examples(
     "A table for people (exit 1 when a job is overdue or failed)",
@@ -19,16 +20,4 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
         with handled(a):
-            from dmbackup.daemon import status as status_mod
-            report = status_mod.status(a)
-            if a.config.monitoring.textfile:
-                from dmbackup.daemon import monitoring
-                problem = monitoring.after_status(a, report)
-                if problem:
-                    echo(f"warning: {problem}", err=True)
-            emit(report, json_out, status_mod.render_text(report) if hasattr(status_mod, "render_text") else None)
-            if not json_out and not hasattr(status_mod, "render_text"):
-                emit(report, True)
-            code = status_mod.exit_code(report)
-            if code:
-                raise typer.Exit(code)
+            show(monitoring.status_report(a), json_out)

@@ -47,22 +47,25 @@ def register(app: typer.Typer) -> None:
                                      "other")
                 _drill(a, pick_target(a, target), snapshot, mailbox, json_out)
                 return
-            res = engine.verify(a, pick_target(a, target), snapshot=snapshot, read_data=read_data)
-            d = res.as_dict() if hasattr(res, "as_dict") else res
-            text = res.summary() if hasattr(res, "summary") else _mailbox_summary(d)
-            if json_out:
-                emit(d, True)
-            elif d.get("exit_code", 0):
-                echo(f"dmbackup: {text}", err=True)
-                for p in d.get("problems", [])[1:20]:
-                    echo(f"  {p}", err=True)
-                for snap, files in (d.get("damaged_files") or {}).items():
-                    for f in files[:20]:
-                        echo(f"  damaged in {snap}: {f}", err=True)
-            else:
-                echo(text)
-            if d.get("exit_code", 0):
-                raise typer.Exit(d["exit_code"])
+            _show_verify(engine.verify(a, pick_target(a, target), snapshot=snapshot, read_data=read_data), json_out)
+
+
+def _show_verify(res, json_out: bool) -> None:
+    """Damage is an error: its summary and details go to stderr, not a report on stdout."""
+    d = res.as_dict()
+    if json_out:
+        emit(d, True)
+    elif res.exit_code:
+        echo(f"dmbackup: {res.summary()}", err=True)
+        for p in d.get("problems", [])[1:20]:
+            echo(f"  {p}", err=True)
+        for snap, files in (d.get("damaged_files") or {}).items():
+            for f in files[:20]:
+                echo(f"  damaged in {snap}: {f}", err=True)
+    else:
+        echo(res.summary())
+    if res.exit_code:
+        raise typer.Exit(res.exit_code)
 
 
 def _drill(a, target: str, snapshot: Optional[str], mailbox: Optional[str], json_out: bool) -> None:
@@ -84,10 +87,3 @@ def _drill(a, target: str, snapshot: Optional[str], mailbox: Optional[str], json
             echo(f"  warning: {w}", err=True)
     if res.exit_code:
         raise typer.Exit(res.exit_code)
-
-
-def _mailbox_summary(d: dict) -> str:
-    if d.get("exit_code", 0):
-        return f"verify found damage: {'; '.join(map(str, d.get('problems') or [d.get('error', 'see --json')]))}"
-    return (f"verify ok: config bundle {d.get('id') or d.get('snapshot') or ''} fetched, decrypted and "
-            f"matches its manifest ({d.get('files', '?')} files)")

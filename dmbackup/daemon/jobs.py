@@ -32,22 +32,27 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from dmbackup import utctime
+from dmbackup import humanize, utctime
+from dmbackup.daemon import monitoring
+from dmbackup.daemon.timelimit import job_time_limit
 from dmbackup.engine import hooks
-
-from dmbackup.mailout import notify
+from dmbackup.engine.result import MAX_NOTES, Result
 from dmbackup.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DamageFound, DmError, Interrupted
+from dmbackup.mailout import notify
 
 Clock = Callable[[], datetime]
 LOG_LINES_IN_MAIL = 30
 
 
 @dataclass
-class JobResult:
+class JobResult(Result):
+    """One run of a job; ``warnings`` (from ``Result``) are the engine's, the steps' and the
+    post hooks'."""
+
     job: str
     target: str
     what: str
@@ -58,7 +63,6 @@ class JobResult:
     exit_code: int = 0
     snapshot_id: str | None = None
     error: str | None = None
-    warnings: list[str] = field(default_factory=list)
     backup: dict | None = None       # engine results, as_dict()
     prune: dict | None = None
     verify: dict | None = None
@@ -70,9 +74,21 @@ class JobResult:
         return self.status in ("ok", "warning", "skipped")
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["started"], d["finished"] = utctime.iso(self.started), utctime.iso(self.finished)
-        return d
+        return {"job": self.job, "target": self.target, "what": self.what, "trigger": self.trigger,
+                "started": utctime.iso(self.started), "finished": utctime.iso(self.finished),
+                "status": self.status, "exit_code": self.exit_code, "snapshot_id": self.snapshot_id,
+                "error": self.error, "warnings": list(self.warnings), "backup": self.backup,
+                "prune": self.prune, "verify": self.verify, "drill": self.drill, "notified": self.notified}
+
+    def summary(self) -> str:
+        b = self.backup or {}
+        return (f"job {self.job}: {self.status}" + (f", snapshot {self.snapshot_id}" if self.snapshot_id else "")
+                + (f" ({b.get('files')} files, {humanize.size(b.get('bytes'))}, "
+                   f"{humanize.size(b.get('stored_bytes'))} stored)" if b.get("files") is not None else ""))
+
+    def notes(self) -> list[str]:
+        return ([f"dmbackup: {self.error}"] if self.error else []) + \
+            [f"warning: {w}" for w in self.warnings[:MAX_NOTES]]
 
     def record(self) -> dict:
         """What goes into State (runs.json) and what ``status`` reads back."""
@@ -90,15 +106,6 @@ class JobResult:
             # bytes the backup wrote to the target (the Prometheus textfile reports them)
             "stored_bytes": (self.backup or {}).get("stored_bytes"),
         }
-
-
-def _as_dict(res) -> dict | None:
-    if res is None:
-        return None
-    fn = getattr(res, "as_dict", None)
-    if callable(fn):
-        return fn()
-    return {"value": repr(res)}
 
 
 def run_log_lines(app, since: datetime, limit: int = LOG_LINES_IN_MAIL) -> list[str]:
@@ -137,8 +144,6 @@ def run_job(app, job_name: str, *, clock: Clock = utctime.utc_now, trigger: str 
     unexpected: BaseException | None = None
     try:
         with hooks.around(app, ctx):
-            from dmbackup.daemon.scheduler import job_time_limit     # late: scheduler imports this module
-
             with job_time_limit(app, job, ctx):       # job_timeout: a stuck run ends (exit 7 or 3)
                 _run_steps(app, engine, job, res, ctx, full)
     except hooks.RunSkipped as exc:
@@ -172,8 +177,7 @@ def run_job(app, job_name: str, *, clock: Clock = utctime.utc_now, trigger: str 
         app.state.record_run(job.name, res.record())
     except OSError as exc:
         app.log.error("state_write_failed", job=job.name, error=str(exc))
-    if getattr(getattr(app.config, "monitoring", None), "textfile", None):
-        from dmbackup.daemon import monitoring
+    if app.config.monitoring.textfile:
         monitoring.after_job(app, res)
     if send_notifications:
         res.notified = notify.notify_job_result(app, res, run_log_lines(app, wall_start))
@@ -185,23 +189,22 @@ def run_job(app, job_name: str, *, clock: Clock = utctime.utc_now, trigger: str 
 def _run_steps(app, engine, job, res: JobResult, ctx: hooks.HookContext, full: bool) -> None:
     """backup, then prune and verify; failures after the commit degrade to warnings."""
     b = engine.backup(app, job.target, what=job.what, full=full, job=job)
-    res.backup = _as_dict(b)
-    res.snapshot_id = ctx.snapshot = getattr(b, "snapshot_id", None)
-    ctx.warnings.extend(getattr(b, "warnings", None) or [])
+    res.backup = b.as_dict()
+    res.snapshot_id = ctx.snapshot = b.snapshot_id
+    ctx.warnings.extend(b.warnings)
     app.log.info("job_backup_done", job=job.name, snapshot=res.snapshot_id)
 
     # The snapshot is committed: from here on, only damage makes the run a failure.
     step = "prune"
     try:
         if job.prune_after and job.what == "mail":
-            p = engine.prune(app, job.target, job.keep_chains)
-            res.prune = _as_dict(p)
+            res.prune = engine.prune(app, job.target, job.keep_chains).as_dict()
         if job.verify_after != "none":
             step = "verify"
             v = engine.verify(app, job.target, snapshot=res.snapshot_id,
                               read_data=job.verify_after == "read-data")
-            res.verify = _as_dict(v)
-            code = getattr(v, "exit_code", 0)
+            res.verify = v.as_dict()
+            code = v.exit_code
             if code == DamageFound.exit_code:
                 raise DamageFound(f"verify of snapshot {res.snapshot_id} on target {job.target!r} "
                                   f"found damage: {res.verify}")
@@ -225,7 +228,7 @@ def _drill_step(app, job, res: JobResult, ctx: hooks.HookContext) -> None:
     from dmbackup.engine.drill import restore_drill
 
     d = restore_drill(app, job.target, snapshot=res.snapshot_id, job=job.name)
-    res.drill = _as_dict(d)
+    res.drill = d.as_dict()
     if d.exit_code == DamageFound.exit_code:
         raise DamageFound(d.summary())
     ctx.warnings.extend(f"restore drill: {w}" for w in d.warnings)

@@ -1,7 +1,7 @@
 """The Prometheus textfile: the jobs' health in the format node_exporter's textfile collector reads.
 
 When ``[monitoring] textfile`` is set, the file is rewritten after every job run (``jobs.run_job``,
-however the job was started) and by every ``dmbackup status``. Per job (labels ``job`` and
+however the job was started) and by every ``dmbackup status`` (``status_report``). Per job (labels ``job`` and
 ``target``): the last success time, the last run's time, exit code, duration and stored bytes,
 and the ``overdue`` and ``failed`` flags of ``status``; per target, the snapshot count. The
 metric names are a documented contract (docs/status-json.md, "Prometheus textfile").
@@ -21,6 +21,7 @@ import os
 from datetime import datetime
 
 from dmbackup import utctime
+from dmbackup.daemon import status
 from dmbackup.state import write_atomic
 
 CACHE = "monitoring.json"       # in state_dir: {"targets": {name: {"snapshots": n, "time": iso}}}
@@ -123,7 +124,6 @@ def write(app, report: dict | None = None, *, now: datetime | None = None) -> st
         return None
     try:
         if report is None:
-            from dmbackup.daemon import status
             report = status.status(app, check_targets=False)
         text = render(report, app.state.runs(), _counts(app), now or utctime.utc_now())
         d = os.path.dirname(path)
@@ -148,7 +148,8 @@ def after_job(app, res) -> str | None:
             from dmbackup import engine
 
             counts = _counts(app)
-            counts[res.target] = {"snapshots": len(engine.snapshots(app, res.target)), "time": utctime.iso(utctime.utc_now())}
+            counts[res.target] = {"snapshots": len(engine.snapshots(app, res.target)),
+                                  "time": utctime.iso(utctime.utc_now())}
             _save_counts(app, counts)
     except Exception as exc:
         app.log.warning("monitoring_count_failed", target=res.target, error=str(exc))
@@ -168,3 +169,11 @@ def after_status(app, report: dict) -> str | None:
     except Exception as exc:
         app.log.warning("monitoring_count_failed", error=str(exc))
     return write(app, report)
+
+
+def status_report(app) -> status.StatusResult:
+    """``dmbackup status``: the report, and the textfile rewritten from it when configured
+    (a problem writing it is a warning of the result, never its exit code)."""
+    report = status.status(app)
+    problem = after_status(app, report)
+    return status.StatusResult(report=report, problems=[problem] if problem else [])

@@ -12,8 +12,8 @@ One loop thread does all the work, one job at a time:
   was interrupted does not count as a run. A job the daemon has never seen before is not
   caught up (nothing was missed): it is remembered in ``scheduler.json`` ("first seen").
 - Jobs with ``on_plug = true`` on a ``usb`` target are queued (trigger "usb") when
-  ``dmbackup.system.usbwatch`` reports their disk plugged in; the watcher runs in its own thread
-  and only queues.
+  ``dmbackup.system.usbwatch`` reports their disk plugged in (``dmbackup.daemon.plug`` picks
+  them, as for the udev unit); the watcher runs in its own thread and only queues.
 - Dead-man check: a scheduled job with no success for more than twice its interval (counted
   from its last success, or from when the daemon first saw it) is overdue: logged
   (``job_overdue``) and mailed, once when it becomes overdue and then at most once per further
@@ -24,7 +24,11 @@ logged and the old config kept; no catch-up on reload). SIGTERM and SIGINT set `
 the engine checks it between files and volumes (``App.check_stop``) and raises
 ``Interrupted`` at a point where nothing half-written is visible, hooks cut a running pre
 hook short, post hooks still run, the run is recorded as "interrupted" and the daemon exits
-0. A flag cannot reach a run stuck in a system call (a NAS that accepted the connection and
+0. SIGUSR2 asks for a restart between jobs (sent by the Debian package's postinst after an
+upgrade): the running job, if any, finishes normally, no further job is started, and the daemon
+exits with ``EXIT_RESTART`` (75), which dmbackup.service restarts (``RestartForceExitStatus``)
+with the new code; jobs that were queued behind it are caught up after the restart. A flag
+cannot reach a run stuck in a system call (a NAS that accepted the connection and
 went silent, a hung disk): if the run has not stopped ``STOP_GRACE`` seconds after the
 signal, the signal is sent again to the main thread, every ``STOP_GRACE`` seconds, and its
 handler raises there, which aborts the blocked call (an interruptible wait returns EINTR and
@@ -32,368 +36,65 @@ the exception propagates; what the crash tests show for SIGKILL holds for this t
 half-written becomes visible). A second SIGTERM does the same at once. Post hooks are never
 forced (``hooks.tearing_down``).
 
-Time limit: every job run gets ``job_timeout`` (``job_time_limit``, used by ``jobs.run_job``,
-so the same for the CLI, the timers and the daemon). When it expires the run is asked to stop
-(``app.stop``), and forced out of a blocked call as above with SIGALRM; it ends as a failure,
-exit 7 (``TargetHung``) when it was waiting on its target, exit 3 (``JobTimedOut``) otherwise,
-or as a warning when the snapshot had already been committed (only prune/verify were cut).
+Time limit: every job run gets ``job_timeout`` (``dmbackup.daemon.timelimit``, used by
+``jobs.run_job``, so the same for the CLI, the timers and the daemon). When it expires the run
+is asked to stop (``app.stop``), and forced out of a blocked call as above with SIGALRM; it
+ends as a failure, exit 7 (``TargetHung``) when it was waiting on its target, exit 3
+(``JobTimedOut``) otherwise, or as a warning when the snapshot had already been committed
+(only prune/verify were cut).
 
 Logging is JSON lines on stdout (journald adds the timestamps it needs). systemd readiness
-goes over ``$NOTIFY_SOCKET`` (``READY=1``, ``RELOADING=1``, ``STOPPING=1``, ``STATUS=...``),
-so the unit can be ``Type=notify``; no extra dependency. While a job runs, a
-``systemd-inhibit --what=sleep:shutdown`` child holds off suspend (only under systemd).
+(``dmbackup.daemon.systemd``) goes over ``$NOTIFY_SOCKET`` (``READY=1``, ``RELOADING=1``,
+``STOPPING=1``, ``STATUS=...``), so the unit can be ``Type=notify``; no extra dependency. While
+a job runs, a ``systemd-inhibit --what=sleep:shutdown`` child holds off suspend (only under
+systemd).
 
 Time: every computation takes a ``clock`` (aware UTC datetimes), and the ``schedule`` library
-is made to read the same clock, so tests drive the daemon through days in milliseconds.
+is made to read the same clock (``dmbackup.daemon.schedclock``), so tests drive the daemon
+through days in milliseconds.
 Schedules are in the appliance's local time ("daily at 02:30" is 02:30 on the wall clock).
 """
 
 from __future__ import annotations
 
 import collections
-import datetime as _dt
-import fcntl
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import traceback
-import types
-from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Callable
 
 import schedule
 
 from dmbackup.engine import hooks
-from dmbackup.system.childenv import child_env
-from dmbackup.errors import DmError, Interrupted, JobTimedOut, Locked, TargetHung
+from dmbackup.errors import DmError
 from dmbackup import utctime
-from dmbackup.daemon.schedule_spec import DAYS, ScheduleSpec, parse_schedule
+from dmbackup.daemon import daemonlock, plug
+from dmbackup.daemon.daemonlock import daemon_running  # noqa: F401 (the udev unit's question)
+from dmbackup.daemon.jobs import run_job
+# schedule arithmetic and the daemon's memory live in schedule_spec (status shares them), the
+# time limit in timelimit (jobs.run_job applies it); their names stay importable from here
+from dmbackup.daemon.schedule_spec import (SchedulerState, is_overdue, needs_catch_up, next_due,  # noqa: F401
+                                           overdue_reference, parse_schedule, previous_due, timer_oncalendar)
+from dmbackup.daemon.timelimit import job_time_limit  # noqa: F401
+from dmbackup.daemon.schedclock import Clock, add_to_schedule, schedule_clock
+from dmbackup.daemon.systemd import Inhibitor, sd_notify
 from dmbackup.system.stopping import STOP_GRACE, Kicker
 
-Clock = Callable[[], datetime]
+_Inhibitor = Inhibitor           # its name here before daemon/systemd.py (tests/security/test_local_childenv.py)
 MAX_SLEEP = 60.0                 # seconds; the loop re-checks at least this often
-SCHED_STATE = "scheduler.json"
-_TARGET_MODULES = ("dmbackup.targets.", "dmbackup.usb.")
-
-# --- the schedule library, reading our clock ------------------------------------------------
-# schedule calls datetime.datetime.now() for everything. It gets a datetime module whose
-# datetime.now() asks the clock installed by the running Daemon (the real time otherwise).
-_clock_lock = threading.RLock()
-_active_clock: Clock | None = None
-
-
-class _ClockDatetime(_dt.datetime):
-    @classmethod
-    def now(cls, tz=None):
-        clock = _active_clock
-        if clock is None:
-            return _dt.datetime.now(tz)
-        t = clock()
-        return t.astimezone(tz) if tz is not None else t.astimezone().replace(tzinfo=None)
-
-
-_shim = types.ModuleType("datetime")
-_shim.__dict__.update({k: v for k, v in _dt.__dict__.items() if not k.startswith("__")})
-_shim.datetime = _ClockDatetime
-schedule.datetime = _shim
-
-
-@contextmanager
-def schedule_clock(clock: Clock):
-    global _active_clock
-    with _clock_lock:
-        previous, _active_clock = _active_clock, clock
-        try:
-            yield
-        finally:
-            _active_clock = previous
-
-
-# --- forcing a stuck run out of a system call ---------------------------------------------------
-
-class _Deadline(KeyboardInterrupt):
-    """Raised in the main thread when a run outlives its job_timeout; a KeyboardInterrupt so
-    that no ``except Exception`` on the way swallows it."""
-
-
-def _human(seconds: int) -> str:
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % n == 0:
-            return f"{seconds // n}{unit}"
-    return f"{seconds}s"
-
-
-def _waiting_on_target(exc: BaseException | None) -> bool:
-    """Did ``exc`` (or one it interrupted) come out of target code, i.e. was the run stuck there?"""
-    seen = 0
-    while exc is not None and seen < 10:
-        tb = exc.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_globals.get("__name__", "").startswith(_TARGET_MODULES):
-                return True
-            tb = tb.tb_next
-        exc, seen = exc.__context__, seen + 1
-    return False
-
-
-@contextmanager
-def job_time_limit(app, job, ctx=None):
-    """Bound one run of ``job`` (a JobConfig) by ``job.job_timeout``; see the module docstring.
-
-    ``ctx`` (a hooks.HookContext) tells whether the snapshot is already committed
-    (``ctx.snapshot``): then a timeout only cuts what follows and becomes a warning.
-    """
-    seconds = int(getattr(job, "job_timeout", 0) or 0)
-    if seconds <= 0:
-        yield
-        return
-    limit = _human(seconds)
-    state = {"fired": False, "set_stop": False}
-    main = threading.current_thread() is threading.main_thread()
-
-    def expire() -> None:
-        state["fired"] = True
-        state["set_stop"] = not app.stop.is_set()
-        app.log.error("job_timeout", job=job.name, job_timeout=limit,
-                      message="the run is being stopped: it did not finish within job_timeout")
-        app.stop.set()
-
-    def on_alarm(signum, frame):
-        if state["fired"] and not kicker.cancelled and not hooks.tearing_down():
-            raise _Deadline()
-
-    grace = min(STOP_GRACE, max(1.0, seconds / 10))
-    old = signal.signal(signal.SIGALRM, on_alarm) if main else None
-    # not in the main thread (tests drive the daemon from one): the polite stop only
-    kicker = Kicker(signal.SIGALRM, grace, delay=seconds, before_first=expire)
-    if not main:
-        kicker = _PoliteOnly(seconds, expire)
-    kicker.start()
-    try:
-        yield
-    except (_Deadline, Interrupted) as exc:
-        kicker.cancel()
-        if not state["fired"]:
-            raise
-        if ctx is not None and getattr(ctx, "snapshot", None):
-            ctx.warnings.append(f"job_timeout ({limit}) reached after snapshot {ctx.snapshot} was committed: "
-                                "what came after it (prune, verify) was stopped")
-            return
-        where = f"target {job.target!r}"
-        if _waiting_on_target(exc):
-            raise TargetHung(
-                f"job {job.name} did not finish within its job_timeout ({limit}): it was stopped while "
-                f"waiting on {where}, which did not answer; nothing of this run was committed. Check "
-                f"the target, then run again (or raise job_timeout if it is only slow)") from None
-        raise JobTimedOut(
-            f"job {job.name} did not finish within its job_timeout ({limit}) and was stopped; nothing "
-            f"of this run was committed. Raise job_timeout if the backup really takes that long") from None
-    finally:
-        kicker.cancel()
-        if main:
-            signal.signal(signal.SIGALRM, old)
-        if state["set_stop"]:
-            app.stop.clear()          # the daemon goes on; its next run must not start stopped
-
-
-class _PoliteOnly:
-    """job_time_limit outside the main thread: signals cannot reach it, so only ask to stop."""
-
-    def __init__(self, seconds: float, expire: Callable[[], None]):
-        self._timer = threading.Timer(seconds, expire)
-        self._timer.daemon = True
-        self.cancelled = False
-
-    def start(self) -> None:
-        self._timer.start()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._timer.cancel()
-
-
-# --- due times, shared with `status` ---------------------------------------------------------
-
-def _local_at(day: _dt.date, hhmm: str) -> datetime:
-    """``hhmm`` on ``day`` as local wall time, aware.
-
-    A wall time skipped by a DST change (02:30 on the spring-forward night) means the first
-    moment after the gap, which is when the ``schedule`` library fires too (local time reaches
-    02:30 only at 03:00); a repeated one (autumn) means its first occurrence.
-    """
-    h, m = (int(x) for x in hhmm.split(":"))
-    naive = datetime(day.year, day.month, day.day, h, m)
-    for minutes in range(0, 24 * 60):
-        wall = naive + timedelta(minutes=minutes)
-        t = wall.replace(fold=0).astimezone()
-        if t.astimezone().replace(tzinfo=None) == wall:
-            return t
-    raise ValueError(f"no local time {hhmm} on {day}")   # pragma: no cover
-
-
-def previous_due(spec: ScheduleSpec, now: datetime) -> datetime:
-    """The latest due time at or before ``now`` (for "every": ``now`` minus the interval)."""
-    if spec.kind == "every":
-        return now - timedelta(seconds=spec.every_seconds)
-    local = now.astimezone()
-    day = local.date()
-    for back in range(0, 9):
-        d = day - timedelta(days=back)
-        if spec.kind == "weekly" and DAYS[d.weekday()] != spec.day:
-            continue
-        t = _local_at(d, spec.at or "00:00")
-        if t <= now:
-            return t
-    raise AssertionError("unreachable")
-
-
-def next_due(spec: ScheduleSpec, now: datetime, last_run: datetime | None = None) -> datetime:
-    """The first due time after ``now``; for "every", one interval after the last run."""
-    if spec.kind == "every":
-        if last_run is None:
-            return now
-        return max(now, last_run + timedelta(seconds=spec.every_seconds))
-    day = now.astimezone().date()
-    for ahead in range(0, 9):
-        d = day + timedelta(days=ahead)
-        if spec.kind == "weekly" and DAYS[d.weekday()] != spec.day:
-            continue
-        t = _local_at(d, spec.at or "00:00")
-        if t > now:
-            return t
-    raise AssertionError("unreachable")
-
-
-def overdue_reference(runs_entry: dict, first_seen: datetime | None) -> datetime | None:
-    """Since when a job has been waiting for a success: its last success, or first sighting."""
-    last_success = utctime.parse_time_or_none((runs_entry.get("last_success") or {}).get("time"))
-    return last_success or first_seen
-
-
-def is_overdue(spec: ScheduleSpec, runs_entry: dict, first_seen: datetime | None, now: datetime) -> bool:
-    ref = overdue_reference(runs_entry, first_seen)
-    return ref is not None and (now - ref).total_seconds() > 2 * spec.interval_seconds
-
-
-def needs_catch_up(spec: ScheduleSpec, runs_entry: dict, first_seen: datetime | None, now: datetime) -> bool:
-    last = runs_entry.get("last_run") or {}
-    ref = utctime.parse_time_or_none(last.get("time"))
-    if last.get("status") == "interrupted":
-        ref = utctime.parse_time_or_none((runs_entry.get("last_success") or {}).get("time"))
-    if ref is None:
-        ref = first_seen
-    return ref is not None and ref < previous_due(spec, now)
-
-
-def add_to_schedule(sched: schedule.Scheduler, spec: ScheduleSpec, func: Callable[..., Any], *args) -> schedule.Job:
-    """Turn a ScheduleSpec into a ``schedule`` job calling ``func(*args)``."""
-    if spec.kind == "daily":
-        job = sched.every().day.at(spec.at)
-    elif spec.kind == "weekly":
-        job = getattr(sched.every(), spec.day).at(spec.at)
-    elif spec.kind == "every":
-        job = sched.every(spec.every_seconds).seconds
-    else:
-        raise ValueError(f"unknown schedule kind {spec.kind!r}")
-    return job.do(func, *args)
-
-
-def timer_oncalendar(spec: ScheduleSpec) -> list[str]:
-    """``[Timer]`` lines for ``dmbackup-job@JOB.timer.d/schedule.conf`` (see systemd/)."""
-    if spec.kind == "daily":
-        return ["OnCalendar=", f"OnCalendar=*-*-* {spec.at}:00"]
-    if spec.kind == "weekly":
-        return ["OnCalendar=", f"OnCalendar={spec.day[:3].capitalize()} *-*-* {spec.at}:00"]
-    # an interval: count from the last activation, and from boot for the first one
-    return ["OnCalendar=", f"OnBootSec={spec.every_seconds}s", f"OnUnitActiveSec={spec.every_seconds}s"]
-
-
-# --- systemd ------------------------------------------------------------------------------
-
-def sd_notify(message: str) -> bool:
-    """Send ``message`` ("READY=1", "STATUS=...") to $NOTIFY_SOCKET; False when there is none."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr[0] == "@":
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode("utf-8"))
-        return True
-    except OSError:
-        return False
-
-
-class _Inhibitor:
-    """Holds a logind sleep/shutdown inhibitor lock while a job runs (best effort).
-
-    ``systemd-inhibit ... cat`` keeps the lock until its stdin closes, which also happens when
-    the daemon dies, so a crash never leaves the machine unable to sleep.
-    """
-
-    def __init__(self, why: str):
-        self.proc = None
-        exe = shutil.which("systemd-inhibit")
-        if not exe:
-            return
-        try:
-            self.proc = subprocess.Popen(
-                [exe, "--what=sleep:shutdown", "--who=dmbackup", f"--why={why}", "--mode=block", "cat"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, env=child_env())
-        except OSError:
-            self.proc = None
-
-    def release(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-
-
-# --- persistent scheduler memory ------------------------------------------------------------
-
-class SchedulerState:
-    """``<state_dir>/scheduler.json``: per job ``first_seen``, ``overdue_notified``, ``overdue_ref``."""
-
-    def __init__(self, state_dir: str):
-        from dmbackup.state import State
-
-        self.path = os.path.join(state_dir, SCHED_STATE)
-        self._state = State(state_dir)
-
-    def load(self) -> dict:
-        data = self._state.read_json(SCHED_STATE)
-        if not isinstance(data.get("jobs"), dict):
-            return {"jobs": {}}
-        return data
-
-    def save(self, data: dict) -> None:
-        self._state.write_json(SCHED_STATE, data)
-
-    def first_seen(self, job: str) -> datetime | None:
-        return utctime.parse_time_or_none(self.load()["jobs"].get(job, {}).get("first_seen"))
-
 
 # --- the daemon -------------------------------------------------------------------------------
+
+# `dmbackup daemon` exits with this after SIGUSR2, between jobs; dmbackup.service restarts it.
+EXIT_RESTART = 75
 
 Runner = Callable[..., Any]      # runner(app, job_name, *, clock, trigger) -> JobResult-like
 
 
 def _default_runner(app, job_name, *, clock, trigger):
-    from dmbackup.daemon.jobs import run_job
-
     return run_job(app, job_name, clock=clock, trigger=trigger)
 
 
@@ -425,6 +126,7 @@ class Daemon:
         self._wake = threading.Event()
         self._reload = threading.Event()
         self.stopping = False
+        self.restarting = False                # SIGUSR2: exit with EXIT_RESTART between jobs
         self.current: str | None = None
         self.runs: list[Any] = []              # results, newest last (bounded)
         self.sstate = SchedulerState(app.config.state_dir)
@@ -521,38 +223,12 @@ class Daemon:
         sd_notify("READY=1\nSTATUS=" + self._status_line())
 
     def _take_lock(self) -> None:
-        d = self.app.config.state_dir
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        path = os.path.join(d, "daemon.lock")
-        f = open(path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            f.close()
-            raise Locked(f"another dmbackup daemon is running (pid {holder}, lock {path})") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._lockfile = f
+        self._lockfile = daemonlock.take(self.app.config.state_dir)
 
     # --- USB ---
-    def _plug_jobs(self):
-        for job in self.app.config.jobs.values():
-            if not job.on_plug:
-                continue
-            tcfg = self.app.config.targets.get(job.target)
-            if tcfg is None or not callable(getattr(tcfg, "matches", None)):
-                self.log.warning("on_plug_ignored", job=job.name,
-                                 reason=f"target {job.target!r} is not a usb target")
-                continue
-            yield job, tcfg
-
     def _start_usb(self) -> None:
-        plug = list(self._plug_jobs())
-        if not plug or self.usb is False:
+        jobs = plug.plug_jobs(self.app.config, self.log)
+        if not jobs or self.usb is False:
             return
         try:
             from dmbackup.system.usbwatch import watch
@@ -561,13 +237,12 @@ class Daemon:
             return
 
         def match(disk) -> bool:
-            return any(tcfg.matches(disk) for _job, tcfg in plug)
+            return bool(plug.jobs_for_disk(jobs, disk))
 
         def on_disk(disk) -> None:
-            for job, tcfg in plug:
-                if tcfg.matches(disk):
-                    self.log.info("usb_plugged", job=job.name, disk=disk.describe())
-                    self.enqueue(job.name, "usb")
+            for name in plug.jobs_for_disk(jobs, disk):
+                self.log.info("usb_plugged", job=name, disk=disk.describe())
+                self.enqueue(name, "usb")
 
         def run() -> None:
             try:
@@ -578,7 +253,7 @@ class Daemon:
         self._usb_stop.clear()
         self._usb_thread = threading.Thread(target=run, name="dmbackup-usb-watch", daemon=True)
         self._usb_thread.start()
-        self.log.info("usb_watch_started", jobs=[j.name for j, _ in plug])
+        self.log.info("usb_watch_started", jobs=[j.name for j, _ in jobs])
 
     def _stop_usb(self) -> None:
         if self._usb_thread is not None:
@@ -594,6 +269,10 @@ class Daemon:
     def request_stop(self) -> None:
         self.stopping = True
         self.app.stop.set()
+        self._wake.set()
+
+    def request_restart(self) -> None:
+        self.restarting = True
         self._wake.set()
 
     def reload(self) -> bool:
@@ -647,7 +326,7 @@ class Daemon:
             self.reload()
         self._run_pending()
         self.check_overdue()
-        while not self.stopping:
+        while not self.stopping and not self.restarting:
             item = self._pop()
             if item is None:
                 break
@@ -666,7 +345,7 @@ class Daemon:
             return
         self.current = name
         sd_notify("STATUS=" + self._status_line())
-        inhibitor = _Inhibitor(f"dmbackup job {name}") if self.inhibit else None
+        inhibitor = Inhibitor(f"dmbackup job {name}") if self.inhibit else None
         try:
             self._forceable = threading.current_thread() is threading.main_thread()
             try:
@@ -753,7 +432,12 @@ class Daemon:
             self._signals.append(("SIGHUP", "reload"))
             self.request_reload()
 
-        for sig, fn in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup)):
+        def on_usr2(signum, frame):
+            self._signals.append(("SIGUSR2", "restart"))
+            self.request_restart()
+
+        for sig, fn in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup),
+                        (signal.SIGUSR2, on_usr2)):
             self._old_handlers[sig] = signal.signal(sig, fn)
 
     def restore_signal_handlers(self) -> None:
@@ -762,20 +446,20 @@ class Daemon:
         self._old_handlers.clear()
 
     def run(self, *, install_signals: bool = True) -> int:
-        """Start, loop until stopped, shut down; returns the exit code (0)."""
+        """Start, loop until stopped, shut down; returns the exit code (0, or EXIT_RESTART)."""
         if install_signals and threading.current_thread() is threading.main_thread():
             self.install_signal_handlers()
         try:
             self.start()
             while not self.stopping:
                 self.tick()
-                if self.stopping:
+                if self.stopping or self.restarting:
                     break
                 self._wake.wait(self._sleep_seconds())
                 self._wake.clear()
         finally:
             self.shutdown()
-        return 0
+        return EXIT_RESTART if self.restarting and not self.stopping else 0
 
     def shutdown(self) -> None:
         if self._kicker is not None:
@@ -784,27 +468,12 @@ class Daemon:
         self._log_signals()
         sd_notify("STOPPING=1")
         self._stop_usb()
-        self.log.info("daemon_stopped", pending=[n for n, _ in self.queue])
+        self.log.info("daemon_stopped", pending=[n for n, _ in self.queue],
+                      restart=self.restarting and not self.stopping)
         if self._lockfile is not None:
             self._lockfile.close()
             self._lockfile = None
         self.restore_signal_handlers()
-
-
-def daemon_running(state_dir: str) -> bool:
-    """True when a daemon holds ``<state_dir>/daemon.lock`` (it then handles USB plug-ins)."""
-    path = os.path.join(state_dir, "daemon.lock")
-    try:
-        f = open(path, "r", encoding="utf-8")
-    except OSError:
-        return False
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
 
 
 def run_daemon(app, *, clock: Clock = utctime.utc_now, runner: Runner | None = None,
@@ -819,4 +488,5 @@ def run_daemon(app, *, clock: Clock = utctime.utc_now, runner: Runner | None = N
 
 
 __all__ = ["Daemon", "run_daemon", "previous_due", "next_due", "is_overdue", "needs_catch_up",
-           "sd_notify", "add_to_schedule", "timer_oncalendar", "SchedulerState"]
+           "overdue_reference", "sd_notify", "add_to_schedule", "schedule_clock", "timer_oncalendar",
+           "SchedulerState", "daemon_running", "job_time_limit", "parse_schedule", "EXIT_RESTART"]

@@ -16,12 +16,14 @@ drill (``dmbackup.engine.drill``) the job ran / the target had, read from local 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from dmbackup.config import holds_repository
+from dmbackup.engine.result import Result
 from dmbackup.errors import DmError
 from dmbackup import humanize, utctime
-from dmbackup.daemon.schedule_spec import parse_schedule
-from dmbackup.daemon.scheduler import SchedulerState, is_overdue, next_due
+from dmbackup.daemon.schedule_spec import SchedulerState, is_overdue, next_due, parse_schedule
 
 SCHEMA_VERSION = 1
 _RUN_KEYS = ("time", "finished", "status", "exit_code", "snapshot", "error", "trigger")
@@ -127,6 +129,8 @@ def target_status(app, name: str, tcfg, engine) -> dict:
     out["snapshots"] = len(snaps)
     if snaps:
         out["newest_snapshot"] = _snapshot_view(max(snaps, key=_sort_time))
+    if not holds_repository(tcfg):
+        return out                                 # a mailbox has no free space to speak of
     try:
         with app.target(name) as t:
             free = t.free_space()
@@ -169,6 +173,29 @@ def status(app, *, clock=utctime.utc_now, check_targets: bool = True, engine=Non
     }
     report["ok"] = exit_code(report) == 0
     return report
+
+
+@dataclass
+class StatusResult(Result):
+    """``dmbackup status``: the report (docs/status-json.md) as a ``Result``; ``problems`` are
+    what went wrong around it (the Prometheus textfile not written), printed as warnings
+    without changing the exit code, which is the jobs' health."""
+
+    report: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.report)
+
+    def as_dict(self) -> dict:
+        return self.report
+
+    def summary(self) -> str:
+        return render_text(self.report)
+
+    def notes(self) -> list[str]:
+        return [f"warning: {p}" for p in self.problems]
 
 
 def exit_code(report: dict) -> int:

@@ -15,57 +15,32 @@ damage (exit 4); the result and its first problems are recorded for ``dmbackup s
 What the restore leaves out on purpose (Dovecot lock files, the second name of a message an
 older release stored twice) is checked by the same rules, not taken on trust.
 
-How Dovecot is asked (tried with Dovecot 2.3.19 here). ``doveadm -u USER`` needs a running
-Dovecot's auth socket for the userdb lookup, so it cannot look at a private copy. Without
-``-u``, doveadm takes the user from ``$USER``/``$HOME`` and needs no auth process at all,
-so the drill writes a private config (``base_dir``, ``state_dir`` in the scratch dir;
-``mail_location = maildir:~/Maildir:INDEX=MEMORY``; Maildir++ with ``/`` as separator) and
-runs ``doveadm -c PRIVATE -f json mailbox status messages uidvalidity uidnext '*'``. Nothing of
-the live Dovecot is involved: it need not run, and its ``mail_location`` can never lead the
-drill into the live store, which is why ``[source] dovecot_config`` is not used here.
-Dovecot refuses uid 0 for mail access, and as the vmail uid it cannot traverse a 0700
-``state_dir``; as root the drill therefore uses ``mail_chroot`` = the scratch tree (the chroot
-is entered while still root) and ``mail_uid``/``mail_gid`` = the mailbox's recorded owner (or
-``[source] vmail_uid``/``vmail_gid``). Not as root, doveadm runs as the current user on the
-absolute path. ``INDEX=MEMORY`` keeps Dovecot away from the restored ``dovecot.index*``
-(rebuildable caches), so what it judges is the Maildir itself and its ``dovecot-uidlist``.
-Dovecot cannot open a Maildir truly read-only (with cur/ not writable it cannot take the
-uidlist lock nor give UIDs to mail in new/, and undercounts): it opens the disposable copy,
-only after the catalog check, and the copy is removed afterwards. A folder whose restored
-``dovecot-uidlist`` Dovecot rejects (it logs "Broken file" and gives the folder a new
-UIDVALIDITY, so clients would download it again) is a warning (exit 1): the backup holds
-exactly what the store had, but the administrator should know.
+The catalog check is dmbackup.engine.drillcheck, Dovecot's view (and how Dovecot is asked)
+dmbackup.engine.drilldovecot; the runner, its result and the scratch directory are here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shutil
 import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from dmbackup.errors import (DamageFound, DmError, OperationFailed, UsageError, EXIT_DAMAGE, EXIT_OK,
-                      EXIT_WARNING)
-from dmbackup.source.maildir_names import dir_folder
-from dmbackup.source.mailstore import base_name, is_transient
+from dmbackup.engine.drillcheck import check_tree
+from dmbackup.engine.drilldovecot import dovecot_check
 from dmbackup.engine.restore import TreeRestorer, in_selection
-from dmbackup.engine.safetree import check_name, open_below, split_rel
+from dmbackup.engine.safetree import DIR_FLAGS
+from dmbackup.config import holds_repository
+from dmbackup.errors import (DamageFound, DmError, OperationFailed, UsageError, EXIT_DAMAGE, EXIT_OK,
+                             EXIT_WARNING)
+from dmbackup.engine.result import Result
 
 SCRATCH_PREFIX = "drill-"
-DOVEADM_TIMEOUT = 600
 SPACE_RESERVE = 64 << 20
 MAX_NAMED_FILES = 1000
 RECORD_PROBLEMS = 5
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-_UIDLIST_V3 = re.compile(rb"^3 .*?\bV(\d+)\b")
-_UIDLIST_V1 = re.compile(rb"^1 (\d+) \d+")
 
 
 def _now() -> datetime:
@@ -77,7 +52,7 @@ def _iso(t: datetime | None) -> str | None:
 
 
 @dataclass
-class DrillResult:
+class DrillResult(Result):
     target: str
     job: str | None = None
     snapshot: str | None = None
@@ -91,7 +66,6 @@ class DrillResult:
     dovecot: str = "not asked"
     problems: list[str] = field(default_factory=list)
     damaged_files: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
     error: str | None = None
     error_code: int | None = None
     scratch: str | None = None
@@ -199,10 +173,10 @@ def restore_drill(app, target_name: str, *, snapshot: str | None = None, mailbox
     not recorded; any other ``DmError`` (target unavailable, wrong key, interrupted...) is
     recorded as result "error" and raised again.
     """
-    from dmbackup.engine import selection_prefix
+    from dmbackup.engine.select import selection_prefix
 
     tcfg = app.config.target(target_name)
-    if not getattr(tcfg, "repository", True):
+    if not holds_repository(tcfg):
         raise UsageError(f"target {target_name!r} holds only config bundles: a restore drill needs a mail "
                          "repository")
     if mailbox is not None:
@@ -235,8 +209,8 @@ def _record(app, res: DrillResult) -> None:
 
 
 def _drill(app, target_name: str, res: DrillResult, snapshot: str | None, mailbox: str | None) -> None:
-    from dmbackup.engine import pick_snapshot, selection_prefix
     from dmbackup.engine.backup import open_repository
+    from dmbackup.engine.select import pick_snapshot
 
     target = app.target(target_name)
     with target:
@@ -244,53 +218,14 @@ def _drill(app, target_name: str, res: DrillResult, snapshot: str | None, mailbo
         ref = pick_snapshot(repo, snapshot, None)
         res.snapshot = ref.id
         rows, _ = repo.catalog_body(ref)
-        boxes = mailboxes(rows)
-        if mailbox is not None:
-            prefix = selection_prefix(mailbox, None)[0]
-            if prefix not in boxes:
-                shown = ", ".join(address(b) for b in boxes[:10]) + (", ..." if len(boxes) > 10 else "")
-                raise UsageError(f"mailbox {mailbox} is not in snapshot {ref.id} (it holds {len(boxes)}: "
-                                 f"{shown or 'none'}): choose one of those")
-            res.picked = "asked"
-        else:
-            if not boxes:
-                raise OperationFailed(f"snapshot {ref.id} holds no mailbox (<domain>/<user>/Maildir): nothing to "
-                                      "drill; check [source] mail_store")
-            entry = app.state.drills().get("targets", {})
-            entry = entry.get(target_name) if isinstance(entry, dict) else None
-            prefix = next_in_turn(boxes, entry.get("cursor") if isinstance(entry, dict) else None)
-            res.picked = "round-robin"
-            # moves on even if this drill fails: one mailbox that cannot be drilled (too big for
-            # state_dir, say) must not stop the others from ever being drilled
-            res.cursor = address(prefix)
+        prefix = _pick_mailbox(app, target_name, res, ref, rows, mailbox)
         res.mailbox = address(prefix)
         app.log.info("drill_start", target=target_name, snapshot=ref.id, mailbox=res.mailbox, picked=res.picked)
         _check_space(app, repo, ref, rows, prefix, res.mailbox)
         scratch = _make_scratch(app)
         res.scratch = scratch
         try:
-            tree_dir = os.path.join(scratch, "tree")
-            os.mkdir(tree_dir, 0o700)
-            restorer = TreeRestorer(repo, ref, tree_dir, prefix=prefix, app=app)
-            complete = True
-            try:
-                restored = restorer.run(rows)
-            except DamageFound as exc:
-                complete, restored = False, restorer.result
-                res.damage(f"{ref.id}: restoring {res.mailbox} stopped: {exc}")
-            listed = getattr(restored, "failed", [])
-            for f in listed:
-                res.damage(f"{ref.id}: {f['path']} cannot be restored: {f['error']}", f["path"])
-            if getattr(restored, "failed_count", 0) > len(listed):
-                res.damage(f"{ref.id}: {restored.failed_count - len(listed)} more entries of "
-                           f"{res.mailbox} cannot be restored")
-            for w in restored.warnings:
-                res.warn(f"restore: {w}")
-            if complete:
-                _check_tree(repo, ref, rows, prefix, tree_dir, restorer, res, app)
-                _dovecot_check(app, ref, prefix, scratch, tree_dir, res)
-            else:                               # the problem is named; a half tree proves nothing more
-                res.dovecot = "skipped: the mailbox could not be restored"
+            _restore_and_check(app, repo, ref, rows, prefix, scratch, res)
         except OSError as exc:                  # the scratch side (full disk, ...), not the backup
             raise OperationFailed(f"restore drill of {res.mailbox}: the scratch copy in {app.config.state_dir} "
                                   f"failed: {exc.strerror or exc}: check that file system") from None
@@ -300,6 +235,58 @@ def _drill(app, target_name: str, res: DrillResult, snapshot: str | None, mailbo
             except OSError as exc:              # must not hide what went wrong before
                 app.log.error("drill_scratch_not_removed", path=scratch, error=str(exc))
             res.scratch_removed = not os.path.lexists(scratch)
+
+
+def _pick_mailbox(app, target_name: str, res: DrillResult, ref, rows, mailbox: str | None) -> str:
+    """The ``<domain>/<user>`` to drill: the one asked for, or the next in turn."""
+    from dmbackup.engine.select import selection_prefix
+
+    boxes = mailboxes(rows)
+    if mailbox is not None:
+        prefix = selection_prefix(mailbox, None)[0]
+        if prefix not in boxes:
+            shown = ", ".join(address(b) for b in boxes[:10]) + (", ..." if len(boxes) > 10 else "")
+            raise UsageError(f"mailbox {mailbox} is not in snapshot {ref.id} (it holds {len(boxes)}: "
+                             f"{shown or 'none'}): choose one of those")
+        res.picked = "asked"
+        return prefix
+    if not boxes:
+        raise OperationFailed(f"snapshot {ref.id} holds no mailbox (<domain>/<user>/Maildir): nothing to "
+                              "drill; check [source] mail_store")
+    entry = app.state.drills().get("targets", {})
+    entry = entry.get(target_name) if isinstance(entry, dict) else None
+    prefix = next_in_turn(boxes, entry.get("cursor") if isinstance(entry, dict) else None)
+    res.picked = "round-robin"
+    # moves on even if this drill fails: one mailbox that cannot be drilled (too big for
+    # state_dir, say) must not stop the others from ever being drilled
+    res.cursor = address(prefix)
+    return prefix
+
+
+def _restore_and_check(app, repo, ref, rows, prefix: str, scratch: str, res: DrillResult) -> None:
+    """Restore the mailbox into the scratch dir with the real restore code, then check the copy."""
+    tree_dir = os.path.join(scratch, "tree")
+    os.mkdir(tree_dir, 0o700)
+    restorer = TreeRestorer(repo, ref, tree_dir, prefix=prefix, app=app)
+    complete = True
+    try:
+        restored = restorer.run(rows)
+    except DamageFound as exc:
+        complete, restored = False, restorer.result
+        res.damage(f"{ref.id}: restoring {res.mailbox} stopped: {exc}")
+    listed = getattr(restored, "failed", [])
+    for f in listed:
+        res.damage(f"{ref.id}: {f['path']} cannot be restored: {f['error']}", f["path"])
+    if getattr(restored, "failed_count", 0) > len(listed):
+        res.damage(f"{ref.id}: {restored.failed_count - len(listed)} more entries of "
+                   f"{res.mailbox} cannot be restored")
+    for w in restored.warnings:
+        res.warn(f"restore: {w}")
+    if complete:
+        check_tree(repo, ref, rows, prefix, tree_dir, restorer, res, app)
+        dovecot_check(app, ref, prefix, scratch, tree_dir, res)
+    else:                               # the problem is named; a half tree proves nothing more
+        res.dovecot = "skipped: the mailbox could not be restored"
 
 
 def _check_space(app, repo, ref, rows, prefix: str, mailbox: str) -> None:
@@ -353,7 +340,7 @@ def remove_tree(path: str) -> None:
     """Remove ``path`` and everything below it through directory fds, never following a link."""
     parent, name = os.path.split(os.path.abspath(path))
     try:
-        pfd = os.open(parent, _DIR)
+        pfd = os.open(parent, DIR_FLAGS)
     except FileNotFoundError:
         return
     try:
@@ -364,7 +351,7 @@ def remove_tree(path: str) -> None:
 
 def _remove_at(pfd: int, name: str) -> None:
     try:
-        fd = os.open(name, _DIR, dir_fd=pfd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
     except FileNotFoundError:
         return
     except OSError:                             # not a directory (or a symlink): just the name
@@ -384,385 +371,3 @@ def _remove_at(pfd: int, name: str) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=pfd)
-
-
-# --- the catalog check -------------------------------------------------------------------
-def _open_dir(root_fd: int, rel: str) -> int:
-    return open_below(root_fd, split_rel(rel))
-
-
-def _check_tree(repo, ref, rows, prefix: str, tree_dir: str, restorer, res: DrillResult, app) -> None:
-    """Every entry of the selection, read back from the scratch copy, against the catalog.
-
-    What the restore leaves out on purpose is judged by the same rules, not taken on trust:
-    Dovecot's lock/temporary files need not be there; a message the catalog holds under two
-    names in one Maildir folder (new/ and cur/, or two flag suffixes) must be there exactly
-    once, under one of them; a name the catalog holds twice must match one of its entries.
-    """
-    parts = split_rel(prefix)
-
-    def ancestor(d: str) -> bool:
-        return d == "" or prefix.startswith(d + "/")
-
-    failed = {f["path"] for f in getattr(restorer.result, "failed", [])}
-    dirs: dict[str, dict[str, list]] = {}           # dir -> name -> catalog entries
-    for row in rows:                                 # a big directory may span several pages
-        d = row.dir
-        if not (ancestor(d) or in_selection(d, prefix)) or d in failed:
-            continue                                 # a page the restore could not read is named already
-        app.check_stop()
-        try:
-            entries = repo.page(ref.chain, row)
-        except DmError as exc:
-            res.damage(f"{ref.id}: the catalog page of {d or '/'} cannot be read: {exc}", d)
-            continue
-        names = dirs.setdefault(d, {})
-        for e in entries:
-            if ancestor(d) and e.name != parts[len(split_rel(d))]:
-                continue                             # only the way down to the mailbox
-            check_name(e.name)
-            names.setdefault(e.name, []).append(e)
-    # a message's identity in a Maildir folder is its base name, whatever dir and flags
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for d, names in dirs.items():
-        folder, _, sub = d.rpartition("/")
-        if sub in ("new", "cur") and in_selection(d, prefix):
-            for name, ents in names.items():
-                if any(e.type == "f" for e in ents):
-                    groups.setdefault((folder, base_name(name)), []).append((d, name))
-    root_fd = os.open(tree_dir, _DIR)
-    try:
-        on_disk: dict[str, set[str] | None] = {}
-        for d in dirs:
-            try:
-                fd = _open_dir(root_fd, d)
-            except OSError as exc:
-                on_disk[d] = None
-                res.damage(f"{ref.id}: directory {d or '/'} was not restored ({exc.strerror})", d)
-                continue
-            try:
-                on_disk[d] = set(os.listdir(fd))
-            finally:
-                os.close(fd)
-        done: set[tuple[str, str]] = set()
-        for d, names in dirs.items():
-            if on_disk[d] is None:
-                continue
-            app.check_stop()
-            for name, ents in names.items():
-                path = f"{d}/{name}" if d else name
-                if (d, name) in done:
-                    continue
-                if path in failed:
-                    done.add((d, name))
-                    _count(res, ents[0])
-                    continue                         # named as not restorable already
-                folder, _, sub = d.rpartition("/")
-                members = groups.get((folder, base_name(name)), []) if sub in ("new", "cur") else []
-                if len(members) > 1:
-                    done.update(members)
-                    _count(res, ents[0])
-                    if any((f"{md}/{mn}") in failed for md, mn in members):
-                        continue
-                    present = [(md, mn) for md, mn in members if on_disk.get(md) and mn in on_disk[md]]
-                    if len(present) != 1:
-                        shown = ", ".join(f"{md.rpartition('/')[2]}/{mn}" for md, mn in members)
-                        res.damage(f"{ref.id}: message {base_name(name)} of {folder} is in the catalog as {shown} "
-                                   f"and was restored {len(present)} times, not once", path)
-                        continue
-                    md, mn = present[0]
-                    _check_name(root_fd, md, mn, dirs[md][mn], restorer.chown, res, ref)
-                    continue
-                done.add((d, name))
-                if name not in on_disk[d]:
-                    if all(e.type == "f" and is_transient(e.name) for e in ents):
-                        continue                     # a Dovecot lock file: never restored
-                    _count(res, ents[0])
-                    res.damage(f"{ref.id}: {path}: missing from the restored copy", path)
-                    continue
-                _count(res, ents[0])
-                _check_name(root_fd, d, name, ents, restorer.chown, res, ref)
-        for d, names in dirs.items():
-            if on_disk[d] is None:
-                continue
-            for extra in sorted(on_disk[d] - set(names)):
-                path = f"{d}/{extra}" if d else extra
-                res.damage(f"{ref.id}: {path} is in the restored copy but not in the catalog", path)
-    finally:
-        os.close(root_fd)
-
-
-def _count(res: DrillResult, e) -> None:
-    if e.type == "f":
-        res.files += 1
-        res.bytes += e.size
-    elif e.type == "d":
-        res.dirs += 1
-    else:
-        res.links += 1
-
-
-def _check_name(root_fd: int, d: str, name: str, ents: list, chown: bool, res: DrillResult, ref) -> None:
-    """One restored name against its catalog entry (or entries: it must match one of them)."""
-    path = f"{d}/{name}" if d else name
-    fd = _open_dir(root_fd, d)
-    try:
-        whys = []
-        for e in ents:
-            why = _check_entry(fd, e, chown)
-            if not why:
-                return
-            whys.append(why)
-        res.damage(f"{ref.id}: {path}: {whys[0]}", path)
-    finally:
-        os.close(fd)
-
-
-def _stat_at(root_fd: int, rel: str) -> os.stat_result:
-    parent, _, name = rel.rpartition("/")
-    fd = _open_dir(root_fd, parent)
-    try:
-        return os.stat(check_name(name), dir_fd=fd, follow_symlinks=False)
-    finally:
-        os.close(fd)
-
-
-def _check_entry(dfd: int, e, chown: bool) -> str | None:
-    try:
-        st = os.stat(e.name, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return "missing from the restored copy"
-    kind = "d" if stat.S_ISDIR(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else \
-        "f" if stat.S_ISREG(st.st_mode) else "?"
-    if kind != e.type:
-        return f"restored as type {kind!r}, the catalog says {e.type!r}"
-    diffs = []
-    if e.type == "f":
-        fd = os.open(e.name, _READ, dir_fd=dfd)
-        try:
-            fst = os.fstat(fd)
-            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-                return "changed while it was being checked"
-            h = hashlib.sha256()
-            n = 0
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                n += len(chunk)
-        finally:
-            os.close(fd)
-        if n != e.size:
-            diffs.append(f"size {n}, the catalog says {e.size}")
-        elif h.hexdigest() != e.hash:
-            diffs.append("SHA-256 differs from the catalog")
-    elif e.type == "l":
-        link = os.readlink(e.name, dir_fd=dfd)
-        if link != e.link:
-            diffs.append(f"points to {link!r}, the catalog says {e.link!r}")
-    if e.type != "l" and stat.S_IMODE(st.st_mode) != (e.mode & 0o7777):
-        diffs.append(f"mode {stat.S_IMODE(st.st_mode):04o}, the catalog says {e.mode & 0o7777:04o}")
-    if chown and (st.st_uid, st.st_gid) != (e.uid, e.gid):
-        diffs.append(f"owner {st.st_uid}:{st.st_gid}, the catalog says {e.uid}:{e.gid}")
-    if st.st_mtime_ns != e.mtime_ns:
-        diffs.append(f"mtime {st.st_mtime_ns} ns, the catalog says {e.mtime_ns}")
-    return "; ".join(diffs) or None
-
-
-# --- Dovecot's view ----------------------------------------------------------------------
-def _doveadm_path(app) -> str | None:
-    exe = app.config.source.doveadm
-    found = exe if os.path.isabs(exe) else shutil.which(exe)
-    return found if found and os.access(found, os.X_OK) else None
-
-
-def _quote(value: str) -> str:
-    """A Dovecot config value: quoted, with % doubled so it is never expanded."""
-    if "\n" in value or "\0" in value:
-        raise ValueError(value)
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
-
-
-def _expected_folders(tree_fd: int, md_rel: str) -> dict[str, tuple[int, int | None]]:
-    """Folder name -> (messages in cur/ and new/, UIDVALIDITY of its dovecot-uidlist or None).
-
-    INBOX is the Maildir itself; ``.Name`` directories with a ``cur/`` are Maildir++ folders.
-    """
-    out = {}
-    md = _open_dir(tree_fd, md_rel)
-    try:
-        candidates = [""] + sorted(n for n in os.listdir(md) if n.startswith(".") and n not in (".", ".."))
-        for d in candidates:
-            try:
-                fd = _open_dir(md, d) if d else os.dup(md)
-            except OSError:
-                continue                        # a file named like a folder, or a link: not a folder
-            try:
-                try:
-                    os.stat("cur", dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    if d:
-                        continue
-                count = 0
-                for sub in ("cur", "new"):
-                    try:
-                        sfd = os.open(sub, _DIR, dir_fd=fd)
-                    except OSError:
-                        continue
-                    try:
-                        for n in os.listdir(sfd):
-                            if not n.startswith(".") and stat.S_ISREG(
-                                    os.stat(n, dir_fd=sfd, follow_symlinks=False).st_mode):
-                                count += 1
-                    finally:
-                        os.close(sfd)
-                uidvalidity = None
-                try:
-                    ufd = os.open("dovecot-uidlist", _READ, dir_fd=fd)
-                    try:
-                        head = os.read(ufd, 512).split(b"\n", 1)[0]
-                    finally:
-                        os.close(ufd)
-                    m = _UIDLIST_V3.match(head) or _UIDLIST_V1.match(head)
-                    uidvalidity = int(m.group(1)) if m else None
-                except OSError:
-                    pass
-                try:
-                    name = dir_folder(d)
-                except (ValueError, UnicodeDecodeError):
-                    continue                    # not a name Dovecot would show either
-                out[name] = (count, uidvalidity)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(md)
-    return out
-
-
-def _dovecot_check(app, ref, prefix: str, scratch: str, tree_dir: str, res: DrillResult) -> None:
-    exe = _doveadm_path(app)
-    if exe is None:
-        res.dovecot = "doveadm not installed"
-        return
-    md_rel = f"{prefix}/Maildir"
-    tree_fd = os.open(tree_dir, _DIR)
-    try:
-        try:
-            expected = _expected_folders(tree_fd, md_rel)
-            st = _stat_at(tree_fd, md_rel)
-        except OSError as exc:
-            res.damage(f"{ref.id}: {md_rel} cannot be read back ({exc.strerror})", md_rel)
-            return
-    finally:
-        os.close(tree_fd)
-    src = app.config.source
-    as_root = os.geteuid() == 0
-    if as_root:
-        uid = src.vmail_uid if src.vmail_uid is not None else st.st_uid
-        gid = src.vmail_gid if src.vmail_gid is not None else st.st_gid
-        if uid == 0 or gid == 0:
-            res.damage(f"{ref.id}: {md_rel} is owned by uid/gid {st.st_uid}:{st.st_gid}; Dovecot refuses uid or "
-                       "gid 0 for mail access, so it could not serve this mailbox: set [source] vmail_uid/vmail_gid "
-                       "or fix the owner in the mail store", md_rel)
-            return
-        # Dovecot (as the mail uid) must reach / of the chroot, i.e. the scratch tree itself
-        os.chown(tree_dir, uid, gid)
-        home = "/" + prefix
-    else:
-        uid, gid = os.geteuid(), os.getegid()
-        home = os.path.join(tree_dir, prefix)
-    work = os.path.join(scratch, "dovecot")
-    os.mkdir(work, 0o700)
-    conf = os.path.join(work, "dovecot.conf")
-    try:
-        lines = [
-            "# written by dmbackup's restore drill: a private config for one scratch copy",
-            f"base_dir = {_quote(work)}",
-            f"state_dir = {_quote(work)}",
-            "log_path = /dev/stderr",
-            "ssl = no",
-            "protocols = none",
-            "stats_writer_socket_path =",
-            "mail_location = maildir:~/Maildir:INDEX=MEMORY",
-            "mail_fsync = never",
-            f"mail_uid = {uid}", f"mail_gid = {gid}",
-            f"first_valid_uid = {uid}", f"last_valid_uid = {uid}",
-            f"first_valid_gid = {gid}", f"last_valid_gid = {gid}",
-            "namespace inbox {", "  inbox = yes", "  separator = /", "}",
-        ]
-        if as_root:
-            lines += [f"mail_chroot = {_quote(tree_dir)}", f"valid_chroot_dirs = {_quote(tree_dir)}"]
-    except ValueError:
-        res.dovecot = "skipped: the state_dir path cannot be written into a Dovecot config"
-        res.warn(f"Dovecot was not asked: {res.dovecot}")
-        return
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "USER": res.mailbox,
-           "HOME": home, "LANG": "C.UTF-8"}
-    try:
-        p = subprocess.run([exe, "-c", conf, "-f", "json", "mailbox", "status", "messages uidvalidity uidnext", "*"],
-                           capture_output=True, env=env, timeout=DOVEADM_TIMEOUT, cwd=work, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        res.damage(f"{ref.id}: Dovecot did not finish opening the folders of {res.mailbox} in {DOVEADM_TIMEOUT} s")
-        res.dovecot = "timed out"
-        return
-    except OSError as exc:
-        res.dovecot = f"doveadm could not be started: {exc.strerror}"
-        res.warn(res.dovecot)
-        return
-    errors = [ln for ln in p.stderr.decode("utf-8", "replace").splitlines() if "Error:" in ln or "Fatal:" in ln]
-    try:
-        seen = {str(r["mailbox"]): r for r in json.loads(p.stdout.decode("utf-8", "replace") or "[]")
-                if isinstance(r, dict) and "mailbox" in r}
-    except ValueError:
-        seen = {}
-    if not seen and p.returncode != 0:
-        res.damage(f"{ref.id}: Dovecot could not open {res.mailbox} (doveadm exit {p.returncode}): "
-                   f"{_short(errors[-1] if errors else p.stderr.decode('utf-8', 'replace'))}", md_rel)
-        res.dovecot = "failed"
-        return
-    res.dovecot = "checked"
-    res.folders = 0
-    for name, (count, uidvalidity) in sorted(expected.items()):
-        own = [ln for ln in errors if f"Mailbox {name}: " in ln]
-        row = seen.get(name)
-        where = f"{md_rel}/{'' if name == 'INBOX' else _folder_dir_name(name)}".rstrip("/")
-        if row is None:
-            res.damage(f"{ref.id}: Dovecot cannot open folder {name!r} of {res.mailbox}: "
-                       f"{_short(own[-1]) if own else 'it does not list it'}", where)
-            continue
-        res.folders += 1
-        try:
-            messages, got_validity = int(row.get("messages")), int(row.get("uidvalidity"))
-        except (TypeError, ValueError):
-            res.damage(f"{ref.id}: Dovecot gave no status for folder {name!r} of {res.mailbox}", where)
-            continue
-        if messages != count:
-            res.damage(f"{ref.id}: Dovecot sees {messages} message(s) in folder {name!r} of {res.mailbox}, "
-                       f"the restored folder holds {count} file(s)", where)
-        if uidvalidity is not None and got_validity != uidvalidity:
-            res.warn(
-                f"Dovecot could not use the restored dovecot-uidlist of folder {name!r} of {res.mailbox} (it gave "
-                f"the folder a new UIDVALIDITY, {got_validity} instead of {uidvalidity}, so clients would download "
-                f"it again){': ' + _short(own[0]) if own else ''}")
-        elif own:
-            res.warn(f"Dovecot, opening folder {name!r} of {res.mailbox}: {_short(own[0])}")
-
-
-def _folder_dir_name(name: str) -> str:
-    from dmbackup.source.maildir_names import folder_dir
-
-    try:
-        return folder_dir(name)
-    except ValueError:
-        return name
-
-
-def _short(text: str, n: int = 300) -> str:
-    text = " ".join(text.split())
-    # doveadm's prefix "doveadm(user)<pid><session>: " says nothing the message does not
-    text = re.sub(r"^doveadm\([^)]*\)(<[^>]*>)*: ", "", text)
-    return text if len(text) <= n else text[: n - 3] + "..."

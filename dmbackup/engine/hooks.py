@@ -58,16 +58,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from dmbackup.system import stopping
 from dmbackup.system.childenv import child_env, untrusted
 from dmbackup.errors import EXIT_INTERRUPTED, EXIT_OK, DmError, HookFailed, Interrupted
 
-_teardown_lock = threading.Lock()
-_teardowns = 0                      # post/on-failure phases running now, in any thread
-
-
-def tearing_down() -> bool:
-    """True while post or on-failure hooks run: they must not be interrupted by force."""
-    return _teardowns > 0
+tearing_down = stopping.tearing_down   # True while post or on-failure hooks run (never forced)
 
 
 PHASES = ("pre-backup", "post-backup", "on-failure", "pre-restore", "post-restore")
@@ -346,14 +341,8 @@ def around(app, ctx: HookContext) -> Iterator[HookContext]:
 
 
 def _teardown(app, ctx: HookContext, *, failed: bool) -> None:
-    global _teardowns
-    with _teardown_lock:
-        _teardowns += 1
-    try:
+    with stopping.teardown():
         _teardown_phases(app, ctx, failed=failed)
-    finally:
-        with _teardown_lock:
-            _teardowns -= 1
 
 
 def _teardown_phases(app, ctx: HookContext, *, failed: bool) -> None:

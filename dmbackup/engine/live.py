@@ -71,8 +71,11 @@ def _open_beneath(root_fd: int, parts: list[str], what: str) -> int:
 
 
 def restore_live(app, target_name, *, snapshot=None, at=None, mailbox=None, folder=None, overwrite=False,
-                 resume=False, uid_gap=None):
-    from dmbackup.engine import restore as restore_to_dir
+                 resume=False, uid_gap=None, fill_stage=None):
+    # fill_stage(stage path, stage fd, (uid, gid), (dir mode, file mode)) -> result: writes the
+    # staged <domain>/<user>/Maildir tree instead of restore_to_dir (restore by message,
+    # dmbackup.engine.msgrestore); everything after it (Restored-<date>/, resync) is the same
+    from dmbackup.engine.restoredir import restore_to_dir
 
     store = app.config.source.mail_store
     if overwrite:
@@ -116,7 +119,7 @@ def restore_live(app, target_name, *, snapshot=None, at=None, mailbox=None, fold
             raise RestoreError(f"the Maildir of {mailbox} is owned by uid {md_st.st_uid}, not the vmail uid {uid}: "
                                "refusing to write into it; check its owner or [source] vmail_uid")
         created = _restore_into_mailbox(app, target_name, md_fd, uid, gid, snapshot=snapshot, at=at,
-                                        mailbox=mailbox, folder=folder, store=store)
+                                        mailbox=mailbox, folder=folder, store=store, fill_stage=fill_stage)
     finally:
         os.close(md_fd)
     res, created, top = created
@@ -128,8 +131,9 @@ def restore_live(app, target_name, *, snapshot=None, at=None, mailbox=None, fold
     return res
 
 
-def _restore_into_mailbox(app, target_name, md_fd, uid, gid, *, snapshot, at, mailbox, folder, store):
-    from dmbackup.engine import restore as restore_to_dir
+def _restore_into_mailbox(app, target_name, md_fd, uid, gid, *, snapshot, at, mailbox, folder, store,
+                          fill_stage=None):
+    from dmbackup.engine.restoredir import restore_to_dir
 
     user, domain = mailbox.split("@", 1)
     stage_name = f"dmbackup-stage-{secrets.token_hex(8)}"      # no leading dot: not a Maildir++ folder
@@ -139,9 +143,13 @@ def _restore_into_mailbox(app, target_name, md_fd, uid, gid, *, snapshot, at, ma
         st = os.fstat(stage_fd)
         if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
             raise RestoreError("the staging directory was replaced while the restore started: try again")
-        res = restore_to_dir(app, target_name, snapshot, at=at, mailbox=mailbox, folder=folder,
-                             to=os.path.join(store, domain, user, "Maildir", stage_name), stage_fd=stage_fd,
-                             owner=(uid, gid), modes=(0o700, 0o600))
+        if fill_stage is not None:
+            res = fill_stage(os.path.join(store, domain, user, "Maildir", stage_name), stage_fd, (uid, gid),
+                             (0o700, 0o600))
+        else:
+            res = restore_to_dir(app, target_name, snapshot, at=at, mailbox=mailbox, folder=folder,
+                                 to=os.path.join(store, domain, user, "Maildir", stage_name), stage_fd=stage_fd,
+                                 owner=(uid, gid), modes=(0o700, 0o600))
         staged_fd = _open_beneath(stage_fd, [domain, user, "Maildir"], "the staged mailbox")
         try:
             day = datetime.now(timezone.utc).strftime("%Y-%m-%d")

@@ -21,18 +21,21 @@ with ``--resume`` into the same destination, it skips every file whose size and 
 match the catalog, rewrites the rest, and applies directory metadata at the end. Nothing is
 fsynced file by file: a power cut during a restore is handled the same way, by ``--resume``
 (or by restoring again).
+
+What is restored and in which order is here; how an entry is written is
+dmbackup.engine.restorewrite.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import stat
 from dataclasses import dataclass, field
 
-from dmbackup.archive.blocks import BlockReader
+from dmbackup import humanize
 from dmbackup.archive.catalog import Entry
+from dmbackup.engine.restorewrite import EntryWriter
+from dmbackup.engine.result import Result
 from dmbackup.errors import CorruptObject, DmError, RestoreError, UsageError, EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, EXIT_WARNING
 from dmbackup.source.mailstore import base_name, is_transient
 from dmbackup.engine.safetree import SafeTree, check_name, split_rel
@@ -41,7 +44,7 @@ MAX_LISTED_FAILURES = 1000
 
 
 @dataclass
-class RestoreResult:
+class RestoreResult(Result):
     snapshot_id: str
     destination: str
     files: int = 0
@@ -49,7 +52,6 @@ class RestoreResult:
     bytes: int = 0
     bytes_fetched: int = 0
     selection: str = ""
-    warnings: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)     # {"path", "error", "damage"}
     failed_count: int = 0
     damaged: bool = False
@@ -73,6 +75,28 @@ class RestoreResult:
                 "uid_gap": "auto" if self.uid_gap is None else self.uid_gap,
                 "uid_gap_folders": self.uid_gap_folders, "exit_code": self.exit_code}
 
+    def summary(self) -> str:
+        """What was restored, and every entry that was not (the warnings are shown on their own)."""
+        text = (f"restored {self.files} files ({humanize.size(self.bytes)}) from "
+                f"{self.snapshot_id} into {self.destination}")
+        if self.skipped_complete:
+            text += f"; {self.skipped_complete} already complete (--resume)"
+        if self.failed:
+            text += f"\nNOT restored ({self.failed_count}):" + "".join(
+                f"\n  {f.get('path')}: {f.get('error')}" for f in self.failed[:200])
+        return text
+
+    def incomplete(self) -> str | None:
+        """The error line of a restore that left entries out (None when nothing was left out)."""
+        if not self.failed:
+            return None
+        n, first = self.failed_count, self.failed[0]
+        why = ("damaged or unsafe in the backup: run `dmbackup verify --read-data` and restore them from "
+               "another snapshot" if self.exit_code == EXIT_DAMAGE else
+               "they could not be written: fix the destination and run the same restore with --resume")
+        return (f"restore incomplete: {n} entr{'y' if n == 1 else 'ies'} not restored (first: "
+                f"{first.get('path')}: {first.get('error')}), everything else was restored; {why}")
+
 
 def in_selection(rel: str, prefix: str) -> bool:
     return not prefix or rel == prefix or rel.startswith(prefix + "/")
@@ -82,28 +106,22 @@ def _flag_count(name: str) -> int:
     return len(name.partition(":2,")[2])
 
 
-class TreeRestorer:
+class TreeRestorer(EntryWriter):
     def __init__(self, repo, ref, dest: str, *, prefix: str = "", only_dir_files: bool = False,
                  chown: bool | None = None, app=None, resume: bool = False, uid_gap: int | None = 0,
                  owner: tuple[int, int] | None = None, modes: tuple[int, int] | None = None,
                  root_fd: int | None = None):
+        # uid_gap: raise next UIDs of restored uidlists by this; None: only in folders that hold
+        # messages their uidlist gives no UID (dmbackup.engine.dovecot explains why)
+        super().__init__(repo.block_reader(), ref.chain, RestoreResult(ref.id, dest, selection=prefix, uid_gap=uid_gap),
+                         chown=(os.geteuid() == 0) if chown is None else chown, resume=resume,
+                         uid_gap=uid_gap, owner=owner, modes=modes)
         self.repo, self.ref, self.dest, self.prefix = repo, ref, dest, prefix
         self.only_dir_files = only_dir_files        # INBOX: the folder's own dir, not subfolders
-        self.reader = BlockReader(repo.t, repo.id, repo.keys.data)
-        self.chown = (os.geteuid() == 0) if chown is None else chown
-        self.resume = resume
-        # raise next UIDs of restored uidlists by this; None: only in folders that hold messages
-        # their uidlist gives no UID (dmbackup.engine.dovecot explains why)
-        self.uid_gap = uid_gap
-        self.owner = owner                          # (uid, gid) for everything, instead of the recorded
-        self.modes = modes                          # (dir mode, file mode), instead of the recorded
         self.root_fd = root_fd
-        self.result = RestoreResult(ref.id, dest, selection=prefix, uid_gap=uid_gap)
-        self.dir_meta: list[tuple[str, Entry]] = []
         self.app = app
         self._rows_by_dir: dict[str, object] = {}
         self._drop: dict[str, set[str]] = {}        # message dir -> names not to restore (duplicates)
-        self.made: set[str] = {""}                  # directories restored so far (rows must be one)
 
     def warn(self, msg: str) -> None:
         self.result.warnings.append(msg)
@@ -134,10 +152,10 @@ class TreeRestorer:
                 if self.app:
                     self.app.check_stop()
                 self._row(tree, row)
-            self._apply_dir_meta(tree)
+            self.apply_dir_meta(tree)
         finally:
             tree.close()
-        self.result.bytes_fetched = self.repo.t.bytes_read
+        self.result.bytes_fetched = self.repo.bytes_read
         return self.result
 
     def _row(self, tree: SafeTree, row) -> None:
@@ -163,7 +181,7 @@ class TreeRestorer:
                 check_name(e.name)
                 if e.type == "f" and is_transient(e.name):
                     continue            # a Dovecot lock or temp file captured by an older release
-                self._entry(fd, path_rel, e)
+                self.write_entry(fd, path_rel, e)
             except CorruptObject as exc:
                 self.fail(path_rel, str(exc), damage=True)
             except OSError as exc:
@@ -272,149 +290,7 @@ class TreeRestorer:
             raise UsageError(f"{self.prefix!r} is not in snapshot {self.ref.id}: see the snapshot's mailboxes "
                              "with `dmbackup snapshots --json` or restore without a selection")
 
-    def _entry(self, fd: int, path_rel: str, e: Entry) -> None:
-        if e.type == "d":
-            try:
-                os.mkdir(e.name, 0o700, dir_fd=fd)
-            except FileExistsError:
-                st = os.stat(e.name, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise RestoreError(f"{path_rel} exists in the destination and is not a directory") from None
-            self.dir_meta.append((path_rel, e))
-            self.made.add(path_rel)
-            self.result.dirs += 1
-        elif e.type == "l":
-            try:
-                os.symlink(e.link, e.name, dir_fd=fd)
-            except FileExistsError:
-                if not self.resume:
-                    raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty "
-                                       "directory, or add --resume to finish an interrupted restore") from None
-                st = os.stat(e.name, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode) and os.readlink(e.name, dir_fd=fd) == e.link:
-                    pass
-                elif stat.S_ISDIR(st.st_mode):
-                    raise RestoreError(f"{path_rel} exists in the destination and is a directory") from None
-                else:
-                    os.unlink(e.name, dir_fd=fd)
-                    os.symlink(e.link, e.name, dir_fd=fd)
-            if self.chown or self.owner is not None:
-                os.chown(e.name, *self._ids(e), dir_fd=fd, follow_symlinks=False)
-            os.utime(e.name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=fd, follow_symlinks=False)
-        elif e.type == "f":
-            self._file(fd, path_rel, e)
-
-    def _complete(self, dfd: int, e: Entry) -> bool | None:
-        """--resume: True if the file is already restored, False if a partial one was removed,
-        None if there is nothing in the way."""
-        try:
-            st = os.stat(e.name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        if stat.S_ISREG(st.st_mode) and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns \
-                and stat.S_IMODE(st.st_mode) == e.mode:
-            return True
-        if stat.S_ISDIR(st.st_mode):
-            raise RestoreError(f"{e.name} exists in the destination and is a directory")
-        os.unlink(e.name, dir_fd=dfd)
-        return False
-
-    def _ids(self, e: Entry) -> tuple[int, int]:
-        return self.owner if self.owner is not None else (e.uid, e.gid)
-
-    def _mode(self, e: Entry) -> int:
-        # a mail store needs no set-uid, set-gid or sticky bit: one in a catalog (a forged one
-        # from an unauthenticated repository) is never put on the disk
-        if self.modes is None:
-            return e.mode & 0o777
-        return self.modes[0] if e.type == "d" else self.modes[1]
-
-    def _file(self, dfd: int, path_rel: str, e: Entry) -> None:
-        if e.name == "dovecot-uidlist" and (self.uid_gap is None or self.uid_gap > 0):
-            return self._uidlist(dfd, path_rel, e)
-        if self.resume and self._complete(dfd, e):
-            self.result.skipped_complete += 1
-            self.result.files += 1
-            self.result.bytes += e.size
-            return
-        h = hashlib.sha256()
-
-        def blocks():
-            for ext in e.extents:
-                data = self.reader.extent(self.ref.chain, ext)
-                h.update(data)
-                yield data
-
-        def check(written: int) -> None:
-            if written != e.size or h.hexdigest() != e.hash:
-                raise CorruptObject(f"{path_rel}: restored content does not match its recorded hash")
-
-        self._write(dfd, path_rel, e, blocks(), check)
-
-    def _write(self, dfd: int, path_rel: str, e: Entry, chunks, check=None) -> None:
-        """Create ``e`` (O_EXCL, no symlink), write ``chunks``, check, set owner/mode/mtime; a
-        file that fails anywhere is removed, never left half-written."""
-        fd = self._create(dfd, path_rel, e.name)
-        written = 0
-        try:
-            for data in chunks:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                written += len(data)
-            if check is not None:
-                check(written)
-            self._finish(fd, e)
-        except BaseException:
-            os.close(fd)
-            os.unlink(e.name, dir_fd=dfd)
-            raise
-        os.close(fd)
-        self.result.files += 1
-        self.result.bytes += written
-
-    @staticmethod
-    def _create(dfd: int, path_rel: str, name: str) -> int:
-        """A new file, never one that exists, never through a symlink."""
-        try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                           dir_fd=dfd)
-        except FileExistsError:
-            raise RestoreError(f"{path_rel} already exists in the destination: restore into an empty directory, "
-                               "or add --resume to finish an interrupted restore") from None
-
-    def _finish(self, fd: int, e: Entry) -> None:
-        if self.chown or self.owner is not None:
-            os.fchown(fd, *self._ids(e))
-        os.fchmod(fd, self._mode(e))
-        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-
-    def _uidlist(self, dfd: int, path_rel: str, e: Entry) -> None:
-        """A folder's dovecot-uidlist with its next UID raised (dmbackup.engine.dovecot)."""
-        from dmbackup.engine.dovecot import MAX_UIDLIST, UID_GAP, raise_uidlist
-
-        if e.size > MAX_UIDLIST:
-            raise CorruptObject(f"{path_rel}: {e.size} bytes is not a plausible dovecot-uidlist")
-        data = b"".join(self.reader.extent(self.ref.chain, x) for x in e.extents)
-        if len(data) != e.size or hashlib.sha256(data).hexdigest() != e.hash:
-            raise CorruptObject(f"{path_rel}: restored content does not match its recorded hash")
-        gap = self.uid_gap
-        if gap is None:
-            gap = UID_GAP if self._unnumbered(path_rel.rpartition("/")[0], data) else 0
-        raised = raise_uidlist(data, gap) if gap else data
-        if raised is None:
-            self.warn(f"{path_rel}: not a version 3 uidlist, next UID not raised")
-            raised = data
-        elif gap:
-            self.result.uid_gap_folders += 1
-        if self.resume:
-            try:
-                os.unlink(e.name, dir_fd=dfd)
-            except FileNotFoundError:
-                pass
-        self._write(dfd, path_rel, e, [raised])
-
-    def _unnumbered(self, folder: str, uidlist: bytes) -> bool:
+    def unnumbered(self, folder: str, uidlist: bytes) -> bool:
         """Does this folder hold a message its uidlist gives no UID (delivered to new/ while the
         uidlist was locked, or by Postfix directly)? A Dovecot serving the restored folder
         hands such messages the next UIDs in its own order; the live server handed out the same
@@ -434,13 +310,3 @@ class TreeRestorer:
             if any(x.type == "f" and base_name(x.name) not in listed for x in entries):
                 return True
         return False
-
-    def _apply_dir_meta(self, tree: SafeTree) -> None:
-        for rel, e in sorted(self.dir_meta, key=lambda x: -len(split_rel(x[0]))):
-            try:
-                fd = tree.dir_fd(rel, create=False)
-            except (OSError, RestoreError) as exc:
-                self.fail(rel, f"directory metadata not applied: {getattr(exc, 'strerror', None) or exc}",
-                          damage=False)
-                continue
-            self._finish(fd, e)

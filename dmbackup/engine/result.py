@@ -4,14 +4,25 @@ A ``Result`` knows its exit code (0, or 1 when something needs a look; failures 
 as DmError, never returned), its warnings, the documented ``--json`` object (``as_dict``,
 the contract in README.md: field names never change) and the line(s) a person reads
 (``summary``). A command module is then: parse options -> one engine call -> print
-``summary()`` or ``as_dict()``.
+``summary()`` or ``as_dict()`` (``dmbackup.cli.common.show``).
+
+What a command prints, and where:
+
+- ``notes()``: lines for stderr, printed first (by default ``warning: ...`` for the first
+  ``MAX_NOTES`` warnings; ``--json`` has them all);
+- ``summary()`` without ``--json``, ``as_json()`` with it, on stdout. ``as_json()`` is
+  ``as_dict()``, except for listings, whose ``--json`` is a JSON list (``snapshots``);
+- ``exit_code``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from dmbackup.errors import EXIT_OK, EXIT_WARNING
+
+MAX_NOTES = 20          # warnings a person sees on stderr; --json has them all
 
 
 @dataclass
@@ -28,9 +39,17 @@ class Result:
         d["exit_code"] = self.exit_code
         return d
 
+    def as_json(self) -> Any:
+        """What ``--json`` prints: ``as_dict()``, or a list for a listing."""
+        return self.as_dict()
+
     def summary(self) -> str:
         """What a person sees on a terminal (without ``--json``)."""
         return "\n".join(self.warnings)
+
+    def notes(self) -> list[str]:
+        """Lines for stderr, printed before the summary or the JSON."""
+        return [f"warning: {w}" for w in self.warnings[:MAX_NOTES]]
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dmbackup import utctime
-from dmbackup.archive.layout import snap_time
+from dmbackup.archive import layout
 from dmbackup.errors import CorruptObject, OperationFailed, UsageError
 
 
@@ -13,7 +13,7 @@ def pick_snapshot(repo, spec: str | None, at: str | None):
         when = utctime.parse_user_time(at)
         cands = [s for s in snaps if utctime.parse_user_time(s.header.time) <= when]
         if not cands and not repo.damaged:
-            raise OperationFailed(f"no snapshot at or before {at} on {repo.t.describe()}: see `dmbackup snapshots`")
+            raise OperationFailed(f"no snapshot at or before {at} on {repo.describe()}: see `dmbackup snapshots`")
         chosen = max(cands, key=lambda s: (utctime.parse_user_time(s.header.time), s.chain_no, s.header.seq)) if cands else None
     elif spec is None or spec == "latest":
         chosen = snaps[-1] if snaps else None
@@ -21,15 +21,15 @@ def pick_snapshot(repo, spec: str | None, at: str | None):
     else:
         return repo.resolve(spec, snaps)
     # never hand back an older snapshot in silence when the one asked for is damaged
-    limit = snap_time(when) if when is not None else "99999999T999999Z"
+    limit = layout.snap_time(when) if when is not None else "99999999T999999Z"
     newer_bad = [(c, b, why) for c, b, why in repo.damaged
-                 if b[:16] <= limit and (chosen is None or b[:16] > chosen.id[:16])]
+                 if layout.id_time(b) <= limit and (chosen is None or layout.id_time(b) > layout.id_time(chosen.id))]
     if newer_bad:
         c, b, why = max(newer_bad, key=lambda d: d[1])
         raise CorruptObject(f"snapshot {c}/{b}, the one asked for, is damaged ({why}); restore an older one "
                             "by naming it (see `dmbackup snapshots`) and run `dmbackup verify`")
     if chosen is None:
-        raise OperationFailed(f"no snapshots on {repo.t.describe()}")
+        raise OperationFailed(f"no snapshots on {repo.describe()}")
     return chosen
 
 

@@ -6,6 +6,11 @@ compared with the catalog's, and every block in it authenticated and decompresse
 file extent of every snapshot is checked to point at a good block and inside it. Damage is
 reported with the snapshots and the files it affects; verification goes on after damage so
 the report is complete.
+
+The checks, in the order their problems are reported: the objects each snapshot wrote
+(present, sizes; with read_data their bytes), the config bundle each checked snapshot
+carries, the config-only bundles (whole-repository runs), then each checked snapshot's tree:
+its catalog and pages, the extents of its files, and whether its shape can be restored.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from dmbackup.archive.blocks import BlockReader, stream_volume
+from dmbackup.archive import layout
+from dmbackup.engine.result import Result
 from dmbackup.errors import CorruptObject, DmError, NotFound, EXIT_DAMAGE, EXIT_OK
 
 
 @dataclass
-class VerifyResult:
+class VerifyResult(Result):
     target: str
     read_data: bool
     snapshots: int = 0
@@ -31,6 +37,11 @@ class VerifyResult:
     @property
     def exit_code(self) -> int:
         return EXIT_DAMAGE if self.problems else EXIT_OK
+
+    def damage(self, snap_id: str | None, msg: str) -> None:
+        self.problems.append(msg)
+        if snap_id and snap_id not in self.damaged_snapshots:
+            self.damaged_snapshots.append(snap_id)
 
     def as_dict(self) -> dict:
         return {"target": self.target, "read_data": self.read_data, "snapshots": self.snapshots,
@@ -51,13 +62,7 @@ class VerifyResult:
 def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_data: bool = False,
                 app=None) -> VerifyResult:
     res = VerifyResult(target_name, read_data)
-
-    def damaged(snap_id, msg):
-        res.problems.append(msg)
-        if snap_id and snap_id not in res.damaged_snapshots:
-            res.damaged_snapshots.append(snap_id)
-
-    snaps = repo.snapshots(on_error=lambda c, s, exc: damaged(s, f"{c}/{s}: {exc}"))
+    snaps = repo.snapshots(on_error=lambda c, s, exc: res.damage(s, f"{c}/{s}: {exc}"))
     if snapshot:
         chosen = repo.resolve(snapshot, snaps)
         snaps = [s for s in snaps if s.chain == chosen.chain and s.header.seq <= chosen.header.seq]
@@ -65,149 +70,185 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
     else:
         check = {s.id for s in snaps}
     res.snapshots = len(check)
-
-    # which volumes/pages exist, and (read_data) which blocks are good
-    good_blocks: dict[tuple[str, str, int], int] = {}
-    bad_volumes: set[tuple[str, str]] = set()
-    volume_owner: dict[tuple[str, str], str] = {}
-    volume_info: dict[tuple[str, str], tuple[int, int]] = {}       # -> (owner's seq, size)
+    objects = _Objects(repo, res, read_data, app)
     for s in snaps:
+        objects.check_snapshot(s)
+    checked = [s for s in snaps if s.id in check]
+    for s in checked:
+        _check_snapshot_bundle(repo, res, s, read_data)
+    if not snapshot:
+        _check_config_only_bundles(repo, res, read_data)
+    for s in checked:
+        if app:
+            app.check_stop()
+        _check_tree(repo, res, s, objects)
+    return res
+
+
+# --- the objects each snapshot wrote ---------------------------------------------------------
+class _Objects:
+    """Volumes, pages and index of every snapshot of the run: present with the recorded size
+    (quick), or read whole with the recorded SHA-256 and every block authenticated
+    (read_data). Remembers what it found for the extent check of the trees."""
+
+    def __init__(self, repo, res: VerifyResult, read_data: bool, app):
+        self.repo, self.res, self.read_data, self.app = repo, res, read_data, app
+        self.good_blocks: dict[tuple[str, str, int], int] = {}       # (chain, volume, offset) -> plain length
+        self.bad_volumes: set[tuple[str, str]] = set()
+        self.volume_info: dict[tuple[str, str], tuple[int, int]] = {}   # -> (owner's seq, size)
+
+    def check_snapshot(self, s) -> None:
         objs = {}
         for v in s.header.volumes:
-            volume_owner[(s.chain, v["name"])] = s.id
-            volume_info[(s.chain, v["name"])] = (s.header.seq, v["size"])
+            self.volume_info[(s.chain, v["name"])] = (s.header.seq, v["size"])
             objs[v["name"]] = v
         if s.header.pages:
             objs[s.header.pages["name"]] = s.header.pages
         if s.header.index:
             objs[s.header.index["name"]] = s.header.index
         for name, info in objs.items():
-            key = (s.chain, name)
-            if app:
-                app.check_stop()
+            if self.app:
+                self.app.check_stop()
             try:
-                if read_data:
-                    h = hashlib.sha256()
-                    counted = _Counting(h)
-                    if name.endswith((".pages", ".index")):
-                        data = repo.t.get(f"chains/{s.chain}/{name}")
-                        counted.update(data)
-                        res.bytes_read += len(data)
-                        if name.endswith(".index"):
-                            try:
-                                repo.content_index(s)
-                            except CorruptObject as exc:
-                                damaged(s.id, f"{s.chain}/{name}: {exc}")
-                    else:
-                        reader = BlockReader(repo.t, repo.id, repo.keys.data)
-                        try:
-                            for off, sealed in stream_volume(repo.t, f"chains/{s.chain}/{name}", info["size"], counted):
-                                if app:
-                                    app.check_stop()
-                                try:
-                                    plain = reader.open_block(s.chain, name, off, sealed)
-                                    good_blocks[(s.chain, name, off)] = len(plain)
-                                except CorruptObject as exc:
-                                    damaged(s.id, f"{s.chain}/{name}: {exc}")
-                        except CorruptObject as exc:
-                            damaged(s.id, f"{s.chain}/{name}: {exc}")
-                        res.bytes_read += counted.n
-                        res.volumes += 1
-                    if h.hexdigest() != info["sha256"] or counted.n != info["size"]:
-                        bad_volumes.add(key)
-                        damaged(s.id, f"{s.chain}/{name}: size or checksum differs from the catalog "
-                                      f"(expected {info['size']} bytes)")
+                if self.read_data:
+                    self._read(s, name, info)
                 else:
-                    size = repo.t.stat(f"chains/{s.chain}/{name}").size
-                    if size != info["size"]:
-                        bad_volumes.add(key)
-                        damaged(s.id, f"{s.chain}/{name}: {size} bytes, the catalog says {info['size']}")
-                    if not name.endswith((".pages", ".index")):
-                        res.volumes += 1
+                    self._stat(s, name, info)
             except NotFound:
-                bad_volumes.add(key)
-                damaged(s.id, f"{s.chain}/{name} is missing")
+                self.bad_volumes.add((s.chain, name))
+                self.res.damage(s.id, f"{s.chain}/{name} is missing")
 
-    # the config bundle each snapshot carries
-    for s in snaps:
-        if s.id not in check or not s.header.config_bundle:
-            continue
-        name = s.header.config_bundle
+    def _stat(self, s, name: str, info: dict) -> None:
+        size = self.repo.object_size(s.chain, name)
+        if size != info["size"]:
+            self.bad_volumes.add((s.chain, name))
+            self.res.damage(s.id, f"{s.chain}/{name}: {size} bytes, the catalog says {info['size']}")
+        if layout.is_data_object(name):
+            self.res.volumes += 1
+
+    def _read(self, s, name: str, info: dict) -> None:
+        counted = _Counting(hashlib.sha256())
+        if layout.is_data_object(name):
+            self._read_volume(s, name, info, counted)
+        else:
+            data = self.repo.read_object(s.chain, name)
+            counted.update(data)
+            self.res.bytes_read += len(data)
+            if name.endswith(".index"):
+                try:
+                    self.repo.content_index(s)
+                except CorruptObject as exc:
+                    self.res.damage(s.id, f"{s.chain}/{name}: {exc}")
+        if counted.h.hexdigest() != info["sha256"] or counted.n != info["size"]:
+            self.bad_volumes.add((s.chain, name))
+            self.res.damage(s.id, f"{s.chain}/{name}: size or checksum differs from the catalog "
+                                  f"(expected {info['size']} bytes)")
+
+    def _read_volume(self, s, name: str, info: dict, counted: "_Counting") -> None:
+        reader = self.repo.block_reader()
+        try:
+            for off, sealed in self.repo.volume_blocks(s.chain, name, info["size"], counted):
+                if self.app:
+                    self.app.check_stop()
+                try:
+                    plain = reader.open_block(s.chain, name, off, sealed)
+                    self.good_blocks[(s.chain, name, off)] = len(plain)
+                except CorruptObject as exc:
+                    self.res.damage(s.id, f"{s.chain}/{name}: {exc}")
+        except CorruptObject as exc:
+            self.res.damage(s.id, f"{s.chain}/{name}: {exc}")
+        self.res.bytes_read += counted.n
+        self.res.volumes += 1
+
+    def extent_bad(self, s, vol: str, voff: int, vlen: int, boff: int, blen: int) -> bool:
+        """Does a file extent of snapshot ``s`` lie in a damaged, missing or foreign block?"""
+        key = (s.chain, vol)
+        if self.read_data:
+            plain_len = self.good_blocks.get((s.chain, vol, voff))
+            return plain_len is None or boff + blen > plain_len
+        if key not in self.volume_info:
+            return True
+        # a volume this snapshot may use (its own or an older one of the chain) and an extent
+        # that lies inside it
+        seq, size = self.volume_info[key]
+        return key in self.bad_volumes or seq > s.header.seq or voff + vlen > size
+
+
+class _Counting:
+    """A hasher that also counts the bytes it saw."""
+
+    def __init__(self, h):
+        self.h, self.n = h, 0
+
+    def update(self, b: bytes) -> None:
+        self.h.update(b)
+        self.n += len(b)
+
+
+# --- config bundles ------------------------------------------------------------------------------
+def _check_snapshot_bundle(repo, res: VerifyResult, s, read_data: bool) -> None:
+    """The config bundle a mail snapshot carries."""
+    from dmbackup.engine.configbundle import open_repo_bundle
+
+    if not s.header.config_bundle:
+        return
+    name = s.header.config_bundle
+    try:
+        if read_data:
+            open_repo_bundle(repo, s.id)
+        else:
+            repo.bundle_size(s.id)
+    except NotFound:
+        res.damage(s.id, f"{name} (the config bundle of {s.id}) is missing")
+    except (CorruptObject, DmError) as exc:
+        res.damage(s.id, f"{name} (the config bundle of {s.id}): {exc}")
+
+
+def _check_config_only_bundles(repo, res: VerifyResult, read_data: bool) -> None:
+    """Config-only bundles (``config/<time>-config.bundle``)."""
+    from dmbackup.engine.configbundle import open_repo_bundle, repo_bundle_ids
+
+    for bid in repo_bundle_ids(repo, config_only=True):
         try:
             if read_data:
-                from dmbackup.engine.configbundle import _open_repo_bundle
-
-                _open_repo_bundle(repo, s.id)
+                open_repo_bundle(repo, bid)
             else:
-                repo.t.stat(name)
-        except NotFound:
-            damaged(s.id, f"{name} (the config bundle of {s.id}) is missing")
+                repo.bundle_size(bid)
         except (CorruptObject, DmError) as exc:
-            damaged(s.id, f"{name} (the config bundle of {s.id}): {exc}")
+            res.damage(bid, f"{layout.bundle(bid)}: {exc}")
 
-    # config-only bundles (config/<time>-config.bundle)
-    if not snapshot:
-        from dmbackup.engine.configbundle import _open_repo_bundle, _repo_bundle_names
 
-        for bid, _ in _repo_bundle_names(repo):
-            if not bid.endswith("-config"):
-                continue
-            try:
-                if read_data:
-                    _open_repo_bundle(repo, bid)
-                else:
-                    repo.t.stat(f"config/{bid}.bundle")
-            except (CorruptObject, DmError) as exc:
-                damaged(bid, f"config/{bid}.bundle: {exc}")
-
-    # walk every checked snapshot's tree
-    for s in snaps:
-        if s.id not in check:
-            continue
-        if app:
-            app.check_stop()
+# --- each checked snapshot's tree ------------------------------------------------------------------
+def _check_tree(repo, res: VerifyResult, s, objects: _Objects) -> None:
+    """Catalog and pages open, every file's extents lie in good blocks, the shape restores."""
+    try:
+        rows, _ = repo.catalog_body(s)
+    except (CorruptObject, NotFound) as exc:
+        res.damage(s.id, f"{s.chain}/{s.id}: {exc}")
+        return
+    shape = _TreeShape()
+    for row in rows:
         try:
-            rows, _ = repo.catalog_body(s)
+            entries = repo.page(s.chain, row)
         except (CorruptObject, NotFound) as exc:
-            damaged(s.id, f"{s.chain}/{s.id}: {exc}")
+            res.damage(s.id, f"{s.chain}/{s.id}: {exc}")
             continue
-        shape = _TreeShape()
-        for row in rows:
-            try:
-                entries = repo.page(s.chain, row)
-            except (CorruptObject, NotFound) as exc:
-                damaged(s.id, f"{s.chain}/{s.id}: {exc}")
-                continue
-            shape.add(row.dir, entries)
-            for e in entries:
-                if e.type != "f":
-                    continue
-                for vol, voff, vlen, boff, blen in e.extents:
-                    key = (s.chain, vol)
-                    bad = key in bad_volumes and not read_data
-                    if read_data:
-                        plain_len = good_blocks.get((s.chain, vol, voff))
-                        bad = plain_len is None or boff + blen > plain_len
-                    elif key not in volume_info:
-                        bad = True
-                    else:
-                        # a volume this snapshot may use (its own or an older one of the chain)
-                        # and an extent that lies inside it
-                        seq, size = volume_info[key]
-                        bad = bad or seq > s.header.seq or voff + vlen > size
-                    if bad:
-                        path = f"{row.dir}/{e.name}" if row.dir else e.name
-                        files = res.damaged_files.setdefault(s.id, [])
-                        if len(files) < 1000:
-                            files.append(path)
-                        if s.id not in res.damaged_snapshots:
-                            res.damaged_snapshots.append(s.id)
-                            res.problems.append(f"{s.chain}/{s.id}: file {path} lies in a damaged or missing block")
-                        break
-        for msg in shape.problems():
-            damaged(s.id, f"{s.chain}/{s.id}: {msg}; it cannot be restored as it is (restore "
-                          "restores one copy and warns)")
-    return res
+        shape.add(row.dir, entries)
+        for e in entries:
+            if e.type == "f" and any(objects.extent_bad(s, *x) for x in e.extents):
+                _damaged_file(res, s, f"{row.dir}/{e.name}" if row.dir else e.name)
+    for msg in shape.problems():
+        res.damage(s.id, f"{s.chain}/{s.id}: {msg}; it cannot be restored as it is (restore "
+                         "restores one copy and warns)")
+
+
+def _damaged_file(res: VerifyResult, s, path: str) -> None:
+    files = res.damaged_files.setdefault(s.id, [])
+    if len(files) < 1000:
+        files.append(path)
+    if s.id not in res.damaged_snapshots:
+        res.damaged_snapshots.append(s.id)
+        res.problems.append(f"{s.chain}/{s.id}: file {path} lies in a damaged or missing block")
 
 
 class _TreeShape:
@@ -263,14 +304,3 @@ class _TreeShape:
                 if name not in self.dirs.get(parent, ()):
                     self._bad("directory not reachable from the root", d)
         return [f"{kind}: {', '.join(paths)}" for kind, paths in self.found.items()]
-
-
-class _Counting:
-    """A hasher that also counts the bytes it saw."""
-
-    def __init__(self, h):
-        self.h, self.n = h, 0
-
-    def update(self, b: bytes) -> None:
-        self.h.update(b)
-        self.n += len(b)

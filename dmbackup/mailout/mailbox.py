@@ -1,8 +1,9 @@
-"""The ``mailbox`` target: config bundles mailed to an address outside the appliance.
+"""The mailbox: config bundles mailed to an address outside the appliance, and fetched back.
 
-It cannot hold a repository (``repository = False``): each config bundle travels as one MIME
-message, sent with SMTP (STARTTLS on the submission port, or TLS from the first byte) and
-AUTH, and comes back over IMAP for a restore. Messages carry ``X-Dmbackup-Bundle: <id>``,
+It holds no repository; it is the bundle store behind ``type = "mailbox"`` targets
+(``dmbackup.engine.bundlestore``). Each config bundle travels as one MIME message, submitted
+with ``dmbackup.mailout.smtp`` (STARTTLS on the submission port, or TLS from the first byte,
+and AUTH), and comes back over IMAP for a restore. Messages carry ``X-Dmbackup-Bundle: <id>``,
 ``X-Dmbackup-Host`` and ``X-Dmbackup-Time`` headers; listing searches the configured folder
 for them. The headers are only an index: the bundle itself is authenticated (see
 ``dmbackup.archive.bundle``) and its id must match the header, so a forged or edited message is
@@ -28,19 +29,21 @@ from __future__ import annotations
 import email
 import email.policy
 import imaplib
+import os
 import re
-import smtplib
 import socket
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from dmbackup.config import MiB, Section, check_secret_file
 from dmbackup import humanize, utctime
-from dmbackup.errors import (AuthFailed, ConfigError, CorruptObject, NotFound, OperationFailed,
-                      TargetUnavailable, TransientTargetError)
+from dmbackup.archive import bundle
+from dmbackup.configsection import MiB, Section, check_secret_file
 from dmbackup.credentials import read_secret_file
+from dmbackup.errors import (AuthFailed, ConfigError, CorruptObject, NotFound, OperationFailed,
+                             TargetUnavailable, TransientTargetError)
+from dmbackup.mailout import smtp
 
 HEADER_ID = "X-Dmbackup-Bundle"
 HEADER_HOST = "X-Dmbackup-Host"
@@ -73,7 +76,6 @@ class MailboxConfig:
     imap_password_file: str | None = None
     imap_folder: str = "INBOX"
     file: str = "<config>"              # the config file, for error messages
-    repository = False                  # holds config bundles only, never a mail repository
 
     def field(self, key: str) -> str:
         return f"targets.{self.name}.{key}"
@@ -113,8 +115,6 @@ def parse_config(name: str, s: Section, kind: str) -> MailboxConfig:
     imap_password_file = s.abs_path("imap_password_file", None) or password_file
     imap_folder = s.str("imap_folder", "INBOX")
     if ca_file is not None:
-        import os
-
         if not os.path.isfile(ca_file):
             raise s.error("ca_file", f"{ca_file} does not exist or is not a file")
     for key, path in (("password_file", password_file), ("imap_password_file", imap_password_file)):
@@ -129,20 +129,13 @@ def parse_config(name: str, s: Section, kind: str) -> MailboxConfig:
     )
 
 
-def build(cfg: MailboxConfig, app=None) -> "MailboxTarget":
-    hostname = getattr(getattr(app, "config", None), "hostname", None)
-    return MailboxTarget(cfg, hostname=hostname)
-
-
 def _quote(mailbox: str) -> str:
     """An IMAP quoted string (ASCII folder names; others must be given in modified UTF-7)."""
     return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class MailboxTarget:
+class Mailbox:
     """Sends bundle messages and finds them again; one connection per operation."""
-
-    kind = "mailbox"
 
     def __init__(self, cfg: MailboxConfig, *, hostname: str | None = None):
         self.cfg = cfg
@@ -154,23 +147,13 @@ class MailboxTarget:
 
     # -- TLS and secrets -----------------------------------------------------------------
     def _context(self) -> ssl.SSLContext:
-        try:
-            return ssl.create_default_context(cafile=self.cfg.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load CA file {self.cfg.ca_file}: {exc}", file=self.cfg.file,
-                              field=self.cfg.field("ca_file")) from None
+        return smtp.tls_context(self.cfg.ca_file, file=self.cfg.file, field=self.cfg.field("ca_file"))
 
     def _password(self, path: str) -> str:
         return read_secret_file(path, "password").decode("utf-8")
 
     def _tls_error(self, proto: str, host: str, port: int, exc: Exception) -> TargetUnavailable:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            hint = (f"it is not trusted by {self.cfg.ca_file}" if self.cfg.ca_file
-                    else "set ca_file to the CA that signed it")
-            return TargetUnavailable(
-                f"TLS certificate of {proto} {host}:{port} failed verification ({exc.verify_message}); "
-                f"{hint} (target {self.name!r})")
-        return TargetUnavailable(f"TLS with {proto} {host}:{port} failed: {exc} (target {self.name!r})")
+        return smtp.tls_error(proto, host, port, exc, ca_file=self.cfg.ca_file, label=f"target {self.name!r}")
 
     # -- the message ------------------------------------------------------------------------
     def attachment_name(self, time: str) -> str:
@@ -238,84 +221,22 @@ class MailboxTarget:
                 f"source.config_paths, or raise {self.cfg.field('max_size')} if the mail servers "
                 "on the way accept bigger messages; nothing was sent")
 
+    def server(self) -> smtp.Server:
+        c = self.cfg
+        return smtp.Server(host=c.smtp_host, port=c.smtp_port, security=c.security, username=c.username,
+                           password_file=c.password_file, ca_file=c.ca_file, timeout=c.timeout,
+                           label=f"target {self.name!r}", config_file=c.file, section=f"targets.{self.name}",
+                           what="the config bundle message",
+                           size_hint=f"lower {c.field('max_size')} to match and remove large paths from "
+                                     "source.config_paths")
+
     def send(self, data: bytes, info: dict) -> dict:
         """Send one bundle; returns {"message_bytes", "recipients", "refused"}."""
         raw = self.build_message(data, info)
         self.check_size(raw)    # before connecting: a doomed upload wastes the uplink
-        c = self.cfg
-        password = self._password(c.password_file) if c.username else None
-        where = f"smtp {c.smtp_host}:{c.smtp_port}"
-        try:
-            if c.security == "tls":
-                smtp = smtplib.SMTP_SSL(c.smtp_host, c.smtp_port, timeout=c.timeout,
-                                        context=self._context())
-            else:
-                smtp = smtplib.SMTP(c.smtp_host, c.smtp_port, timeout=c.timeout)
-        except ssl.SSLError as exc:
-            raise self._tls_error("smtp", c.smtp_host, c.smtp_port, exc) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise TargetUnavailable(f"cannot connect to {where} of target {self.name!r}: "
-                                    f"{getattr(exc, 'strerror', None) or exc}") from None
-        try:
-            try:
-                smtp.ehlo()
-                if c.security == "starttls":
-                    if not smtp.has_extn("starttls"):
-                        raise TargetUnavailable(
-                            f"{where} does not offer STARTTLS, which target {self.name!r} requires "
-                            "(security = \"starttls\"): refusing to send the password or the bundle "
-                            "in clear text; fix the server, or use its SMTPS port with security = \"tls\"")
-                    smtp.starttls(context=self._context())
-                    smtp.ehlo()
-                if c.username:
-                    if not smtp.has_extn("auth"):
-                        raise TargetUnavailable(f"{where} does not offer AUTH, but target {self.name!r} "
-                                                f"is configured to log in as {c.username}")
-                    try:
-                        smtp.login(c.username, password)
-                    except smtplib.SMTPAuthenticationError:
-                        raise AuthFailed(
-                            f"authentication failed for user {c.username} on smtp {c.smtp_host} "
-                            f"(port {c.smtp_port}, target {self.name!r}): check the password in "
-                            f"{c.password_file}") from None
-                limit = smtp.esmtp_features.get("size", "")
-                if limit.isdigit() and 0 < int(limit) < len(raw):
-                    raise OperationFailed(
-                        f"{where} accepts messages up to {humanize.size(int(limit))}, the config bundle "
-                        f"message is {humanize.size(len(raw))}; lower {c.field('max_size')} to match and "
-                        "remove large paths from source.config_paths; nothing was sent")
-                refused = smtp.sendmail(self.sender(), list(c.to), raw)
-            except ssl.SSLError as exc:
-                raise self._tls_error("smtp", c.smtp_host, c.smtp_port, exc) from None
-            except smtplib.SMTPRecipientsRefused as exc:
-                raise OperationFailed(
-                    f"{where} refused every recipient of target {self.name!r}: "
-                    + "; ".join(f"{r}: {code} {msg.decode(errors='replace')}"
-                                for r, (code, msg) in exc.recipients.items())) from None
-            except smtplib.SMTPSenderRefused as exc:
-                if exc.smtp_code == 530:
-                    raise AuthFailed(f"{where} requires authentication: set username and password_file "
-                                     f"of target {self.name!r}") from None
-                raise OperationFailed(f"{where} refused the sender {self.sender()}: {exc.smtp_code} "
-                                      f"{exc.smtp_error.decode(errors='replace')}") from None
-            except smtplib.SMTPDataError as exc:
-                err = (TransientTargetError if 400 <= exc.smtp_code < 500 else OperationFailed)
-                raise err(f"{where} did not accept the config bundle message: {exc.smtp_code} "
-                          f"{exc.smtp_error.decode(errors='replace')}") from None
-            except smtplib.SMTPServerDisconnected as exc:
-                raise TransientTargetError(f"{where} closed the connection: {exc}") from None
-            except smtplib.SMTPResponseException as exc:
-                raise TargetUnavailable(f"{where} answered {exc.smtp_code} "
-                                        f"{exc.smtp_error.decode(errors='replace')}") from None
-            except (OSError, smtplib.SMTPException) as exc:
-                raise TransientTargetError(f"talking to {where} failed: {exc}") from None
-        finally:
-            try:
-                smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                smtp.close()
-        return {"message_bytes": len(raw), "recipients": [r for r in c.to if r not in refused],
-                "refused": sorted(refused)}
+        refused = smtp.send(self.server(), self.sender(), list(self.cfg.to), raw)
+        return {"message_bytes": len(raw), "recipients": [r for r in self.cfg.to if r not in refused],
+                "refused": refused}
 
     # -- IMAP -------------------------------------------------------------------------------
     def _imap_login(self) -> imaplib.IMAP4:
@@ -466,7 +387,6 @@ class MailboxTarget:
         return self.extract_attachment(raw, uid, expected_id)
 
     def extract_attachment(self, raw: bytes, uid=None, expected_id: str | None = None) -> bytes:
-        from dmbackup.archive import bundle as _bundle
         what = f"message UID {uid} in {self.where()}" if uid is not None else "the bundle message"
         try:
             msg = email.message_from_bytes(raw, policy=email.policy.default)
@@ -482,7 +402,7 @@ class MailboxTarget:
             raise CorruptObject(f"{what} cannot be parsed: {exc}") from None
         if not data:
             raise CorruptObject(f"{what} has an empty bundle attachment")
-        bid = _bundle.parse_header(data).id
+        bid = bundle.parse_header(data).id
         if bid != header_id or (expected_id and bid != expected_id):
             raise CorruptObject(f"{what} says it holds bundle {header_id or '?'} but its attachment "
                                 f"is bundle {bid}: the message was altered")

@@ -5,10 +5,10 @@ Mail goes through the relay named in ``[notify]`` (``smtp_host``, ``smtp_port``,
 through the local Postfix: when the appliance's own mail system is what broke, the report
 must still leave the box. Certificates are checked against ``ca_file`` or the system store.
 
-The SMTP password is read from its file (mode 0600) at send time and used only for AUTH: it is
-never put into a message, a log record or an error text (``_redact`` scrubs any error text
-that might echo it), and it is never sent over an unencrypted connection to anything but
-the loopback interface.
+The connection, TLS, AUTH and the password are ``dmbackup.mailout.smtp``'s, the client the
+mailbox bundle store uses too: the password is read from its file (mode 0600) at send time,
+never put into a message, a log record or an error text, and never sent over an unencrypted
+connection to anything but the loopback interface.
 
 Sending never raises into the caller's control flow through ``notify()``: a notification
 that cannot be delivered is logged (event ``notify_failed``) and the job's own result stays
@@ -18,17 +18,14 @@ notify --test``) that want to know.
 
 from __future__ import annotations
 
-import ipaddress
+import email.policy
 import json
-import smtplib
-import socket
-import ssl
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from dmbackup.errors import DmError, OperationFailed
-from dmbackup.credentials import read_secret_file
+from dmbackup.mailout import smtp
 
 SMTP_TIMEOUT = 30.0
 EXIT_MEANING = {
@@ -55,21 +52,6 @@ class NotifyFailed(OperationFailed):
     """The notification e-mail could not be sent."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _redact(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, "***")
-    return text
-
-
 def sender_of(config) -> str:
     return config.notify.sender or f"dmbackup@{config.hostname}"
 
@@ -89,6 +71,15 @@ def build_message(config, subject: str, body: str, *, headers: dict[str, str] | 
     return msg
 
 
+def relay(config) -> smtp.Server:
+    """``[notify]`` as an SMTP server to submit to (``dmbackup.mailout.smtp``)."""
+    n = config.notify
+    return smtp.Server(host=n.smtp_host, port=n.smtp_port, security=n.security, username=n.username,
+                       password_file=n.password_file, ca_file=n.ca_file, timeout=SMTP_TIMEOUT,
+                       local_hostname=config.hostname, label="[notify]", config_file=config.file,
+                       section="notify", what="the notification")
+
+
 def send(config, subject: str, body: str, *, headers: dict[str, str] | None = None) -> None:
     """Send one message to ``[notify] to``; raises ``NotifyFailed`` (password never in it)."""
     n = config.notify
@@ -96,47 +87,11 @@ def send(config, subject: str, body: str, *, headers: dict[str, str] | None = No
         raise NotifyFailed("no recipients: set [notify] to in " + config.file)
     if not n.smtp_host:
         raise NotifyFailed("no relay: set [notify] smtp_host in " + config.file)
-    password = None
-    if n.username:
-        if not n.password_file:
-            raise NotifyFailed(f"[notify] username is set but password_file is not, in {config.file}")
-        if n.security == "none" and not _is_loopback(n.smtp_host):
-            raise NotifyFailed(
-                f"refusing to send the SMTP password to {n.smtp_host} over an unencrypted connection: "
-                "set [notify] security = \"starttls\" or \"tls\"")
-        try:
-            password = read_secret_file(n.password_file, "SMTP password").decode("utf-8")
-        except DmError as exc:
-            raise NotifyFailed(f"cannot read the SMTP password: {exc}") from None
     msg = build_message(config, subject, body, headers=headers)
-    where = f"{n.smtp_host}:{n.smtp_port} ({n.security})"
     try:
-        tls = ssl.create_default_context(cafile=n.ca_file) if n.security != "none" else None
-        if n.security == "tls":
-            smtp = smtplib.SMTP_SSL(n.smtp_host, n.smtp_port, local_hostname=config.hostname,
-                                    timeout=SMTP_TIMEOUT, context=tls)
-        else:
-            smtp = smtplib.SMTP(n.smtp_host, n.smtp_port, local_hostname=config.hostname,
-                                timeout=SMTP_TIMEOUT)
-        with smtp:
-            smtp.ehlo()
-            if n.security == "starttls":
-                smtp.starttls(context=tls)
-                smtp.ehlo()
-            if n.username:
-                smtp.login(n.username, password)
-            refused = smtp.send_message(msg, from_addr=sender_of(config), to_addrs=list(n.to))
-    except smtplib.SMTPAuthenticationError as exc:
-        raise NotifyFailed(_redact(
-            f"the relay {where} refused the login of {n.username!r}: {exc.smtp_code} "
-            f"{exc.smtp_error.decode('utf-8', 'replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
-            "; check [notify] username and password_file", password)) from None
-    except smtplib.SMTPNotSupportedError as exc:
-        raise NotifyFailed(_redact(f"the relay {where} does not support what is configured: {exc}", password)) from None
-    except (smtplib.SMTPException, ssl.SSLError, socket.timeout, OSError) as exc:
-        raise NotifyFailed(_redact(f"cannot send mail through {where}: {exc}", password)) from None
-    finally:
-        password = None
+        refused = smtp.send(relay(config), sender_of(config), list(n.to), msg.as_bytes(policy=email.policy.SMTP))
+    except DmError as exc:
+        raise NotifyFailed(exc.message) from None
     if refused:
         raise NotifyFailed("the relay refused some recipients: " + ", ".join(sorted(refused)))
 

@@ -5,6 +5,9 @@ folders with modified-UTF-7 names (``.Posta invi&AOA-ta``), messages in new/ and
 flags, ``dovecot-uidlist`` (v3) and ``dovecot-keywords``, ``subscriptions``, index files, an
 empty file, a multi-MB attachment, a symlink, and odd file names. Messages are written the
 way Dovecot names them: ``<time>.M<usec>P<pid>.<host>,S=<size>,W=<vsize>:2,<flags>``.
+Layout, names and control-file formats come from dmbackup.quickstart.maildir_gen, shared
+with the benchmark corpus and the tests' mail simulator; what is here is the content and the
+awkward cases.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import os
 import random
 from dataclasses import dataclass
 
+from dmbackup.quickstart import maildir_gen as mg
+
 WORDS = ("backup mail server dovecot postfix invoice meeting report fattura riunione "
          "domani progetto cliente ufficio consegna ordine prezzo grazie saluti").split()
-FOLDERS = ["", ".Sent", ".Drafts", ".Trash", ".Archivio", ".Archivio.2024", ".Posta invi&AOA-ta"]
-FOLDER_NAMES = {"": "INBOX", ".Sent": "Sent", ".Drafts": "Drafts", ".Trash": "Trash",
-                ".Archivio": "Archivio", ".Archivio.2024": "Archivio/2024",
-                ".Posta invi&AOA-ta": "Posta inviàta"}
+# IMAP names; on disk ".Sent", ..., ".Archivio.2024", ".Posta invi&AOA-ta"
+FOLDERS = ["INBOX", "Sent", "Drafts", "Trash", "Archivio", "Archivio/2024", "Posta inviàta"]
+KEYWORDS = ["$Label1", "Importante"]
+MODE = 0o666       # files as open() makes them (less the umask); ``uid`` makes them 0600
 
 
 @dataclass
@@ -54,12 +59,10 @@ def generate(root: str, *, seed: int = 1, domains: int = 2, users_per_domain: in
         for u in range(users_per_domain):
             user = ["mario", "anna", "luca", "giulia"][u % 4] + (str(u // 4) if u >= 4 else "")
             users.append(f"{user}@{dom}")
-            md = os.path.join(root, dom, user, "Maildir")
+            md = mg.mailbox_dir(root, f"{user}@{dom}")
             for fi, folder in enumerate(FOLDERS):
-                fdir = os.path.join(md, folder) if folder else md
-                for sub in ("cur", "new", "tmp"):
-                    os.makedirs(os.path.join(fdir, sub), exist_ok=True)
-                uidlines = []
+                fdir = mg.make_folder(md, folder)
+                entries = []
                 kw_used = False
                 for m in range(messages_per_folder):
                     n = nmsg
@@ -67,32 +70,29 @@ def generate(root: str, *, seed: int = 1, domains: int = 2, users_per_domain: in
                     big = big_bytes if (d == 0 and u == 0 and fi == 0 and m == 0) else 0
                     data = _message(rng, n, big)
                     t = t0 + n
-                    base = f"{t}.M{rng.randint(0, 999999)}P{1000 + n}.mail,S={len(data)},W={len(data) + 40}"
+                    base = mg.message_base(t, rng.randint(0, 999999), 1000 + n, "mail", len(data),
+                                           len(data) + 40)
                     if m == messages_per_folder - 1:
-                        name, sub = base, "new"
+                        flags, sub = "", "new"
                     else:
-                        flags = "".join(sorted(rng.sample("FRS", rng.randint(0, 3))))
+                        flags = "".join(rng.sample("FRS", rng.randint(0, 3)))
                         if m % 3 == 0:
                             flags += "a"   # keyword 0 ($Label1 / custom)
                             kw_used = True
-                        name, sub = f"{base}:2,{flags}", "cur"
-                    path = os.path.join(fdir, sub, name)
-                    with open(path, "wb") as f:
-                        f.write(data)
-                    os.utime(path, (t, t))
+                        sub = "cur"
+                    mg.write_message(fdir, sub, base, data, flags=flags, mtime=t, mode=MODE)
                     total += len(data)
-                    uidlines.append(f"{m + 1} :{base}")     # Dovecot's LDA gives new/ mail a UID too
-                with open(os.path.join(fdir, "dovecot-uidlist"), "w") as f:
-                    f.write(f"3 V{1700000000 + fi} N{messages_per_folder + 1} G{rng.getrandbits(128):032x}\n")
-                    f.write("\n".join(uidlines) + "\n")
+                    entries.append((m + 1, base))     # Dovecot's LDA gives new/ mail a UID too
+                mg.write_file(os.path.join(fdir, "dovecot-uidlist"),
+                              mg.uidlist_bytes(1700000000 + fi, messages_per_folder + 1,
+                                               f"{rng.getrandbits(128):032x}", entries), mode=MODE)
                 if kw_used:
-                    with open(os.path.join(fdir, "dovecot-keywords"), "w") as f:
-                        f.write("0 $Label1\n1 Importante\n")
-                with open(os.path.join(fdir, "dovecot.index.log"), "wb") as f:
-                    f.write(rng.randbytes(2048))
-            with open(os.path.join(md, "subscriptions"), "w") as f:
-                f.write("V\t2\n\n" + "\n".join(n for k, n in FOLDER_NAMES.items() if k) + "\n")
-            open(os.path.join(md, "dovecot.list.index.log"), "wb").close()     # empty file
+                    mg.write_file(os.path.join(fdir, "dovecot-keywords"), mg.keywords_bytes(KEYWORDS),
+                                  mode=MODE)
+                mg.write_file(os.path.join(fdir, "dovecot.index.log"), rng.randbytes(2048), mode=MODE)
+            mg.write_file(os.path.join(md, "subscriptions"),
+                          mg.subscriptions_bytes(FOLDERS[1:], v2_header=True), mode=MODE)
+            mg.write_file(os.path.join(md, "dovecot.list.index.log"), b"", mode=MODE)     # empty file
             # odd names and a symlink, as an administrator's leftovers might be
             with open(os.path.join(md, "note with spaces & àccents.txt"), "w") as f:
                 f.write("kept by hand\n")

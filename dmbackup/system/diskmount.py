@@ -18,7 +18,7 @@ btrfs, xfs, squashfs, NTFS, minix, ...) is refused before a mount is attempted. 
 ``nosuid,nodev,noexec``, and options that would undo that (``suid``, ``dev``, ``exec``,
 ``defaults``) are refused; a helper that ignores one of the flags (exfat-fuse 1.3 drops
 ``noexec``) gets a bind-remount that sets them, and if that fails the disk is unmounted
-again, before anyone writes.
+again, before anyone writes (dmbackup.system.mounting, shared with the NFS mount).
 
 Helpers by file system: the kernel driver when the running kernel has it (``vfat``,
 ``exfat``), else the FUSE implementation: ``mount.exfat-fuse`` for exFAT, ``fusefat -o rw+``
@@ -32,26 +32,20 @@ mountinfo check passes, and the target re-checks it before each write.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import platform
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 
-from dmbackup.system.childenv import child_env
 from dmbackup.errors import TargetUnavailable
-from dmbackup.system.mountinfo import Mount, MountPointDirs, mount_at, mounts, mounts_of
+from dmbackup.system.blockdev import holders, mounts_of_device, same_device
+from dmbackup.system.mountinfo import Mount, MountPointDirs, mount_at
+from dmbackup.system.mounting import SAFE_OPTIONS, enforce_safe_flags, run_helper, unsafe_options, wait_for_mount
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MOUNT_ROOT = "/run/dmbackup"
-SAFE_OPTIONS = ("nosuid", "nodev", "noexec")
-# mount(8) options that would switch the safe flags off again
-UNSAFE_OPTIONS = frozenset({"suid", "dev", "exec", "defaults"})
 _FAT_NAMES = ("vfat", "fat", "msdos", "fat32")
 ALLOWED_FS = ("ext4", "exfat", *_FAT_NAMES)
 # FAT and exFAT have no owners: keep files private to root.
@@ -80,11 +74,6 @@ def check_fs_allowed(device: str, fs_type: str | None) -> None:
         f"untrusted disk is never handed to another file-system driver of the kernel): copy what "
         f"you need off it on another machine, then reformat it (mkfs.ext4 -L LABEL {device}) or "
         "use another disk; nothing was mounted")
-
-
-def unsafe_options(options) -> list[str]:
-    """The options in ``options`` that would undo nosuid/nodev/noexec."""
-    return [o for o in options if o.strip().lower() in UNSAFE_OPTIONS]
 
 
 def kernel_supports(fs_type: str, *, proc_filesystems: str = "/proc/filesystems",
@@ -144,108 +133,6 @@ def mount_command(device: str, mount_point: str, fs_type: str, options: tuple[st
     return ["mount", "-t", fs, "-o", opts(*SAFE_OPTIONS), device, mount_point]
 
 
-def missing_safe_flags(m: Mount) -> list[str]:
-    """Which of nosuid/nodev/noexec the mount ``m`` lacks (its per-mount options)."""
-    have = set(m.options.split(","))
-    return [f for f in SAFE_OPTIONS if f not in have]
-
-
-def enforce_safe_flags(mount_point: str) -> str | None:
-    """Make sure the mount on ``mount_point`` is nosuid,nodev,noexec, with a bind-remount
-    (which changes only the mount's own flags, not the file system) when a helper left one
-    out. Returns None when it is, else what went wrong."""
-    m = mount_at(mount_point)
-    if m is None:
-        return f"nothing is mounted on {mount_point}"
-    if not missing_safe_flags(m):
-        return None
-    code, output = _run(["mount", "-o", "remount,bind," + ",".join(SAFE_OPTIONS), mount_point])
-    m = mount_at(mount_point)
-    missing = missing_safe_flags(m) if m is not None else list(SAFE_OPTIONS)
-    if not missing:
-        return None
-    return (f"the mount helper left out {','.join(missing)} and a remount could not set it "
-            f"({output or f'exit status {code}'})")
-
-
-def _same_device(source: str, device: str) -> bool:
-    if not source.startswith("/"):
-        return False
-    if os.path.realpath(source) == os.path.realpath(device):
-        return True
-    try:
-        a, b = os.stat(source), os.stat(device)
-    except OSError:
-        return False
-    return bool(a.st_rdev) and a.st_rdev == b.st_rdev
-
-
-def mounts_of_device(device: str) -> list[Mount]:
-    """Where ``device`` is mounted now, by path or by device number."""
-    found = mounts_of(device)
-    if found:
-        return found
-    return [m for m in mounts() if _same_device(m.source, device)]
-
-
-def holders(device: str) -> list[tuple[int, str]]:
-    """(pid, command) of processes holding ``device`` open: FUSE daemons show up here."""
-    try:
-        rdev = os.stat(device).st_rdev
-    except OSError:
-        return []
-    real = os.path.realpath(device)
-    found = []
-    me = os.getpid()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == me:
-            continue
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if link != real:
-                # a node with another name (udev symlink, mknod copy): compare device numbers
-                if not link.startswith("/dev/"):
-                    continue
-                try:
-                    if os.stat(f"{fd_dir}/{fd}").st_rdev != rdev:
-                        continue
-                except OSError:
-                    continue
-            try:
-                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = "?"
-            found.append((int(pid), comm))
-            break
-    return found
-
-
-def _run(argv: list[str], timeout: int = _HELPER_TIMEOUT) -> tuple[int, str]:
-    """Run a helper; output goes to a file, not a pipe: a FUSE helper that daemonises keeps
-    its inherited stdout open for its whole life and a pipe would never reach EOF."""
-    with tempfile.TemporaryFile() as out:
-        try:
-            # a FUSE helper lives as long as the mount: it must not carry the passphrase
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout,
-                                  env=child_env())
-        except FileNotFoundError:
-            return 127, f"{argv[0]}: command not found"
-        except subprocess.TimeoutExpired:
-            return 124, f"{argv[0]} did not finish within {timeout} s"
-        out.seek(0)
-        text = out.read(4096).decode("utf-8", "replace")
-    return proc.returncode, " ".join(text.split())
-
-
 class DiskMount:
     """Mount ``device`` for one session; see the module docstring."""
 
@@ -271,7 +158,7 @@ class DiskMount:
         return m is not None and self._is_ours(m)
 
     def _is_ours(self, m: Mount) -> bool:
-        return _same_device(m.source, self.device)
+        return same_device(m.source, self.device)
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> str:
@@ -304,22 +191,22 @@ class DiskMount:
                 raise MountFailed(f"cannot mount {self.what}: {self.device} is in use by {who} although "
                                   "it is not mounted anywhere dmbackup can see; stop that program first")
         self._make_mount_point(mp)
-        code, output = _run(argv)
-        mounted = self._settle(mp) if code == 0 else None
+        code, output = run_helper(argv, _HELPER_TIMEOUT)
+        mounted = wait_for_mount(mp, _SETTLE_TIMEOUT, self._is_ours) if code == 0 else None
         if mounted is None:
             stray = mount_at(mp)
             if stray is not None and code == 0:
                 # the helper mounted something else there (wrong device?): take it away again
-                _run(["umount", mp])
+                run_helper(["umount", mp], _HELPER_TIMEOUT)
             self._remove_mount_point()
             detail = output or f"exit status {code}"
             if code == 0:
                 detail = f"{argv[0]} reported success but /proc/self/mountinfo does not show {self.device} on {mp}"
             raise MountFailed(f"cannot mount {self.what} ({self.fs_type}) on {mp}: {detail}. "
                               "Check the disk (fsck) or the target's mount_options; nothing was written")
-        unsafe = enforce_safe_flags(mp)
+        unsafe = enforce_safe_flags(mp, _HELPER_TIMEOUT)
         if unsafe is not None:
-            _run(["umount", mp])
+            run_helper(["umount", mp], _HELPER_TIMEOUT)
             if self._fuse:
                 self._wait_released()
             self._remove_mount_point()
@@ -329,17 +216,6 @@ class DiskMount:
         self.fstype = mounted.fstype
         self.mounted_by_us = True
         log.info("mounted %s on %s with %s", self.what, mp, argv[0])
-
-    def _settle(self, mp: str) -> Mount | None:
-        """The helper may return a moment before a FUSE mount shows up in mountinfo."""
-        deadline = time.monotonic() + _SETTLE_TIMEOUT
-        while True:
-            m = mount_at(mp)
-            if m is not None and self._is_ours(m):
-                return m
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.05)
 
     def _make_mount_point(self, mp: str) -> None:
         try:
@@ -392,11 +268,11 @@ class DiskMount:
     def _unmount(self, path: str) -> None:
         last = ""
         for attempt in range(10):
-            code, last = _run(["umount", path], timeout=_HELPER_TIMEOUT)
+            code, last = run_helper(["umount", path], _HELPER_TIMEOUT)
             if code == 0 or not self._ours_at(path):
                 return
             if self._fuse and shutil.which("fusermount"):
-                code, last = _run(["fusermount", "-u", path], timeout=_HELPER_TIMEOUT)
+                code, last = run_helper(["fusermount", "-u", path], _HELPER_TIMEOUT)
                 if code == 0 or not self._ours_at(path):
                     return
             if "busy" not in last.lower() and attempt:
@@ -427,50 +303,3 @@ class DiskMount:
                 raise
         return False
 
-
-def fat_cluster_bytes(device: str) -> int | None:
-    """Cluster size of the FAT file system on ``device``, from its boot sector."""
-    try:
-        with open(device, "rb") as f:
-            boot = f.read(16)
-    except OSError:
-        return None
-    if len(boot) < 14:
-        return None
-    per_sector = int.from_bytes(boot[11:13], "little")
-    sectors = boot[13]
-    if per_sector not in (512, 1024, 2048, 4096) or sectors == 0 or sectors & (sectors - 1):
-        return None
-    return per_sector * sectors
-
-
-def fusefat_free_bytes(path: str, device: str) -> int | None:
-    """Free bytes on a fusefat mount. Its statfs reports no blocks at all, but counts data
-    clusters in f_files and free clusters in f_ffree (seen with fusefat 0.1a)."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    cluster = fat_cluster_bytes(device)
-    if cluster is None or st.f_blocks != 0 or st.f_files == 0:
-        return None
-    return st.f_ffree * cluster
-
-
-def device_present(device: str) -> bool:
-    """Is the disk behind ``device`` still there? A pulled USB disk loses its node; a card
-    reader without its card, or a loop device whose backing is gone, reports size 0."""
-    if not os.path.exists(device):
-        return False
-    name = os.path.basename(os.path.realpath(device))
-    try:
-        with open(f"/sys/class/block/{name}/size", encoding="ascii") as f:
-            return int(f.read().strip() or "0") > 0
-    except (OSError, ValueError):
-        return True          # no sysfs entry to ask (not a block device node): assume present
-
-
-def oserror_means_gone(exc: BaseException) -> bool:
-    """Errors seen when a disk disappears under a mount (kernel or FUSE)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ENODEV, errno.ENOTCONN,
-                                                      errno.ENXIO, errno.ESHUTDOWN)

@@ -4,7 +4,8 @@ A stop request (SIGTERM, SIGINT, a job's time limit) sets ``app.stop``, which th
 at safe points. A run blocked in a system call (a share that accepted a connection and went
 silent, a hung disk) never reaches one, so a ``Kicker`` sends the signal again to the main
 thread every ``STOP_GRACE`` seconds; its handler raises, and the blocked call returns EINTR.
-Post-run hooks are never cut short that way (``hooks.tearing_down``). This module is small and
+Post-run hooks are never cut short that way: they run inside ``teardown()``, and while any does
+``tearing_down()`` is true. This module is small and
 imported up front by the CLI: a signal handler must never import a module that may be half
 imported at that moment.
 """
@@ -13,10 +14,30 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
-from dmbackup.engine import hooks
 STOP_GRACE = 10.0                # seconds from a stop request to forcing a stuck run out
+
+_teardown_lock = threading.Lock()
+_teardowns = 0                   # post/on-failure hook phases running now, in any thread
+
+
+def tearing_down() -> bool:
+    """True while teardown (post or on-failure hooks) runs: it must not be interrupted by force."""
+    return _teardowns > 0
+
+
+@contextmanager
+def teardown() -> Iterator[None]:
+    global _teardowns
+    with _teardown_lock:
+        _teardowns += 1
+    try:
+        yield
+    finally:
+        with _teardown_lock:
+            _teardowns -= 1
 
 
 class Kicker:
@@ -53,7 +74,7 @@ class Kicker:
         if self.before_first is not None:
             self.before_first()
         while True:
-            if not hooks.tearing_down():
+            if not tearing_down():
                 try:
                     signal.pthread_kill(self._main, self.signum)
                 except (OSError, ValueError):

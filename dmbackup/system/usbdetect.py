@@ -25,8 +25,9 @@ import subprocess
 from dataclasses import dataclass
 
 from dmbackup import humanize
-from dmbackup.system.childenv import child_env
 from dmbackup.errors import TargetUnavailable
+from dmbackup.system.blockdev import device_present
+from dmbackup.system.childenv import child_env
 
 BUSES = ("usb", "any")
 # File systems whose labels are case-insensitive in practice (Windows upper-cases them).
@@ -235,8 +236,6 @@ def find_disk(*, label: str | None = None, uuid: str | None = None, bus: str = "
 
 def probe_node(device: str) -> UsbDisk:
     """Describe a device node without udev, from ``blkid -p`` (used with ``device = ...``)."""
-    from dmbackup.system.diskmount import device_present
-
     if not os.path.exists(device):
         raise DiskNotPresent(f"device {device} does not exist: is the disk plugged in?")
     if not device_present(device):

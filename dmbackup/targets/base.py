@@ -7,7 +7,8 @@ separator. Contracts (tested by ONE suite, tests/targets/contract.py, against ev
 
 - ``put(name, data)`` and ``writer(name)...commit()`` are atomic: readers see the whole
   object under ``name`` or nothing. Implementations write ``name + TMP_MARK + random`` and
-  rename it over ``name`` (replace semantics); ``abort()`` removes the temporary.
+  rename it over ``name`` (replace semantics); ``abort()`` removes the temporary. That
+  protocol is written once, in ``dmbackup.targets.writer.TempRenameWriter``.
 - ``create_exclusive(name, data)`` fails with ``AlreadyExists`` when ``name`` exists: the
   primitive that locks are built on.
 - ``get(name, offset, length)`` returns exactly the requested bytes (fewer only at the end of
@@ -32,10 +33,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator
 
-from dmbackup.errors import DmError, TargetUnavailable
+from dmbackup.errors import DmError
 
 TMP_MARK = ".tmp-"
-_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\Z")
 
 
 class AlreadyExists(DmError):
@@ -44,12 +45,20 @@ class AlreadyExists(DmError):
 
 @dataclass(frozen=True)
 class Capabilities:
-    max_object_size: int = 1 << 62      # largest object the medium holds (vfat: 4 GiB - 1)
-    atomic_rename: bool = True          # rename-over-existing is atomic
-    can_list: bool = True
-    can_read: bool = True
-    posix_metadata: bool = True         # chmod/chown work (never relied upon by the format)
-    read_back: bool = False             # re-read each committed volume (network shares)
+    """What a medium can do, declared by its target. Each flag is read where it matters:"""
+
+    #: largest object the medium holds (vfat: 4 GiB - 1): the repository caps volumes by it
+    max_object_size: int = 1 << 62
+    #: rename over an existing name is atomic: without it (FAT, exFAT) the dir target replaces
+    #: an object stepwise (targets/dir.py, ``_replace_stepwise``)
+    atomic_rename: bool = True
+    #: modes work: the dir target sets 0600/0700 only where they do (never relied upon by the format)
+    posix_metadata: bool = True
+    #: re-read each committed volume (network shares): archive/blocks.py does
+    read_back: bool = False
+    #: reached over a network, so a call may fail transiently: App.target() (dmbackup/context.py)
+    #: wraps the target in retry.RetryingTarget
+    network: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,7 +251,3 @@ class PrefixedTarget(Target):
 
     def sync(self):
         self.inner.sync()
-
-
-def unavailable(target: Target, why: str) -> TargetUnavailable:
-    return TargetUnavailable(f"{target.describe()} is unavailable: {why}")

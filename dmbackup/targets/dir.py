@@ -11,21 +11,26 @@ links, FIFOs or device nodes where dmbackup expects its own files and directorie
 name is resolved beneath the root with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
 RESOLVE_NO_XDEV) (on kernels without openat2, a descriptor walk with O_NOFOLLOW that checks
 the device), only regular files are read, and a link, another file system or a special file
-met on the way is damage (exit 4), never followed. The root itself comes from the trusted
-config and is opened normally. Everything created is mode 0600 (files) or 0700 (directories)
-whatever the caller's umask.
+met on the way is damage (exit 4), never followed (dmbackup.system.beneath). The root itself
+comes from the trusted config and is opened normally. Everything created is mode 0600 (files)
+or 0700 (directories) whatever the caller's umask, where the medium has modes
+(``Capabilities.posix_metadata``; FAT's come from its mount options).
+
+On a medium whose rename over an existing name is not atomic (``Capabilities.atomic_rename``
+False: FAT, exFAT) an object is replaced in steps that never rely on it, and a crash between
+any two of them leaves the old or the new object findable: see ``_replace_stepwise``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import secrets
 import stat
 from typing import Iterator
 
 from dmbackup.errors import CorruptObject, NoSpace, NotFound, TargetUnavailable
+from dmbackup.system.beneath import DIR_FLAGS, open_beneath
+from dmbackup.system.mountinfo import is_mount_point
 from dmbackup.targets.base import (
     TMP_MARK,
     AlreadyExists,
@@ -35,101 +40,15 @@ from dmbackup.targets.base import (
     Target,
     validate_name,
 )
-from dmbackup.system.mountinfo import is_mount_point
+from dmbackup.targets.writer import TempRenameWriter
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 # O_NONBLOCK: opening a FIFO planted under an object's name must not wait for a writer
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-
-# openat2(2), Linux 5.6+; the syscall number is the same on every architecture
-_SYS_OPENAT2 = 437
-_RESOLVE_NO_XDEV, _RESOLVE_NO_MAGICLINKS, _RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x01, 0x02, 0x04, 0x08
-_RESOLVE = _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _syscall = _libc.syscall
-    _syscall.restype = ctypes.c_long
-    _have_openat2 = True
-except (OSError, AttributeError):      # not glibc-like: the O_NOFOLLOW walk still holds
-    _have_openat2 = False
-
-
-def _openat2(dirfd: int, rel: str, flags: int, mode: int = 0) -> int:
-    global _have_openat2
-    how = _OpenHow(flags, mode, _RESOLVE)
-    fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(rel)),
-                  ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        if err == errno.ENOSYS:
-            _have_openat2 = False
-            return _walk_open(dirfd, rel, flags, mode)
-        raise OSError(err, os.strerror(err), rel)
-    return fd
-
-
-def _walk_open(dirfd: int, rel: str, flags: int, mode: int = 0) -> int:
-    """openat2's guarantees by hand: one component at a time, no links, same device."""
-    dev = os.fstat(dirfd).st_dev
-    parts = rel.split("/")
-    fd = os.dup(dirfd)
-    try:
-        for part in parts[:-1]:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-            if os.fstat(fd).st_dev != dev:
-                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), rel)
-        out = os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=fd)
-        if os.fstat(out).st_dev != dev:
-            os.close(out)
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), rel)
-        return out
-    finally:
-        os.close(fd)
-
-
-def _link_on_the_way(dirfd: int, rel: str) -> bool:
-    """Is a component of ``rel`` a symbolic link? (O_DIRECTORY | O_NOFOLLOW on a link says
-    ENOTDIR, which must not pass for "not found".)"""
-    fd = os.dup(dirfd)
-    try:
-        for part in rel.split("/"):
-            try:
-                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                return False
-            if stat.S_ISLNK(st.st_mode):
-                return True
-            if not stat.S_ISDIR(st.st_mode):
-                return False
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return False
-    finally:
-        os.close(fd)
-
-
-def open_beneath(dirfd: int, rel: str, flags: int, mode: int = 0) -> int:
-    """Open ``rel`` (a validated relative name) beneath ``dirfd``, never through a link,
-    never onto another file system; ELOOP or EXDEV otherwise."""
-    try:
-        if _have_openat2:
-            return _openat2(dirfd, rel, flags, mode)
-        return _walk_open(dirfd, rel, flags, mode)
-    except NotADirectoryError:
-        if _link_on_the_way(dirfd, rel):
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), rel) from None
-        raise
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# a complete new object waiting to be renamed over its name (media without atomic rename)
+PENDING = TMP_MARK + "ready"
 
 
 def _map_oserror(target: "DirTarget", exc: OSError, what: str) -> Exception:
@@ -149,98 +68,126 @@ def _map_oserror(target: "DirTarget", exc: OSError, what: str) -> Exception:
     return TargetUnavailable(f"{target.describe()} I/O error on {what}: {exc.strerror or exc}")
 
 
-def _private(fd: int, mode: int) -> None:
-    """Exactly ``mode``, whatever the umask; a file system without POSIX modes (FAT through
-    FUSE answers ENOSYS) keeps what it has, which is no less private for the medium."""
-    try:
-        os.fchmod(fd, mode)
-    except OSError:
-        pass
-
-
 def _not_regular(target: "DirTarget", name: str) -> CorruptObject:
     return CorruptObject(f"{name} on {target.describe()} is not a regular file (a device, FIFO, socket or "
                          "directory was put in its place): someone changed the disk; remove it and run again")
 
 
-class _FileWriter(ObjectWriter):
+def _fsync_dir(dirfd: int) -> None:
+    try:
+        os.fsync(dirfd)
+    except OSError:
+        pass            # not every file system syncs a directory; the rename itself stands
+
+
+def _unlink_if_there(dirfd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dirfd)
+    except FileNotFoundError:
+        pass
+
+
+def _exists(dirfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _replace_stepwise(pfd: int, tmp: str, base: str) -> None:
+    """Put the complete, synced temporary ``tmp`` in place of ``base`` (both in ``pfd``) on a
+    medium whose rename over an existing name is not atomic (FAT, exFAT: the driver unlinks
+    and renames with no journal, a crash in between may lose both). Only renames to a free
+    name are used. Catalogs and volumes are never replaced and take the first branch; the
+    objects that are (repo.json, README-RESTORE.txt) take the second, where a crash between
+    any two steps leaves the old or the new object findable:
+
+    1. remove a stale ``base.tmp-ready``: with ``base`` present it never became the object
+    2. rename ``tmp`` -> ``base.tmp-ready``     crash: ``base`` is the old object; the ready
+                                                  one is a leftover, as in step 1
+    3. unlink ``base``                           crash: ``base`` is missing and
+                                                  ``base.tmp-ready`` holds the whole new
+                                                  object: ``get``/``stat``/``exists`` (and
+                                                  the cleaner's ``delete``) roll it forward
+    4. rename ``base.tmp-ready`` -> ``base``
+    """
+    pending = base + PENDING
+    if not _exists(pfd, base):
+        os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+        _unlink_if_there(pfd, pending)      # an interrupted replacement, superseded now
+        return
+    _unlink_if_there(pfd, pending)
+    os.rename(tmp, pending, src_dir_fd=pfd, dst_dir_fd=pfd)
+    _fsync_dir(pfd)
+    os.unlink(base, dir_fd=pfd)
+    _fsync_dir(pfd)
+    os.rename(pending, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+
+
+class _FileWriter(TempRenameWriter):
     def __init__(self, target: "DirTarget", name: str):
+        super().__init__(name, validate_name(name).rsplit("/", 1)[-1])   # final: a name in pfd
         self.target = target
-        self.name = validate_name(name)
-        self.base = name.rsplit("/", 1)[-1]
-        self.tmp = f"{self.base}{TMP_MARK}{secrets.token_hex(4)}"
         # the parent stays open until commit: the rename lands where the file was written
         self.pfd = target._parent(name, create=True)
         try:
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              FILE_MODE, dir_fd=self.pfd)
-            _private(self.fd, FILE_MODE)
+            self.fd = os.open(self.tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=self.pfd)
+            target._private(self.fd, FILE_MODE)
         except OSError as exc:
             os.close(self.pfd)
             raise _map_oserror(target, exc, name) from None
-        self._size = 0
-        self._done = False
 
-    @property
-    def size(self) -> int:
-        return self._size
+    def _map(self, exc):
+        return _map_oserror(self.target, exc, self.name) if isinstance(exc, OSError) else exc
 
-    def write(self, data: bytes) -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
-        except OSError as exc:
-            self.abort()
-            raise _map_oserror(self.target, exc, self.name) from None
-        self._size += len(data)
+    def _write(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
 
-    def commit(self) -> None:
-        if self._done:
-            return
-        try:
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-            os.rename(self.tmp, self.base, src_dir_fd=self.pfd, dst_dir_fd=self.pfd)
-            try:
-                os.fsync(self.pfd)
-            except OSError:
-                pass
-        except OSError as exc:
-            self.abort()
-            raise _map_oserror(self.target, exc, self.name) from None
-        self._done = True
-        os.close(self.pfd)
+    def _commit(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        if self.target.capabilities.atomic_rename:
+            os.rename(self.tmp, self.final, src_dir_fd=self.pfd, dst_dir_fd=self.pfd)
+        else:
+            _replace_stepwise(self.pfd, self.tmp, self.final)
+        _fsync_dir(self.pfd)
+        pfd, self.pfd = self.pfd, -1
+        os.close(pfd)
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _discard(self, error) -> None:
         if self.fd >= 0:
             try:
                 os.close(self.fd)
             except OSError:
                 pass
-        try:
-            os.unlink(self.tmp, dir_fd=self.pfd)
-        except OSError:
-            pass
-        os.close(self.pfd)
+            self.fd = -1
+        if self.pfd >= 0:
+            try:
+                os.unlink(self.tmp, dir_fd=self.pfd)
+            except OSError:
+                pass
+            os.close(self.pfd)
+            self.pfd = -1
 
 
 class DirTarget(Target):
     kind = "dir"
 
     def __init__(self, name: str, path: str, *, require_mount: bool = False,
-                 max_object_size: int | None = None):
+                 max_object_size: int | None = None, capabilities: Capabilities | None = None):
+        """``capabilities``: what the medium under ``path`` can do, when the caller knows it
+        (the USB target, from the file system it mounted); else the defaults, with
+        ``max_object_size`` from the config."""
         self.name = name
         self.root = os.path.abspath(path)
         self.require_mount = require_mount
-        caps = Capabilities()
-        if max_object_size:
-            caps = Capabilities(max_object_size=max_object_size)
-        self.capabilities = caps
+        if capabilities is None:
+            capabilities = Capabilities(max_object_size=max_object_size) if max_object_size else Capabilities()
+        self.capabilities = capabilities
 
     def describe(self) -> str:
         return f"dir target {self.name!r} ({self.root})"
@@ -256,6 +203,16 @@ class DirTarget(Target):
                 f"{self.describe()}: {self.root} is not a mount point (require_mount = true): "
                 "mount the share first; nothing was written"
             )
+
+    def _private(self, fd: int, mode: int) -> None:
+        """Exactly ``mode``, whatever the umask, where the medium has modes. FAT has none
+        (its mount options make everything private) and through FUSE answers ENOSYS."""
+        if not self.capabilities.posix_metadata:
+            return
+        try:
+            os.fchmod(fd, mode)
+        except OSError:
+            pass
 
     # --- resolution beneath the root ------------------------------------------------------
     # The root is opened afresh for every operation: holding it open between operations
@@ -274,7 +231,7 @@ class DirTarget(Target):
             return root
         try:
             if not create:
-                return open_beneath(root, directory, _DIR_FLAGS)
+                return open_beneath(root, directory, DIR_FLAGS)
             fd = os.dup(root)
             try:
                 for part in directory.split("/"):
@@ -284,11 +241,11 @@ class DirTarget(Target):
                         made = True
                     except FileExistsError:
                         pass
-                    nfd = open_beneath(fd, part, _DIR_FLAGS)
+                    nfd = open_beneath(fd, part, DIR_FLAGS)
                     os.close(fd)
                     fd = nfd
                     if made:
-                        _private(fd, DIR_MODE)
+                        self._private(fd, DIR_MODE)
                 return fd
             except BaseException:
                 os.close(fd)
@@ -301,10 +258,6 @@ class DirTarget(Target):
     def _parent(self, name: str, create: bool = False) -> int:
         validate_name(name)
         return self._dir_fd(name.rsplit("/", 1)[0] if "/" in name else "", name, create)
-
-    def _path(self, name: str) -> str:
-        validate_name(name)
-        return os.path.join(self.root, name)
 
     def _open_file(self, name: str) -> int:
         """A regular file beneath the root, opened for reading; anything else is damage."""
@@ -321,6 +274,28 @@ class DirTarget(Target):
             raise _not_regular(self, name)
         return fd
 
+    def _roll_forward(self, name: str) -> bool:
+        """Finish a replacement that a crash interrupted after the old object went (step 3 of
+        ``_replace_stepwise``): True when ``name`` is back. Only on media without atomic
+        rename; on a read-only medium the new object stays under its ready name."""
+        if self.capabilities.atomic_rename:
+            return False
+        try:
+            pfd = self._parent(name)
+        except (ValueError, TargetUnavailable):
+            return False
+        base = name.rsplit("/", 1)[-1]
+        try:
+            if _exists(pfd, base):
+                return False
+            os.rename(base + PENDING, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+            _fsync_dir(pfd)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(pfd)
+
     # --- the Target interface -------------------------------------------------------------
     def put(self, name: str, data: bytes) -> None:
         with self.writer(name) as w:
@@ -335,14 +310,13 @@ class DirTarget(Target):
         base = name.rsplit("/", 1)[-1]
         try:
             try:
-                fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             FILE_MODE, dir_fd=pfd)
+                fd = os.open(base, _CREATE_FLAGS, FILE_MODE, dir_fd=pfd)
             except FileExistsError:
                 raise AlreadyExists(f"{name} already exists") from None
             except OSError as exc:
                 raise _map_oserror(self, exc, name) from None
             try:
-                _private(fd, FILE_MODE)
+                self._private(fd, FILE_MODE)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -359,7 +333,12 @@ class DirTarget(Target):
             os.close(pfd)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        fd = self._open_file(name)
+        try:
+            fd = self._open_file(name)
+        except NotFound:
+            if not self._roll_forward(name):
+                raise
+            fd = self._open_file(name)
         try:
             if length is None:
                 length = max(0, os.fstat(fd).st_size - offset)
@@ -377,6 +356,14 @@ class DirTarget(Target):
             os.close(fd)
 
     def stat(self, name: str) -> ObjectInfo:
+        try:
+            return self._stat(name)
+        except NotFound:
+            if not self._roll_forward(name):
+                raise
+            return self._stat(name)
+
+    def _stat(self, name: str) -> ObjectInfo:
         validate_name(name)
         pfd = self._parent(name)
         try:
@@ -417,6 +404,8 @@ class DirTarget(Target):
 
     def delete(self, name: str) -> None:
         validate_name(name)
+        if name.endswith(PENDING) and self._roll_forward(name[:-len(PENDING)]):
+            return      # the cleaner met an interrupted replacement: completed, not thrown away
         try:
             pfd = self._parent(name)
         except NotFound:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from dmbackup.targets.registry import DirConfig
+from dataclasses import dataclass
 
 _MEMORY: dict[str, object] = {}   # memory targets live as long as the process
+
+
+@dataclass(frozen=True)
+class DirConfig:
+    name: str
+    type: str
+    path: str
+    require_mount: bool = False
+    max_object_size: int | None = None
 
 
 def parse_config(name, s, kind):

@@ -1,19 +1,22 @@
-"""Target types by name: how each parses its config section and how it is built.
+"""Repository target types by name: how each parses its config section and how it is built.
 
-A target type module provides ``parse_config(name, section) -> <frozen dataclass>`` (using
-``config.Section`` so errors name file and field) and ``build(cfg, app) -> Target``. Adding a
-type is one line in ``TYPES``. Config dataclasses carry ``type`` and ``name`` and declare
-``repository = False`` when the target cannot hold a repository (the mailbox target).
+A target type module provides ``parse_config(name, section, kind) -> <frozen dataclass>``
+(reading a ``dmbackup.configsection.Section``, so errors name file and field) and
+``build(cfg, app) -> Target``. Adding a type is one line in ``TYPES``. Config dataclasses
+carry ``type`` and ``name``.
+
+Only targets that hold a repository are here. The ``mailbox`` keeps config bundles and
+nothing else; ``dmbackup.config`` parses it (``dmbackup.mailout.mailbox``) and
+``dmbackup.engine.bundlestore`` opens it.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from typing import Any
 
-from dmbackup.config import Section
-from dmbackup.errors import ConfigError
+from dmbackup.configsection import Section
+from dmbackup.errors import UsageError
 
 TYPES = {
     "dir": "dmbackup.targets.dir_config",
@@ -21,7 +24,6 @@ TYPES = {
     "usb": "dmbackup.targets.usb",
     "smb": "dmbackup.targets.smb",
     "nfs": "dmbackup.targets.nfs",
-    "mailbox": "dmbackup.mailout.mailbox",
 }
 
 
@@ -29,36 +31,26 @@ def _module(kind: str):
     return importlib.import_module(TYPES[kind])
 
 
-def parse_target(name: str, data: Any, file: str):
-    s = Section(data, file, f"targets.{name}")
-    kind = s.str("type", choices=tuple(TYPES))
+def parse_section(name: str, s: Section, kind: str):
+    """The config of target ``name`` of type ``kind`` from its section (``type`` already read);
+    the caller calls ``s.finish()``."""
     try:
         mod = _module(kind)
     except ImportError as exc:
         raise s.error("type", f"target type {kind!r} is not available in this build ({exc})") from None
-    cfg = mod.parse_config(name, s, kind)
+    return mod.parse_config(name, s, kind)
+
+
+def parse_target(name: str, data: Any, file: str):
+    """The config of one ``[targets.NAME]`` table of a repository target type."""
+    s = Section(data, file, f"targets.{name}")
+    cfg = parse_section(name, s, s.str("type", choices=tuple(TYPES)))
     s.finish()
     return cfg
 
 
-def check_job_target(job, tcfg, file: str) -> None:
-    if job.what == "mail" and not getattr(tcfg, "repository", True):
-        raise ConfigError(
-            f"job {job.name!r} backs up the mail store, but target {tcfg.name!r} is a "
-            f"{tcfg.type} target that only takes config bundles: use what = \"config\" or another target",
-            file=file, field=f"jobs.{job.name}.target")
-
-
 def build(tcfg, app) -> Any:
     """Instantiate the Target for a parsed target config (not opened yet)."""
+    if tcfg.type not in TYPES:          # a bundle store (dmbackup.config.holds_repository)
+        raise UsageError(f"target {tcfg.name!r} is a {tcfg.type} target: it holds no repository")
     return _module(tcfg.type).build(tcfg, app)
-
-
-@dataclass(frozen=True)
-class DirConfig:
-    name: str
-    type: str
-    path: str
-    require_mount: bool = False
-    max_object_size: int | None = None
-    repository = True

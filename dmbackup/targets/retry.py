@@ -1,4 +1,7 @@
-"""Wrappers that are themselves targets: bounded retries, and logging of every call.
+"""A wrapper that is itself a target: bounded retries of transient errors.
+
+``App.target()`` (dmbackup/context.py) puts it around every target whose capabilities say
+``network`` (SMB, NFS).
 
 ``RetryingTarget`` retries a call that failed with ``TransientTargetError`` (a dropped
 connection, a silent server) up to ``attempts`` times in all, sleeping ``backoff``,
@@ -25,9 +28,6 @@ What is retried, and why it is safe:
   1 GiB volume we will not do: ``write``/``commit`` failures surface unchanged as
   ``TransientTargetError`` after the writer aborted itself, and the engine, which can
   regenerate the volume from its source, decides whether to write it again.
-
-``LoggingTarget`` logs each call (operation, name, bytes, duration, outcome) at DEBUG and
-failures at WARNING, through ``logging``; it never logs object contents.
 """
 
 from __future__ import annotations
@@ -37,25 +37,29 @@ import time
 from typing import Callable, Iterator
 
 from dmbackup.errors import NotFound, TransientTargetError
-from dmbackup.targets.base import AlreadyExists, ObjectWriter, Target
+from dmbackup.targets.base import AlreadyExists, Capabilities, ObjectWriter, Target
 
 log = logging.getLogger("dmbackup.targets")
 
 
-class _Forwarding(Target):
+class ForwardingTarget(Target):
     """Shared plumbing of wrappers: identity and capabilities come from the inner target."""
 
     def __init__(self, inner: Target):
         self.inner = inner
         self.name = inner.name
         self.kind = inner.kind
-        self.capabilities = inner.capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:    # type: ignore[override]
+        """Read through: a target may learn its medium's limits only when opened (USB)."""
+        return self.inner.capabilities
 
     def describe(self) -> str:
         return self.inner.describe()
 
 
-class RetryingTarget(_Forwarding):
+class RetryingTarget(ForwardingTarget):
     def __init__(self, inner: Target, attempts: int = 4, backoff: float = 2.0, *,
                  max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep,
                  logger: logging.Logger | None = None):
@@ -152,103 +156,3 @@ class RetryingTarget(_Forwarding):
 
     def sync(self):
         self._retry("sync", "", self.inner.sync)
-
-
-class _LoggingWriter(ObjectWriter):
-    def __init__(self, target: "LoggingTarget", name: str, inner: ObjectWriter):
-        self.target, self.name, self.inner = target, name, inner
-        self.started = time.monotonic()
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def write(self, data):
-        try:
-            self.inner.write(data)
-        except Exception as exc:
-            self.target._failed("write", self.name, exc, self.started)
-            raise
-
-    def commit(self):
-        try:
-            self.inner.commit()
-        except Exception as exc:
-            self.target._failed("commit", self.name, exc, self.started)
-            raise
-        self.target._ok("commit", self.name, self.started, self.inner.size)
-
-    def abort(self):
-        self.inner.abort()
-        self.target._ok("abort", self.name, self.started, self.inner.size)
-
-
-class LoggingTarget(_Forwarding):
-    def __init__(self, inner: Target, logger: logging.Logger | None = None):
-        super().__init__(inner)
-        self.log = logger or log
-
-    def _ok(self, op, name, started, nbytes=None):
-        if self.log.isEnabledFor(logging.DEBUG):
-            extra = f" {nbytes} bytes" if nbytes is not None else ""
-            self.log.debug("%s %s %s ok%s in %.3fs", self.inner.name, op, name, extra,
-                           time.monotonic() - started)
-
-    def _failed(self, op, name, exc, started):
-        # NotFound and AlreadyExists are answers callers ask for (exists checks, locks)
-        level = logging.DEBUG if isinstance(exc, (AlreadyExists, NotFound)) else logging.WARNING
-        self.log.log(level, "%s %s %s failed after %.3fs: %s: %s", self.inner.name, op, name,
-                     time.monotonic() - started, type(exc).__name__, exc)
-
-    def _run(self, op, name, fn, size=None):
-        started = time.monotonic()
-        try:
-            result = fn()
-        except Exception as exc:
-            self._failed(op, name, exc, started)
-            raise
-        self._ok(op, name, started, size(result) if size else None)
-        return result
-
-    def open(self):
-        self._run("open", "", self.inner.open)
-
-    def close(self):
-        self._run("close", "", self.inner.close)
-
-    def put(self, name, data):
-        self._run("put", name, lambda: self.inner.put(name, data), size=lambda _: len(data))
-
-    def writer(self, name):
-        return _LoggingWriter(self, name, self._run("writer", name, lambda: self.inner.writer(name)))
-
-    def create_exclusive(self, name, data):
-        self._run("create_exclusive", name, lambda: self.inner.create_exclusive(name, data),
-                  size=lambda _: len(data))
-
-    def get(self, name, offset=0, length=None):
-        return self._run("get", name, lambda: self.inner.get(name, offset, length), size=len)
-
-    def stat(self, name):
-        return self._run("stat", name, lambda: self.inner.stat(name))
-
-    def exists(self, name):
-        return self._run("exists", name, lambda: self.inner.exists(name))
-
-    def list(self, directory=""):
-        yield from self._run("list", directory, lambda: list(self.inner.list(directory)))
-
-    def list_dirs(self, directory=""):
-        yield from self._run("list_dirs", directory, lambda: list(self.inner.list_dirs(directory)))
-
-    def delete(self, name):
-        self._run("delete", name, lambda: self.inner.delete(name))
-
-    def rmdir(self, name):
-        self._run("rmdir", name, lambda: self.inner.rmdir(name))
-
-    def free_space(self):
-        return self._run("free_space", "", self.inner.free_space)
-
-    def sync(self):
-        self._run("sync", "", self.inner.sync)

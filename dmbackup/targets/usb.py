@@ -2,21 +2,17 @@
 
 ``open()`` finds the disk (dmbackup.system.usbdetect, through udev), mounts it or reuses an
 existing mount (dmbackup.system.diskmount), and from then on every object operation goes to a
-``dir`` target rooted at the mount point: the USB target adds finding, mounting and
-guarding, never its own file handling. ``close()`` syncs and unmounts what ``open()``
-mounted, so the disk can be pulled when a run ends.
-
-The guard: before anything that writes or lists, the target checks /proc/self/mountinfo
-that its device is still mounted where it writes. A disk that was pulled or unmounted in
-the middle of a run therefore fails the run with TargetUnavailable (exit 7) instead of
-filling the empty mount-point directory on the root file system, or making an unmounted
-directory look like a repository with no snapshots. Reads check only after a miss, so a
-missing object on a disk that vanished is "unavailable", not "damaged".
+``dir`` target rooted at the mount point, guarded against a disk that was pulled or unmounted
+mid-run (targets/mounted.py): the USB target adds finding, mounting and the disk's own
+quirks, never its own file handling. ``close()`` syncs and unmounts what ``open()`` mounted,
+so the disk can be pulled when a run ends. "Gone" here means: the device node is gone or has
+no medium, the disk is no longer mounted there, or its FUSE helper died (ENOTCONN).
 
 Capabilities follow the file system found at ``open()``: FAT (vfat) keeps objects below
 4 GiB (4 GiB - 1 MiB, whatever ``max_object_size`` says) and, like exFAT, has no POSIX
-owners or modes and no atomic rename-over. Until the disk has been seen the target assumes
-the most limited medium, because the disk plugged in next week may be a FAT stick.
+owners or modes and no atomic rename-over (the dir target then skips chmod and replaces
+objects stepwise). Until the disk has been seen the target assumes the most limited medium,
+because the disk plugged in next week may be a FAT stick.
 
 Config keys (``[targets.NAME]`` with ``type = "usb"``):
   label = "DMBACKUP"       file-system label, or
@@ -41,19 +37,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from dmbackup.errors import NoSpace, TargetUnavailable
+from dmbackup.system.blockdev import device_present, fat_cluster_bytes, fusefat_free_bytes, oserror_means_gone
+from dmbackup.system.diskmount import DiskMount
+from dmbackup.system.mounting import DEFAULT_MOUNT_ROOT, SAFE_OPTIONS, unsafe_options
 from dmbackup.system.usbdetect import BUSES, DiskNotPresent, UsbDisk, find_disk, matches, probe_node, wanted
-from dmbackup.system.diskmount import (
-    DEFAULT_MOUNT_ROOT,
-    SAFE_OPTIONS,
-    DiskMount,
-    device_present,
-    fat_cluster_bytes,
-    fusefat_free_bytes,
-    oserror_means_gone,
-    unsafe_options,
-)
-from dmbackup.targets.base import Capabilities, ObjectInfo, ObjectWriter, Target, validate_name
+from dmbackup.targets.base import Capabilities
 from dmbackup.targets.dir import DirTarget
+from dmbackup.targets.mounted import MountedDirTarget
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -74,7 +64,6 @@ class UsbConfig:
     bus: str = "usb"
     mount_options: tuple[str, ...] = ()
     max_object_size: int | None = None
-    repository = True
 
     def wanted(self) -> str:
         """'disk labelled 'X'' / 'disk with UUID X' / 'device /dev/x', for messages."""
@@ -148,43 +137,7 @@ def capabilities_for(fs_type: str | None, max_object_size: int | None = None) ->
     return Capabilities(max_object_size=limit, posix_metadata=fs not in _NO_POSIX)
 
 
-class _GuardedWriter(ObjectWriter):
-    """Streams through the dir target's writer; checks the mount before the rename."""
-
-    def __init__(self, target: "UsbTarget", inner: ObjectWriter):
-        self.target, self.inner = target, inner
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def write(self, data: bytes) -> None:
-        # an open file keeps writing to the disk it was opened on: no path, no guard needed
-        written = self.inner.size
-        try:
-            with self.target._mapped():
-                self.inner.write(data)
-        except TargetUnavailable as exc:
-            # the failed writer already removed its temporary: its bytes are free again
-            full = self.target._fusefat_full(exc.__context__, released=written + len(data))
-            if full is not None:
-                raise full from None
-            raise
-
-    def commit(self) -> None:
-        try:
-            self.target._guard()
-        except TargetUnavailable:
-            self.inner.abort()
-            raise
-        with self.target._mapped():
-            self.inner.commit()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-
-class UsbTarget(Target):
+class UsbTarget(MountedDirTarget):
     kind = "usb"
 
     def __init__(self, cfg: UsbConfig, *, context=None):
@@ -194,16 +147,10 @@ class UsbTarget(Target):
         self.capabilities = capabilities_for(None, cfg.max_object_size)
         self.disk: UsbDisk | None = None
         self._mount: DiskMount | None = None
-        self._dir: DirTarget | None = None
         self._shadowed: str | None = None     # see _check_name
 
     def describe(self) -> str:
         return f"usb target {self.name!r} ({self.cfg.wanted()})"
-
-    @property
-    def root(self) -> str | None:
-        """The directory the disk is mounted on, while open."""
-        return self._dir.root if self._dir is not None else None
 
     # -- session -------------------------------------------------------------------------
     def _locate(self) -> UsbDisk:
@@ -227,40 +174,32 @@ class UsbTarget(Target):
             raise DiskNotPresent(f"{exc} (target {self.name!r}): plug it in and run again; "
                                  "nothing was written") from None
 
-    def open(self) -> None:
-        if self._dir is not None:
-            return
+    def _attach(self) -> DirTarget:
         disk = self._locate()
         mount = DiskMount(disk.device_node, self.cfg.mount_point, disk.fs_type or "auto",
                           self.cfg.mount_options, what=f"{self.cfg.wanted()} ({disk.device_node})")
         path = mount.open()
         caps = capabilities_for(disk.fs_type, self.cfg.max_object_size)
-        inner = DirTarget(self.name, path, require_mount=True, max_object_size=caps.max_object_size)
+        inner = DirTarget(self.name, path, require_mount=True, capabilities=caps)
         try:
             inner.open()
         except BaseException:
             mount.close()
             raise
-        self.disk, self._mount, self._dir = disk, mount, inner
+        self.disk, self._mount = disk, mount
         self.capabilities = caps
         self._shadowed = None
         if mount.fstype == "fuse.fusefat" and disk.label:
             self._shadowed = disk.label.strip().casefold()
+        return inner
 
-    def close(self) -> None:
-        self._dir = None
+    def _detach(self, inner: DirTarget | None) -> None:
         if self._mount is None:
             return
-        self._mount.close()     # raises if the disk stays busy; close() may then be retried
+        self._mount.close()     # syncs; raises if the disk stays busy, and close() may be retried
         self._mount = None
 
     # -- guard and error mapping ---------------------------------------------------------
-    def _inner(self) -> DirTarget:
-        if self._dir is None:
-            self.open()
-        assert self._dir is not None
-        return self._dir
-
     def _gone(self) -> bool:
         """Has the disk left: node removed, unmounted, or its FUSE helper dead (ENOTCONN)?"""
         mount = self._mount
@@ -285,7 +224,7 @@ class UsbTarget(Target):
         """fusefat lists the FAT volume label as an empty file in the top folder, and its
         case-insensitive lookup finds that file first: with a disk labelled DMBACKUP the
         folder "dmbackup" can be neither created nor read. Say so instead of ENOTDIR."""
-        validate_name(name)         # names are checked before anything else, as base.py promises
+        super()._check_name(name)
         if self._shadowed is not None and name.split("/", 1)[0].casefold() == self._shadowed:
             disk = self.disk
             node = disk.device_node if disk else "the disk"
@@ -295,10 +234,10 @@ class UsbTarget(Target):
                 f"{name.split('/', 1)[0]!r}: give the disk another label (fatlabel {node} DMBACKUP1, "
                 "and set label in the target), or run on a kernel with vfat")
 
-    def _fusefat_full(self, cause: BaseException | None, released: int = 0) -> NoSpace | None:
+    def _failure(self, exc: TargetUnavailable, released: int) -> NoSpace | None:
         """fusefat answers a write to a full disk with EPERM ("permission denied"). Full means
         no more free space than the failed write itself released (plus a cluster or two)."""
-        mount = self._mount
+        mount, cause = self._mount, exc.__context__
         if (mount is None or mount.fstype != "fuse.fusefat" or mount.path is None
                 or not isinstance(cause, OSError) or cause.errno not in (errno.EPERM, errno.EACCES)):
             return None
@@ -309,94 +248,13 @@ class UsbTarget(Target):
         return NoSpace(f"{self.describe()} is full: free space on the disk (dmbackup prune) or use a "
                        "larger disk; nothing was committed")
 
-    def _guard(self, name: str | None = None) -> DirTarget:
-        if name is not None:
-            self._check_name(name)
-        inner = self._inner()
-        if self._gone():
-            raise self._gone_error()
-        return inner
-
-    class _Mapper:
-        def __init__(self, target: "UsbTarget"):
-            self.target = target
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is None:
-                return False
-            if issubclass(exc_type, TargetUnavailable):
-                if self.target._gone():
-                    raise self.target._gone_error() from None
-                full = self.target._fusefat_full(exc.__context__)
-                if full is not None:
-                    raise full from None
-                return False
-            if issubclass(exc_type, OSError):
-                # the dir target maps its errors, but a cleanup step on a dying disk (unlink
-                # after a failed fsync) can still raise a raw OSError: never a traceback
-                if self.target._gone():
-                    raise self.target._gone_error() from None
-                raise TargetUnavailable(f"{self.target.describe()}: I/O error: {exc}") from None
-            return False
-
-    def _mapped(self) -> "UsbTarget._Mapper":
-        """Turn an error that happened because the disk vanished into the 'unplugged' error."""
-        return UsbTarget._Mapper(self)
-
-    # -- objects -------------------------------------------------------------------------
-    def put(self, name: str, data: bytes) -> None:
-        with self.writer(name) as w:
-            w.write(data)
-
-    def writer(self, name: str) -> ObjectWriter:
-        inner = self._guard(name)
-        with self._mapped():
-            return _GuardedWriter(self, inner.writer(name))
-
-    def create_exclusive(self, name: str, data: bytes) -> None:
-        inner = self._guard(name)
-        with self._mapped():
-            inner.create_exclusive(name, data)
-
-    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        self._check_name(name)
-        inner = self._inner()
-        with self._mapped():
-            return inner.get(name, offset, length)
-
-    def stat(self, name: str) -> ObjectInfo:
-        self._check_name(name)
-        inner = self._inner()
-        with self._mapped():
-            return inner.stat(name)
-
+    # -- what differs from a plain mounted directory -------------------------------------
     def list(self, directory: str = "") -> Iterator[str]:
-        inner = self._guard(directory or None)
-        with self._mapped():
-            names = list(inner.list(directory))
+        names = list(super().list(directory))
         if not directory and self._shadowed is not None:
             # fusefat's phantom file for the volume label is no object of ours
             names = [n for n in names if n.casefold() != self._shadowed]
         yield from names
-
-    def list_dirs(self, directory: str = "") -> Iterator[str]:
-        inner = self._guard(directory or None)
-        with self._mapped():
-            names = list(inner.list_dirs(directory))
-        yield from names
-
-    def delete(self, name: str) -> None:
-        inner = self._guard(name)
-        with self._mapped():
-            inner.delete(name)
-
-    def rmdir(self, name: str) -> None:
-        """Remove an empty directory (the engine tidies pruned chains); like DirTarget.rmdir."""
-        inner = self._guard(name)
-        inner.rmdir(name)
 
     def free_space(self) -> int | None:
         if self._dir is None or self._gone():
@@ -413,8 +271,7 @@ class UsbTarget(Target):
         return st.f_bavail * st.f_frsize
 
     def sync(self) -> None:
-        inner = self._guard()
-        inner.sync()
+        super().sync()
         if self._mount is not None:
             self._mount.sync()
 
@@ -436,19 +293,3 @@ def disk_for_node(device_node: str, context=None) -> UsbDisk:
     except (ImportError, OSError):
         pass
     return probe_node(device_node)
-
-
-def on_plug_jobs(config, device_node: str, context=None) -> list[str]:
-    """Names of the ``on_plug`` jobs whose usb target is the disk at ``device_node``.
-
-    For ``dmbackup backup --on-plug-device DEVNAME`` (started by the udev rule in
-    systemd/99-dmbackup-usb.rules): a disk nobody configured yields an empty list, and the
-    command exits 0 without touching it.
-    """
-    disk = disk_for_node(device_node, context)
-    names = []
-    for job in config.jobs.values():
-        tcfg = config.targets.get(job.target)
-        if job.on_plug and tcfg is not None and tcfg.type == "usb" and tcfg.matches(disk):
-            names.append(job.name)
-    return sorted(names)

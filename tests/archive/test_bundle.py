@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmbackup import utctime
-from dmbackup.archive import bundle
+from dmbackup.archive import bundle, bundlefiles
 
 from dmbackup.source import appliance
 
@@ -343,7 +343,7 @@ def test_non_utf8_names_and_vanished_files(tmp_path, monkeypatch):
     manifest, entries = bundle.read_bundle(data, passphrase=PW)
     assert [os.fsencode(e.path) for e in entries if e.type == "file"] == [weird]
     out = tmp_path / "out"
-    bundle.extract_entries(manifest, entries, str(out))
+    bundlefiles.extract_entries(manifest, entries, str(out))
     with open(os.fsencode(out) + weird, "rb") as f:
         assert f.read() == b"latin-1 name"
 
@@ -352,7 +352,7 @@ def test_non_utf8_names_and_vanished_files(tmp_path, monkeypatch):
 def test_extract_writes_modes_owners_mtimes_and_manifest(tmp_path):
     etc, data, info = make_bundle(tmp_path)
     out = tmp_path / "restore"
-    summary = bundle.extract_bundle(data, str(out), passphrase=PW)
+    summary = bundlefiles.extract_bundle(data, str(out), passphrase=PW)
     assert summary["files"] == 5 and summary["symlinks"] == 2 and summary["warnings"] == []
     src = tree_state(etc)
     got = tree_state(os.path.join(out, etc.lstrip("/")))
@@ -373,9 +373,9 @@ def test_extract_refuses_to_overwrite_unless_told(tmp_path):
     target.write_text("local edit")
     before = tree_state(out)
     with pytest.raises(RestoreError, match="already exist"):
-        bundle.extract_bundle(data, str(out), passphrase=PW)
+        bundlefiles.extract_bundle(data, str(out), passphrase=PW)
     assert tree_state(out) == before                       # nothing written
-    bundle.extract_bundle(data, str(out), passphrase=PW, overwrite=True)
+    bundlefiles.extract_bundle(data, str(out), passphrase=PW, overwrite=True)
     assert target.read_text().startswith("myhostname")
 
 
@@ -388,7 +388,7 @@ def test_extract_never_follows_a_link_already_in_the_directory(tmp_path):
     out.mkdir()
     os.symlink(outside, out / first)                        # DIR/tmp -> outside
     with pytest.raises(RestoreError, match="symbolic link"):
-        bundle.extract_bundle(data, str(out), passphrase=PW, overwrite=True)
+        bundlefiles.extract_bundle(data, str(out), passphrase=PW, overwrite=True)
     assert os.listdir(outside) == []
 
 
@@ -396,10 +396,10 @@ def test_extracted_links_are_not_followed_when_overwriting(tmp_path):
     """A second restore over a tree holding the bundle's own links writes no file through them."""
     etc, data, _ = make_bundle(tmp_path)
     out = tmp_path / "restore"
-    bundle.extract_bundle(data, str(out), passphrase=PW)
+    bundlefiles.extract_bundle(data, str(out), passphrase=PW)
     link = out / etc.lstrip("/") / "dovecot" / "dangling"
     assert os.readlink(link) == "/nonexistent/target"
-    bundle.extract_bundle(data, str(out), passphrase=PW, overwrite=True)
+    bundlefiles.extract_bundle(data, str(out), passphrase=PW, overwrite=True)
     assert not os.path.exists("/nonexistent")
 
 
@@ -416,7 +416,7 @@ def test_diff_against_live_reports_and_only_writes_when_told(tmp_path):
     os.mkdir(os.path.join(etc, "dovecot/link-to-main.cf"))   # a directory where a link was
     before = tree_state(etc)
 
-    report = bundle.diff_against_live(manifest, entries)
+    report = bundlefiles.diff_against_live(manifest, entries)
     actions = {c["path"][len(etc):]: c["action"] for c in report["changes"]}
     assert actions["/postfix/main.cf"] == "replace"
     assert actions["/postfix/sasl/passwd"] == "metadata"
@@ -427,7 +427,7 @@ def test_diff_against_live_reports_and_only_writes_when_told(tmp_path):
     assert tree_state(etc) == before                          # a preflight writes nothing
 
     stamp = utctime.parse_time("2026-11-28T02:30:00Z")
-    report = bundle.diff_against_live(manifest, entries, overwrite=True, time=stamp)
+    report = bundlefiles.diff_against_live(manifest, entries, overwrite=True, time=stamp)
     assert report["applied"] is True
     with open(main_cf) as f:
         assert f.read().startswith("myhostname")
@@ -437,7 +437,7 @@ def test_diff_against_live_reports_and_only_writes_when_told(tmp_path):
     assert os.path.exists(os.path.join(etc, "dovecot/empty.conf"))
     assert os.path.isdir(os.path.join(etc, "dovecot/link-to-main.cf"))   # conflicts left alone
     assert any("left alone" in w for w in report["warnings"])
-    again = bundle.diff_against_live(manifest, entries)
+    again = bundlefiles.diff_against_live(manifest, entries)
     assert {c["action"] for c in again["changes"]} == {"unchanged", "conflict"}
 
 
@@ -446,7 +446,7 @@ def test_diff_against_live_creates_missing_directories(tmp_path):
     manifest, entries = bundle.read_bundle(data, passphrase=PW)
     root = tmp_path / "newroot"
     root.mkdir()
-    report = bundle.diff_against_live(manifest, entries, root=str(root), overwrite=True)
+    report = bundlefiles.diff_against_live(manifest, entries, root=str(root), overwrite=True)
     assert report["counts"]["create"] == len(entries)
     assert tree_state(os.path.join(root, etc.lstrip("/"))) == tree_state(etc)
 

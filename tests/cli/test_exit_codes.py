@@ -9,9 +9,12 @@ numbers.
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 from dmbackup import errors
+from tests.world import ROOT
 
 
 def test_error_classes_carry_the_documented_codes():
@@ -44,17 +47,32 @@ def test_warning_exits_1_and_commits_the_snapshot(ready):
     assert len(ready.chain_files(".catalog")) == 1
 
 
-def test_interrupt_exits_130_and_commits_nothing(ready):
-    with open(os.path.join(ready.store, "example.it", "bulk.bin"), "wb") as f:
-        f.write(os.urandom(60 << 20))
-    p = ready.spawn("backup", "--target", "local")
-    deadline = time.time() + 60
-    while time.time() < deadline and p.poll() is None and not ready.chain_files():
-        time.sleep(0.005)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
-    if p.returncode == 0:
-        return            # finished before the signal: nothing to show on this machine
+def test_interrupt_exits_130_and_commits_nothing(ready, tmp_path):
+    """SIGINT in the middle of a backup: the run is held (tests/cli/stall.py) right after it
+    wrote the first bytes of a data volume, so the signal always lands while it is going."""
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               DMB_STALL_DIR=str(stall))
+    p = subprocess.Popen([sys.executable, "-m", "tests.cli.stall", "--config", ready.config,
+                          "backup", "--target", "local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (stall / "stalled").exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (stall / "stalled").exists() and p.poll() is None, "the backup never reached a volume write"
+        partial = [n for n in ready.chain_files() if ".tmp-" in n]
+        assert partial and any(os.path.getsize(n) > 0 for n in partial)   # a volume half written
+        assert not ready.chain_files(".catalog")
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.2)                  # the handler has run (it interrupts the stall's sleep)
+        (stall / "go").touch()
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not ready.chain_files(".catalog")

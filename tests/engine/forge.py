@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 
+from dmbackup.archive import layout
 from dmbackup.archive.catalog import (
     Entry,
     PageRow,
     compress,
     encode_catalog,
     encode_page,
-    page_aad,
 )
+from dmbackup.archive.layout import page_aad
 from dmbackup.archive.repository import Repository
 from dmbackup.targets.dir import DirTarget
 
@@ -41,13 +42,13 @@ def forge(world, pages: dict[str, list[list]], snap: str = "20991231T000000Z-inc
         sealed = repo.keys.catalog.seal(compress(plain), page_aad(repo.id, chain, snap, len(blob)))
         rows.append(PageRow(d, snap, len(blob), len(sealed), hashlib.sha256(plain).hexdigest(), len(raw_entries)))
         blob += sealed
-    repo.t.put(f"chains/{chain}/{snap}.pages", blob)
+    repo.put_object(chain, layout.pages_name(snap), blob)
     header = parent.header
     header.id, header.parent, header.seq = snap, parent.id, parent.header.seq + 1
     header.kind, header.volumes, header.index = "incremental", [], None
-    header.pages = {"name": f"{snap}.pages", "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    header.pages = {"name": layout.pages_name(snap), "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
     header.time = "2099-12-31T00:00:00Z"
-    repo.t.put(f"chains/{chain}/{snap}.catalog", encode_catalog(header, {"pages": rows}, [], repo.keys.catalog, repo.id))
+    repo.put_catalog(chain, snap, encode_catalog(header, {"pages": rows}, [], repo.keys.catalog, repo.id))
     return snap
 
 

@@ -3,7 +3,9 @@
 Message sizes are log-normal around 6 KB of mail-like text; some messages carry a base64
 attachment (half of them random, i.e. incompressible). A day brings new mail, flag renames
 (``:2,S`` -> ``:2,RS``), new/ -> cur/ moves, moves between folders (with a new base name, as
-Dovecot does without hardlinks), expunges, and rewritten index/uidlist files.
+Dovecot does without hardlinks), expunges, and rewritten index/uidlist files. Layout, names
+and control files come from dmbackup.quickstart.maildir_gen (shared with the sample store and
+the benchmark corpus); what is here is the message sizes and the live changes.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import os
 import random
 from dataclasses import dataclass, field
 
+from dmbackup.quickstart import maildir_gen as mg
+
 WORDS = ("the of and to in is you that it he was for on are as with his they at be this from have or "
          "by one had not but what all were when we there can an your which their said if do will each "
          "meeting invoice report mailbox backup server order delivery price thanks regards").split()
-FOLDERS = ["", ".Sent", ".Archivio.2024", ".Posta invi&AOA-ta"]
+FOLDERS = ["INBOX", "Sent", "Archivio/2024", "Posta inviàta"]     # IMAP names
 
 
 @dataclass
@@ -28,8 +32,7 @@ class Sim:
     users: list[str] = field(default_factory=list)
 
     def mailbox_dir(self, user: str) -> str:
-        local, dom = user.split("@")
-        return os.path.join(self.root, dom, local, "Maildir")
+        return mg.mailbox_dir(self.root, user)
 
     def message(self) -> bytes:
         self.counter += 1
@@ -53,17 +56,14 @@ class Sim:
     def deliver(self, folder_dir: str, sub: str = "new") -> tuple[str, int]:
         data = self.message()
         self.t += 1
-        base = f"{self.t}.M{self.rng.randint(0, 999999)}P{self.counter}.mx,S={len(data)}"
-        name = base if sub == "new" else f"{base}:2,{self.rng.choice(['', 'S', 'RS', 'FS'])}"
-        p = os.path.join(folder_dir, sub, name)
-        with open(p, "wb") as f:
-            f.write(data)
-        os.utime(p, (self.t, self.t))
+        base = mg.message_base(self.t, self.rng.randint(0, 999999), self.counter, "mx", len(data))
+        flags = "" if sub == "new" else self.rng.choice(["", "S", "RS", "FS"])
+        p = mg.write_message(folder_dir, sub, base, data, flags=flags, mtime=self.t, mode=0o666)
         return p, len(data)
 
     def folders(self, user: str) -> list[str]:
         md = self.mailbox_dir(user)
-        return [os.path.join(md, f) if f else md for f in FOLDERS]
+        return [mg.folder_path(md, f) for f in FOLDERS]
 
     def messages(self, sub: str | None = None) -> list[str]:
         out = []
@@ -77,11 +77,10 @@ class Sim:
     def rewrite_indexes(self) -> None:
         for u in self.users:
             for fd in self.folders(u):
-                with open(os.path.join(fd, "dovecot.index.log"), "wb") as f:
-                    f.write(self.rng.randbytes(1024))
+                mg.write_file(os.path.join(fd, "dovecot.index.log"), self.rng.randbytes(1024), mode=0o666)
                 names = sorted(n.split(":")[0] for s in ("cur", "new") for n in os.listdir(os.path.join(fd, s)))
-                with open(os.path.join(fd, "dovecot-uidlist"), "w") as f:
-                    f.write("3 V1 N%d\n" % (len(names) + 1) + "".join(f"{i + 1} :{n}\n" for i, n in enumerate(names)))
+                mg.write_file(os.path.join(fd, "dovecot-uidlist"),
+                              mg.uidlist_bytes(1, len(names) + 1, None, list(enumerate(names, 1))), mode=0o666)
 
 
 def build(root: str, *, seed: int = 7, users: int = 3, per_folder: int = 60) -> Sim:
@@ -89,13 +88,12 @@ def build(root: str, *, seed: int = 7, users: int = 3, per_folder: int = 60) -> 
     for i in range(users):
         user = f"user{i}@{'example.it' if i % 2 == 0 else 'other.it'}"
         sim.users.append(user)
-        for fd in sim.folders(user):
-            for s in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(fd, s), exist_ok=True)
+        for folder in FOLDERS:
+            fd = mg.make_folder(sim.mailbox_dir(user), folder)
             for m in range(per_folder):
                 sim.deliver(fd, "cur" if m < per_folder - 3 else "new")
-        with open(os.path.join(sim.mailbox_dir(user), "subscriptions"), "w") as f:
-            f.write("Sent\nArchivio/2024\n")
+        mg.write_file(os.path.join(sim.mailbox_dir(user), "subscriptions"),
+                      mg.subscriptions_bytes(["Sent", "Archivio/2024"]), mode=0o666)
     sim.rewrite_indexes()
     return sim
 
@@ -123,9 +121,9 @@ def moves(sim: Sim, fraction: float) -> int:
     total = 0
     for p in picked:
         user_md = p.split("/Maildir")[0] + "/Maildir"
-        dest = os.path.join(user_md, sim.rng.choice(FOLDERS[1:]), "cur")
+        dest = os.path.join(mg.folder_path(user_md, sim.rng.choice(FOLDERS[1:])), "cur")
         sim.t += 1
-        name = f"{sim.t}.M1P{sim.counter}.mx,S={os.path.getsize(p)}:2,S"
+        name = mg.message_name(mg.message_base(sim.t, 1, sim.counter, "mx", os.path.getsize(p)), "cur", "S")
         total += os.path.getsize(p)
         os.rename(p, os.path.join(dest, name))
     return total

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.dovecot import dovecot_factory  # noqa: F401  (fixture)
 from tests.fixtures.imapstate import (capture_state, check, fetch_items, imap_utf7_encode,
                                       quote_mailbox)
 from tests.fixtures.mailgen import populate

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from tests.fixtures.dovecot import dovecot_factory  # noqa: F401  (fixture)
 from tests.fixtures.imapstate import capture_state, count_uid_mismatches, diff_states
 from tests.fixtures.mailgen import mutate, populate
 from tests.world import World, diff_trees, tree

@@ -21,7 +21,6 @@ from dmbackup.config import load
 from dmbackup.engine.backup import open_repository
 from dmbackup.log import Logger
 from tests.engine.forge import forge, some_file_entry
-from tests.fixtures.smtp import smtp_factory  # noqa: F401  (pytest fixture)
 from tests.world import World
 
 DOVEADM = shutil.which("doveadm") is not None

@@ -114,7 +114,7 @@ def test_unenrolled_repository_is_refused(ready):
 def test_second_concurrent_run_exits_5_naming_the_holder(ready):
     holder = subprocess.Popen(["sleep", "60"])
     try:
-        from dmbackup.archive.repository import boot_id, proc_start_ticks
+        from dmbackup.archive.lock import boot_id, proc_start_ticks
         import socket
         lock = {"host": socket.gethostname(), "pid": holder.pid, "boot_id": boot_id(),
                 "start_ticks": proc_start_ticks(holder.pid), "time": "2026-11-28T02:00:00Z", "purpose": "backup"}

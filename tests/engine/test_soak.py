@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.fixtures.dovecot import dovecot_factory  # noqa: F401  (fixture)
 from tests.fixtures.imapstate import capture_state, diff_states
 from tests.fixtures.mailgen import populate
 from tests.fixtures.mailload import Load, fill_maildir_folder

@@ -16,7 +16,6 @@ import sys
 from tests.world import ROOT, Result, World
 
 FULL_SWEEP = os.environ.get("DMBACKUP_FAULT_SWEEP", "") == "full"
-WEAK = {"DMBACKUP_TEST_WEAK_KDF": "1"}
 
 
 class FaultWorld(World):
@@ -42,14 +41,11 @@ class FaultWorld(World):
                     f'[encryption]\n{enc}\n{tg}\n{extra}\n')
 
     def run(self, *args, env=None) -> Result:
-        e = dict(WEAK)
-        e.update(env or {})
-        return super().run(*args, env=e)
+        return super().run(*args, env=env)
 
     def killer(self, *args, kill: str | None = None, trace: str | None = None, timeout=300) -> Result:
         """dmbackup ARGS as a subprocess under tests.faults.killer (see there)."""
         e = dict(os.environ)
-        e.update(WEAK)
         e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
         e.pop("DMB_FAULT_KILL", None)
         e.pop("DMB_FAULT_TRACE", None)

@@ -14,7 +14,6 @@ import base64
 import json
 import struct
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +21,6 @@ from dmbackup.archive import crypto
 from dmbackup.archive import CATALOG_MAGIC
 from dmbackup.archive.blocks import FRAME, walk_volume
 from dmbackup.archive.catalog import (
-    body_aad,
     compress,
     decode_catalog_body,
     decode_catalog_header,
@@ -32,8 +30,8 @@ from dmbackup.archive.catalog import (
     decode_page_list,
     decode_rows,
     dumps,
-    head_aad,
 )
+from dmbackup.archive.layout import body_aad, head_aad
 from dmbackup.errors import DmError
 from tests.faults.conftest import FULL_SWEEP
 

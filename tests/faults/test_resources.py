@@ -34,7 +34,6 @@ from dmbackup import utctime
 
 from tests.faults.conftest import (
     FULL_SWEEP,
-    WEAK,
     FaultWorld,
     add_random_message,
     mail_snaps,
@@ -142,7 +141,6 @@ def test_target_full_at_different_points(tmp_path, short):
 def _no_dac(argv: list[str], w: FaultWorld) -> Result:
     """dmbackup as root without the capabilities that let root read anyone's files."""
     env = dict(os.environ)
-    env.update(WEAK)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m",
                         "dmbackup", "--config", w.config, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -185,7 +183,7 @@ def test_unreadable_files_and_folders_are_warnings(tmp_path):
 @pytest.mark.parametrize("change", ["directory", "symlink", "vanished"])
 def test_file_replaced_mid_scan_is_a_warning(world, monkeypatch, tmp_path, change):
     """The scan saw a regular file; by the time it is read it is something else."""
-    backup_mod = importlib.import_module("dmbackup.engine.backup")
+    backup_mod = importlib.import_module("dmbackup.engine.capture")     # the walk of a backup
 
     world.ok("init", "local")
     victim_dir = "example.it/anna/Maildir/.Archivio"
@@ -266,10 +264,6 @@ def test_read_only_target(tmp_path):
 
 # --- the clock goes backwards ---------------------------------------------------------------------
 def test_clock_going_backwards_keeps_the_chain_ordered(ready, monkeypatch, tmp_path):
-    from dmbackup.archive import repository as repo_mod
-
-    backup_mod = importlib.import_module("dmbackup.engine.backup")   # engine.backup is also a function
-
     w = ready
     t0 = datetime(2026, 11, 28, 2, 30, tzinfo=timezone.utc)
     # (clock at the run, --full?) in the order the runs happen

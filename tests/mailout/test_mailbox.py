@@ -2,14 +2,15 @@
 bundle message to a private Dovecot through its LDA, and dmbackup fetches it back over IMAP
 with TLS, so every byte travels the way it does on the appliance.
 
-Dovecot's fixture serves plain IMAP; a mailbox target only speaks IMAP over TLS, so this
-module turns TLS on in the fixture's generated configuration (``tls_dovecot``) with a
+Dovecot's fixture serves plain IMAP; a mailbox target only speaks IMAP over TLS, so
+``tls_dovecot`` (tests/fixtures/mailbox.py) turns TLS on in the generated configuration with a
 self-signed certificate for 127.0.0.1 that ``ca_file`` trusts.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email
 import email.policy
 import hashlib
@@ -19,8 +20,7 @@ import time
 
 import pytest
 
-from dmbackup import utctime
-from dmbackup import config
+from dmbackup import config, engine, utctime
 
 from dmbackup.archive import bundle
 
@@ -29,15 +29,15 @@ from dmbackup.engine import configbundle
 from dmbackup.source import appliance
 
 from dmbackup.archive import crypto
+from dmbackup.context import App
 from dmbackup.errors import (EXIT_DAMAGE, EXIT_FAILED, EXIT_KEY, EXIT_TARGET, EXIT_USAGE, AuthFailed,
                              ConfigError, CorruptObject, NotFound, OperationFailed, TargetUnavailable,
                              WrongPassphrase)
 from dmbackup.mailout import mailbox
 from tests.fixtures.dovecot import DovecotServer, free_port
-from tests.fixtures.smtp import make_self_signed_cert, smtp_factory  # noqa: F401
+from tests.fixtures.mailbox import RCPT
 
 PASSPHRASE = b"Off-box passphrase 1"
-RCPT = "backup@example.net"
 HOST = "mail.example.it"
 
 
@@ -46,36 +46,6 @@ def _isolate(monkeypatch):
     monkeypatch.setattr(crypto, "SCRYPT_N", 1 << 10)
     monkeypatch.delenv("DMBACKUP_PASSPHRASE", raising=False)
     monkeypatch.delenv("DMBACKUP_CONFIG", raising=False)
-
-
-def _enable_tls(server: DovecotServer) -> None:
-    cert, key = make_self_signed_cert(server.tmpdir)
-    os.chmod(key, 0o600)
-    server.cert_file = cert
-    server.imaps_port = free_port()
-    text = server.config_file.read_text()
-    tls = (f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
-           "ssl_min_protocol = TLSv1.2\n")
-    imaps_old = "  inet_listener imaps {\n    port = 0\n  }"
-    imaps_new = f"  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {server.imaps_port}\n  }}"
-    assert "ssl = no\n" in text and imaps_old in text, "the Dovecot fixture's config changed shape"
-    server.config_file.write_text(text.replace("ssl = no\n", tls).replace(imaps_old, imaps_new))
-
-
-@pytest.fixture
-def tls_dovecot():
-    server = DovecotServer(None, {RCPT: "Imap-pw-9", "other@example.net": "Other-pw-3"})
-    try:
-        _enable_tls(server)
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def smtp(smtp_factory, tls_dovecot):  # noqa: F811
-    return smtp_factory(deliver_to=tls_dovecot)
 
 
 def secret(path, value: str | bytes) -> str:
@@ -160,6 +130,12 @@ def write_config(tmp_path, smtp, dovecot, *, target: dict | None = None, mode: s
     return config.load(str(path))
 
 
+def app(cfg: config.Config) -> App:
+    """A fresh App (nothing cached: a changed passphrase file is read again) for ``cfg``, its
+    state_dir beside the config file (never /var/lib/dmbackup)."""
+    return App(dataclasses.replace(cfg, state_dir=os.path.join(os.path.dirname(cfg.file), "state")))
+
+
 def tree(root) -> dict:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -191,7 +167,7 @@ def folder_count(dovecot, user=RCPT, folder="INBOX") -> int:
 def test_bundle_goes_out_by_smtp_and_comes_back_by_imap(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
     etc = str(tmp_path / "live" / "etc")
-    summary = configbundle.backup_config_to_mailbox(cfg, "offbox")
+    summary = configbundle.backup_config(app(cfg), "offbox").as_dict()
     assert summary["kind"] == "config" and summary["chain"] is None
     assert summary["files"] == 5 and summary["to"] == [RCPT] and summary["refused"] == []
     assert summary["missing"] == [f"{etc}/nothing"]
@@ -212,7 +188,7 @@ def test_bundle_goes_out_by_smtp_and_comes_back_by_imap(tmp_path, smtp, tls_dove
     assert summary["bundle_bytes"] == len(att.get_content())
     assert summary["stored_bytes"] == len(got.data)
 
-    listed = configbundle.list_mailbox_bundles(cfg, "offbox")
+    listed = [b.as_dict() for b in engine.snapshots(app(cfg), "offbox")]
     assert len(listed) == 1
     entry = listed[0]
     assert {k: entry[k] for k in ("id", "chain", "kind", "time", "files", "bytes")} == {
@@ -221,13 +197,13 @@ def test_bundle_goes_out_by_smtp_and_comes_back_by_imap(tmp_path, smtp, tls_dove
     assert entry["stored_bytes"] > summary["bundle_bytes"]
 
     out = tmp_path / "restored"
-    result = configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(out))
+    result = configbundle.restore_config(app(cfg), "offbox", to=str(out)).as_dict()
     assert result["id"] == summary["id"] and result["files"] == 5 and result["mode"] == "directory"
     assert tree(out / etc.lstrip("/")) == tree(etc)         # bytes, modes, owners, mtimes, links
     manifest = (out / "MANIFEST.json").read_text()
     assert summary["id"] in manifest and "example.it" in manifest
 
-    verified = configbundle.verify_mailbox(cfg, "offbox")
+    verified = configbundle.verify_bundles(app(cfg), "offbox").as_dict()
     assert verified["ok"] and verified["id"] == summary["id"] and verified["files"] == 5
     assert verified["bundles"] == 1
 
@@ -238,9 +214,9 @@ def test_smtps_and_imap_starttls(tmp_path, smtp_factory, tls_dovecot):  # noqa: 
         "security": "tls", "imap_security": "starttls", "imap_port": tls_dovecot.port})
     tcfg = cfg.target("offbox")
     assert (tcfg.smtp_port, tcfg.imap_host) == (smtps.port, "127.0.0.1")
-    summary = configbundle.backup_config_to_mailbox(cfg, "offbox")
+    summary = configbundle.backup_config(app(cfg), "offbox").as_dict()
     assert smtps.messages[0].tls
-    result = configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "r"))
+    result = configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "r")).as_dict()
     assert result["id"] == summary["id"]
 
 
@@ -252,29 +228,29 @@ def test_restore_picks_the_bundle_at_or_before_a_time(tmp_path, smtp, tls_doveco
         main_cf.write_text(text)
         t = utctime.parse_time(f"{day}T06:00:00Z")
         monkeypatch.setattr(utctime, "utc_now", lambda t=t: t)
-        sent.append(configbundle.backup_config_to_mailbox(cfg, "offbox"))
-    assert [b["time"] for b in configbundle.list_mailbox_bundles(cfg, "offbox")] == [
+        sent.append(configbundle.backup_config(app(cfg), "offbox").as_dict())
+    assert [b.time for b in engine.snapshots(app(cfg), "offbox")] == [
         "2026-11-01T06:00:00Z", "2026-11-08T06:00:00Z", "2026-11-15T06:00:00Z"]
     rel = str(main_cf).lstrip("/")
-    r = configbundle.restore_config_from_mailbox(cfg, "offbox", at="2026-11-10T00:00:00Z", to=str(tmp_path / "a"))
+    r = configbundle.restore_config(app(cfg), "offbox", at="2026-11-10T00:00:00Z", to=str(tmp_path / "a")).as_dict()
     assert r["id"] == sent[1]["id"] and (tmp_path / "a" / rel).read_text() == "second\n"
-    r = configbundle.restore_config_from_mailbox(cfg, "offbox", at="2026-11-08T06:00:00Z", to=str(tmp_path / "b"))
+    r = configbundle.restore_config(app(cfg), "offbox", at="2026-11-08T06:00:00Z", to=str(tmp_path / "b")).as_dict()
     assert r["id"] == sent[1]["id"]
-    r = configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "c"))
+    r = configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "c")).as_dict()
     assert r["id"] == sent[2]["id"] and (tmp_path / "c" / rel).read_text() == "third\n"
     with pytest.raises(NotFound, match="no config bundle at or before 2026-10-01T00:00:00Z") as ei:
-        configbundle.restore_config_from_mailbox(cfg, "offbox", at="2026-10-01", to=str(tmp_path / "d"))
+        configbundle.restore_config(app(cfg), "offbox", at="2026-10-01", to=str(tmp_path / "d"))
     assert ei.value.exit_code == EXIT_TARGET and "oldest is from 2026-11-01T06:00:00Z" in str(ei.value)
 
 
 def test_restore_without_to_is_a_preflight_until_overwrite(tmp_path, smtp, tls_dovecot, monkeypatch):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
     etc = tmp_path / "live" / "etc"
-    configbundle.backup_config_to_mailbox(cfg, "offbox")
+    configbundle.backup_config(app(cfg), "offbox")
     (etc / "postfix" / "main.cf").write_text("broken by hand\n")
     os.unlink(etc / "postfix" / "sasl_passwd")
     before = tree(etc)
-    report = configbundle.restore_config_from_mailbox(cfg, "offbox")
+    report = configbundle.restore_config(app(cfg), "offbox").as_dict()
     actions = {c["path"]: c["action"] for c in report["changes"]}
     assert actions[f"{etc}/postfix/main.cf"] == "replace"
     assert actions[f"{etc}/postfix/sasl_passwd"] == "create"
@@ -282,7 +258,7 @@ def test_restore_without_to_is_a_preflight_until_overwrite(tmp_path, smtp, tls_d
     assert tree(etc) == before
     t = utctime.parse_time("2026-12-01T10:00:00Z")
     monkeypatch.setattr(utctime, "utc_now", lambda: t)
-    report = configbundle.restore_config_from_mailbox(cfg, "offbox", overwrite=True)
+    report = configbundle.restore_config(app(cfg), "offbox", overwrite=True).as_dict()
     assert report["applied"] is True
     assert (etc / "postfix" / "main.cf").read_text().startswith("myhostname")
     assert (etc / "postfix" / "main.cf.dmbackup-20261201T100000Z").read_text() == "broken by hand\n"
@@ -294,7 +270,7 @@ def test_wrong_smtp_password_sends_nothing(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
     secret(tmp_path / "smtp.pw", "not the password")
     with pytest.raises(AuthFailed) as ei:
-        configbundle.backup_config_to_mailbox(cfg, "offbox")
+        configbundle.backup_config(app(cfg), "offbox")
     assert ei.value.exit_code == EXIT_TARGET
     assert f"authentication failed for user {smtp.username} on smtp 127.0.0.1" in str(ei.value)
     assert "not the password" not in str(ei.value)
@@ -306,7 +282,7 @@ def test_server_without_starttls_is_refused_before_auth(tmp_path, smtp_factory, 
     plain = smtp_factory(tls="none", deliver_to=tls_dovecot)
     cfg = write_config(tmp_path, plain, tls_dovecot)
     with pytest.raises(TargetUnavailable, match="does not offer STARTTLS") as ei:
-        configbundle.backup_config_to_mailbox(cfg, "offbox")
+        configbundle.backup_config(app(cfg), "offbox")
     assert ei.value.exit_code == EXIT_TARGET
     assert plain.messages == [] and plain.auth_failures == 0
 
@@ -314,7 +290,7 @@ def test_server_without_starttls_is_refused_before_auth(tmp_path, smtp_factory, 
 def test_untrusted_certificate_is_refused(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot, drop=("ca_file",))
     with pytest.raises(TargetUnavailable, match="certificate") as ei:
-        configbundle.backup_config_to_mailbox(cfg, "offbox")
+        configbundle.backup_config(app(cfg), "offbox")
     assert ei.value.exit_code == EXIT_TARGET and smtp.messages == []
 
 
@@ -322,7 +298,7 @@ def test_bundle_over_max_size_fails_before_connecting(tmp_path, smtp, tls_doveco
     cfg = write_config(tmp_path, smtp, tls_dovecot, target={"max_size": "2K", "smtp_port": free_port()})
     # Nothing listens on that port: connecting would be exit 7, not this clear exit 3.
     with pytest.raises(OperationFailed, match="over max_size 2.0 KiB of target 'offbox'") as ei:
-        configbundle.backup_config_to_mailbox(cfg, "offbox")
+        configbundle.backup_config(app(cfg), "offbox")
     assert ei.value.exit_code == EXIT_FAILED
     assert "nothing was sent" in str(ei.value)
 
@@ -330,7 +306,7 @@ def test_bundle_over_max_size_fails_before_connecting(tmp_path, smtp, tls_doveco
 def test_unreachable_smtp_server_is_exit_7(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot, target={"smtp_port": free_port()})
     with pytest.raises(TargetUnavailable, match="cannot connect to smtp 127.0.0.1") as ei:
-        configbundle.backup_config_to_mailbox(cfg, "offbox")
+        configbundle.backup_config(app(cfg), "offbox")
     assert ei.value.exit_code == EXIT_TARGET
 
 
@@ -338,32 +314,32 @@ def test_folder_without_bundle(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
     tls_dovecot.lda(RCPT, b"From: x@y.it\r\nTo: backup@example.net\r\nSubject: not a bundle\r\n"
                           b"Message-ID: <1@y.it>\r\n\r\nhello\r\n")
-    for call in (lambda: configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "r")),
-                 lambda: configbundle.verify_mailbox(cfg, "offbox")):
+    for call in (lambda: configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "r")),
+                 lambda: configbundle.verify_bundles(app(cfg), "offbox")):
         with pytest.raises(NotFound, match="no config bundle found in folder 'INBOX'") as ei:
             call()
         assert ei.value.exit_code == EXIT_TARGET
-    assert configbundle.list_mailbox_bundles(cfg, "offbox") == []
+    assert [b.as_dict() for b in engine.snapshots(app(cfg), "offbox")] == []
     assert not (tmp_path / "r").exists()
 
 
 def test_bundles_of_other_hosts_are_not_restored(tmp_path, smtp, tls_dovecot):
     other = write_config(tmp_path, smtp, tls_dovecot, hostname="mx2.example.it")
-    configbundle.backup_config_to_mailbox(other, "offbox")
+    configbundle.backup_config(app(other), "offbox")
     cfg = write_config(tmp_path, smtp, tls_dovecot)
     with pytest.raises(NotFound, match="bundles of other hosts: mx2.example.it"):
-        configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "r"))
+        configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "r"))
 
 
 def test_missing_imap_folder_and_wrong_imap_password(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot, target={"imap_folder": "Backups"})
     with pytest.raises(TargetUnavailable, match="IMAP folder 'Backups' does not exist") as ei:
-        configbundle.list_mailbox_bundles(cfg, "offbox")
+        engine.snapshots(app(cfg), "offbox")
     assert ei.value.exit_code == EXIT_TARGET
     cfg = write_config(tmp_path, smtp, tls_dovecot)
     secret(tmp_path / "imap.pw", "wrong")
     with pytest.raises(AuthFailed, match=f"authentication failed for user {RCPT} on imap 127.0.0.1"):
-        configbundle.list_mailbox_bundles(cfg, "offbox")
+        engine.snapshots(app(cfg), "offbox")
 
 
 def test_imap_server_without_starttls_is_refused(tmp_path, smtp, tls_dovecot):
@@ -380,7 +356,7 @@ def test_imap_server_without_starttls_is_refused(tmp_path, smtp, tls_dovecot):
                 break
             time.sleep(0.02)
         with pytest.raises(TargetUnavailable, match="does not offer STARTTLS") as ei:
-            configbundle.list_mailbox_bundles(cfg, "offbox")
+            engine.snapshots(app(cfg), "offbox")
         assert ei.value.exit_code == EXIT_TARGET
         assert plain.log_file.read_text().count("Info: Login:") == logins
     finally:
@@ -416,7 +392,7 @@ def _replace_attachment(raw: bytes, change) -> bytes:
 
 def test_tampered_attachment_is_damage(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
-    configbundle.backup_config_to_mailbox(cfg, "offbox")
+    configbundle.backup_config(app(cfg), "offbox")
     raw = _fetch_raw(tls_dovecot)
 
     def flip(data: bytes) -> bytes:
@@ -426,40 +402,40 @@ def test_tampered_attachment_is_damage(tmp_path, smtp, tls_dovecot):
 
     _append(tls_dovecot, _replace_attachment(raw, flip))    # the newer UID wins the tie
     with pytest.raises(CorruptObject) as ei:
-        configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "r"))
+        configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "r"))
     assert ei.value.exit_code == EXIT_DAMAGE
     assert not (tmp_path / "r").exists()
     with pytest.raises(CorruptObject):
-        configbundle.verify_mailbox(cfg, "offbox")
+        configbundle.verify_bundles(app(cfg), "offbox")
 
 
 def test_old_bundle_with_a_forged_newer_date_is_damage(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
-    configbundle.backup_config_to_mailbox(cfg, "offbox")
+    configbundle.backup_config(app(cfg), "offbox")
     raw = _fetch_raw(tls_dovecot)
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     msg.replace_header("X-Dmbackup-Time", "2099-01-01T00:00:00Z")
     _append(tls_dovecot, msg.as_bytes(policy=email.policy.SMTP))
     with pytest.raises(CorruptObject, match="headers were altered"):
-        configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "r"))
+        configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "r"))
 
 
 def test_attachment_swapped_between_messages_is_damage(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
-    configbundle.backup_config_to_mailbox(cfg, "offbox")
+    configbundle.backup_config(app(cfg), "offbox")
     raw = _fetch_raw(tls_dovecot)
     other = configbundle.make_config_bundle(cfg, passphrase=PASSPHRASE).data
     _append(tls_dovecot, _replace_attachment(raw, lambda _: other))
     with pytest.raises(CorruptObject, match="was altered"):
-        configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "r"))
+        configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "r"))
 
 
 def test_wrong_passphrase_is_exit_6(tmp_path, smtp, tls_dovecot):
     cfg = write_config(tmp_path, smtp, tls_dovecot)
-    configbundle.backup_config_to_mailbox(cfg, "offbox")
+    configbundle.backup_config(app(cfg), "offbox")
     secret(tmp_path / "passphrase", b"another passphrase\n")
     with pytest.raises(WrongPassphrase) as ei:
-        configbundle.restore_config_from_mailbox(cfg, "offbox", to=str(tmp_path / "r"))
+        configbundle.restore_config(app(cfg), "offbox", to=str(tmp_path / "r"))
     assert ei.value.exit_code == EXIT_KEY
     assert not (tmp_path / "r").exists()
 
@@ -482,7 +458,7 @@ def parse(tmp_path, body: str) -> config.Config:
 def test_config_defaults(tmp_path):
     t = parse(tmp_path, 'smtp_host = "smtp.example.net"\nto = ["a@example.net", "b@example.net"]\n'
                         'username = "u"\npassword_file = "PW"\n').target("offbox")
-    assert isinstance(t, mailbox.MailboxConfig) and t.repository is False and t.type == "mailbox"
+    assert isinstance(t, mailbox.MailboxConfig) and not config.holds_repository(t) and t.type == "mailbox"
     assert (t.smtp_port, t.security, t.max_size, t.to) == (587, "starttls", 10 << 20, ("a@example.net", "b@example.net"))
     assert (t.imap_host, t.imap_port, t.imap_security, t.imap_username, t.imap_folder) == (
         "smtp.example.net", 993, "tls", "u", "INBOX")
@@ -521,7 +497,7 @@ def test_a_mail_job_cannot_target_a_mailbox(tmp_path):
 
 def test_message_layout_without_a_server(tmp_path):
     t = parse(tmp_path, 'smtp_host = "s"\nto = ["a@b.it", "c@d.it"]\n').target("offbox")
-    target = mailbox.MailboxTarget(t, hostname="h.example")
+    target = mailbox.Mailbox(t, hostname="h.example")
     coll = appliance.Collection()
     manifest = appliance.build_manifest(hostname="h.example", mail_store=str(tmp_path / "none"),
                                         config_paths=[], collection=coll)

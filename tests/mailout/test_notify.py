@@ -24,7 +24,6 @@ from dmbackup.config import parse
 from dmbackup.daemon.jobs import run_job
 from dmbackup.log import Logger
 from dmbackup.daemon.scheduler import Daemon
-from tests.fixtures.smtp import smtp_factory  # noqa: F401  (pytest fixture)
 
 PASSWORD = "relay-Pw-1"
 

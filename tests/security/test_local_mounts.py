@@ -196,7 +196,7 @@ def test_nfs_mount_argv_always_carries_the_safe_flags(options, given):
     data = 'export = "nas.test:/srv/backup"\n' + ("" if options is None else f'options = "{options}"\n')
     text = f'hostname = "mx.test"\n[encryption]\nmode = "none"\n[targets.nas]\ntype = "nfs"\n{data}'
     cfg = parse(text, "/etc/dmbackup/dmbackup.toml").target("nas")
-    argv = nfs.mount_argv(cfg, "/run/dmbackup/nas")
+    argv = cfg.mount_argv("/run/dmbackup/nas")
     assert argv[:3] == ["mount", "-t", "nfs"] and argv[-2:] == ["nas.test:/srv/backup", "/run/dmbackup/nas"]
     opts = argv[argv.index("-o") + 1].split(",")
     assert opts[-3:] == ["nosuid", "nodev", "noexec"]          # last: nothing after them undoes them

@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from tests.fixtures.smbd import SmbServer, smbd, smbd_factory  # noqa: F401
+from tests.fixtures.smbd import SmbServer
 from tests.world import World
 
 GUARD = 120          # seconds: only a guard against a hang, never an assertion about speed

@@ -17,7 +17,7 @@ import struct
 import pytest
 
 from dmbackup.archive import crypto
-from dmbackup.archive.catalog import body_aad
+from dmbackup.archive.layout import body_aad
 from tests.security.conftest import child_line, repo_id, run_child
 
 SMALL_RSS_KIB = 400 * 1024        # a dmbackup command on this tiny repository stays well below

@@ -13,11 +13,10 @@ import os
 from typer.testing import CliRunner
 
 from dmbackup import utctime
-from dmbackup.source import appliance
 from dmbackup.cli.main import app as cli_app
 from tests.security.conftest import one_line
-from tests.fixtures.smtp import smtp_factory  # noqa: F401 (fixture)
-from tests.mailout.test_mailbox import RCPT, smtp, tls_dovecot, write_config  # noqa: F401 (fixtures)
+from tests.fixtures.mailbox import RCPT
+from tests.mailout.test_mailbox import write_config
 from tests.world import Result
 
 
@@ -26,7 +25,7 @@ def _cli(path: str, *args) -> Result:
     return Result(r.exit_code, r.stdout, r.stderr)
 
 
-def test_deleted_newest_mailed_bundle_is_noticed(tmp_path, smtp, tls_dovecot, monkeypatch):  # noqa: F811
+def test_deleted_newest_mailed_bundle_is_noticed(tmp_path, smtp, tls_dovecot, monkeypatch):
     write_config(tmp_path, smtp, tls_dovecot)
     path = str(tmp_path / "dmbackup.toml")
     text = open(path).read()

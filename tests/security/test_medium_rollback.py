@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 
-from tests.fixtures.smtp import smtp_factory  # noqa: F401  (pytest fixture)
 from tests.security.conftest import JOB, one_line
 
 

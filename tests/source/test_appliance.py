@@ -207,18 +207,18 @@ def test_bundle_of_a_generated_store_lists_its_domains_and_mailboxes(tmp_path):
         f"{tmp_path}/etc/postfix/main.cf", f"{tmp_path}/etc/dovecot/dovecot.conf"}
 
 
-def test_build_config_bundle_with_a_repository_key(tmp_path):
+def test_config_bundle_with_a_repository_key(tmp_path):
     put(f"{tmp_path}/etc/postfix/main.cf", b"x = y\n")
     cfg = write_config(tmp_path, tmp_path / "vmail", [f"{tmp_path}/etc/postfix"])
     keys = crypto.Keys(os.urandom(64))
-    data = configbundle.build_config_bundle(cfg, key=keys.bundle, context=b"repo-id")
+    data = configbundle.make_config_bundle(cfg, key=keys.bundle, context=b"repo-id").data
     manifest, entries = bundle.read_bundle(data, key=keys.bundle, context=b"repo-id")
     assert manifest["hostname"] == "mail.example.it"
     assert [e.data for e in entries if e.type == "file"] == [b"x = y\n"]
     # an unencrypted repository seals with the PlainSealer
     (tmp_path / "plain").mkdir()
     plain = write_config(tmp_path / "plain", tmp_path / "vmail", [f"{tmp_path}/etc/postfix"], mode="none")
-    data = configbundle.build_config_bundle(plain, key=crypto.Keys(None).bundle)
+    data = configbundle.make_config_bundle(plain, key=crypto.Keys(None).bundle).data
     assert bundle.parse_header(data).protection == bundle.PROT_NONE
     assert bundle.read_bundle(data, key=crypto.PlainSealer())[1][-1].data == b"x = y\n"
 
@@ -233,11 +233,12 @@ def test_config_snapshots_in_a_repository(ready, monkeypatch):
     put(f"{etc}/postfix/main.cf", b"first\n")
     os.chmod(f"{etc}/postfix/main.cf", 0o640)
     app = App(config.load(ready.config))
-    times = iter(utctime.parse_time(t) for t in ("2026-11-01T06:00:00Z", "2026-11-08T06:00:00Z"))
-    monkeypatch.setattr(utctime, "utc_now", lambda: next(times))
-    first = engine.backup(app, "local", what="config")
+    clock = {"now": utctime.parse_time("2026-11-01T06:00:00Z")}    # the lock reads it too
+    monkeypatch.setattr(utctime, "utc_now", lambda: clock["now"])
+    first = engine.backup(app, "local", what="config").as_dict()
     put(f"{etc}/postfix/main.cf", b"second\n")
-    second = engine.backup(app, "local", what="config")
+    clock["now"] = utctime.parse_time("2026-11-08T06:00:00Z")
+    second = engine.backup(app, "local", what="config").as_dict()
     assert (first["id"], second["id"]) == ("20261101T060000Z-config", "20261108T060000Z-config")
     assert first["exit_code"] == 0 and first["files"] == 1
     assert os.path.exists(os.path.join(ready.repo_root, "config", "20261101T060000Z-config.bundle"))
@@ -248,11 +249,11 @@ def test_config_snapshots_in_a_repository(ready, monkeypatch):
         ("20261108T060000Z-config", "2026-11-08T06:00:00Z", 1, None)]
 
     out = os.path.join(ready.tmp, "restored")
-    res = engine.restore(app, "local", at="2026-11-05", what="config", to=out)
+    res = engine.restore(app, "local", at="2026-11-05", what="config", to=out).as_dict()
     assert res["snapshot"] == first["id"] and res["destination"] == out
     with open(os.path.join(out, etc.lstrip("/"), "postfix/main.cf"), "rb") as f:
         assert f.read() == b"first\n"
-    res = engine.restore(app, "local", what="config", to=os.path.join(ready.tmp, "r2"))
+    res = engine.restore(app, "local", what="config", to=os.path.join(ready.tmp, "r2")).as_dict()
     assert res["snapshot"] == second["id"]
     assert tree(os.path.join(ready.tmp, "r2", etc.lstrip("/"))) == tree(etc)
 
@@ -275,7 +276,7 @@ def test_mail_snapshot_carries_a_restorable_config_bundle(ready):
     mail = engine.backup(app, "local", what="mail").as_dict()
     assert mail["config_bundle"] == f"config/{mail['id']}.bundle"
     out = os.path.join(ready.tmp, "restored")
-    res = engine.restore(app, "local", mail["id"], what="config", to=out)
+    res = engine.restore(app, "local", mail["id"], what="config", to=out).as_dict()
     assert res["snapshot"] == mail["id"] and res["files"] == 2     # + the world's etc/postfix/main.cf
     assert [s.kind for s in engine.snapshots(app, "local")] == ["full"]   # not listed twice
 

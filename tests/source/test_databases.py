@@ -25,7 +25,7 @@ import pytest
 from dmbackup.errors import ConfigError, RestoreError, SourceError
 from dmbackup.source import databases as D
 from dmbackup.source import userdb as U
-from tests.fixtures.databases import (  # noqa: F401  (fixtures)
+from tests.fixtures.databases import (
     ADMIN_PASSWORD,
     CREATED,
     DOMAINS,
@@ -36,10 +36,7 @@ from tests.fixtures.databases import (  # noqa: F401  (fixtures)
     ldap_entries,
     ldif,
     load_postfixadmin_sqlite,
-    mariadb_server,
     password_of,
-    postgres_server,
-    slapd_server,
     sqlite_rows,
     stale_socket,
 )

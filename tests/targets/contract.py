@@ -80,7 +80,7 @@ class TargetContract:
         caps = target.capabilities
         assert isinstance(caps, Capabilities)
         assert isinstance(caps.max_object_size, int) and caps.max_object_size > 0
-        for flag in ("atomic_rename", "can_list", "can_read", "posix_metadata"):
+        for flag in ("atomic_rename", "posix_metadata", "read_back", "network"):
             assert isinstance(getattr(caps, flag), bool)
         assert isinstance(target.describe(), str) and target.describe()
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dmbackup.targets.base import PrefixedTarget
+from dmbackup.targets.base import Capabilities, PrefixedTarget
 from dmbackup.targets.dir import DirTarget
 from dmbackup.targets.memory import MemoryTarget
 from tests.targets.contract import TargetContract
@@ -41,3 +41,17 @@ class TestPrefixedMemoryContract(TargetContract):
         with PrefixedTarget(inner, "dmbackup/host1") as t:
             yield t
         assert inner.get("other-host/foreign") == b"not ours"
+
+
+class TestDirWithoutAtomicRenameContract(TargetContract):
+    """The dir target as it runs on FAT and exFAT (``atomic_rename`` and ``posix_metadata``
+    False): the same contract, with objects replaced stepwise."""
+
+    @pytest.fixture
+    def target(self, tmp_path):
+        root = tmp_path / "root"
+        root.mkdir()
+        caps = Capabilities(atomic_rename=False, posix_metadata=False)
+        with DirTarget("fat", str(root), capabilities=caps) as t:
+            yield t
+        assert sorted(os.listdir(tmp_path)) == ["root"]

@@ -37,12 +37,7 @@ from dmbackup.errors import (
 from dmbackup.targets import nfs
 from dmbackup.targets.base import AlreadyExists, is_temporary
 from dmbackup.system.mountinfo import mount_at
-from tests.fixtures.ganesha import (  # noqa: F401  (fixtures)
-    Ganesha,
-    ganesha,
-    nfs_netns,
-    skip_reason,
-)
+from tests.fixtures.ganesha import Ganesha, skip_reason
 from tests.targets.contract import TargetContract
 from tests.world import diff_trees, tree
 

@@ -1,4 +1,4 @@
-"""RetryingTarget and LoggingTarget: bounded retries on transient errors only, and logs.
+"""RetryingTarget (bounded retries on transient errors only) and the tests' LoggingTarget.
 
 ``FlakyTarget`` is a real MemoryTarget that raises injected errors before doing the work
 (or, for ``create_exclusive``, optionally after it, as when the server's answer is lost).
@@ -15,8 +15,9 @@ import pytest
 from dmbackup.errors import AuthFailed, NoSpace, NotFound, TargetUnavailable, TransientTargetError
 from dmbackup.targets.base import AlreadyExists, Target, validate_name
 from dmbackup.targets.memory import MemoryTarget, _MemWriter
-from dmbackup.targets.retry import LoggingTarget, RetryingTarget
+from dmbackup.targets.retry import RetryingTarget
 from tests.targets.contract import TargetContract
+from tests.targets.logging_target import LoggingTarget
 
 
 class _FlakyWriter(_MemWriter):
@@ -328,3 +329,23 @@ def test_retrying_logs_each_retry(caplog, flaky, sleeps):
     with caplog.at_level(logging.WARNING, logger="dmbackup.targets"):
         retrying(flaky, sleeps).get("a")
     assert "retry 1 of 3" in caplog.text
+
+
+def test_app_retries_exactly_the_targets_that_say_network(tmp_path):
+    """App.target() chooses the wrapper by capability, not by type name."""
+    from dmbackup.config import parse
+    from dmbackup.context import App
+
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    text = (f'hostname = "mx.test"\nstate_dir = "{tmp_path}/state"\n[encryption]\nmode = "none"\n'
+            f'[targets.local]\ntype = "dir"\npath = "{tmp_path}"\n'
+            '[targets.usb]\ntype = "usb"\nlabel = "DMBACKUP"\n'
+            '[targets.nas]\ntype = "nfs"\nexport = "nas.test:/srv/backup"\n'
+            '[targets.nasu]\ntype = "nfs"\nexport = "nas.test:/srv/backup"\ntransport = "userspace"\n'
+            f'[targets.smb]\ntype = "smb"\nserver = "nas.test"\nshare = "b"\nusername = "u"\npassword_file = "{pw}"\n')
+    app = App(parse(text, str(tmp_path / "dmbackup.toml")))
+    wrapped = {name: isinstance(app.target(name), RetryingTarget) for name in ("local", "usb", "nas", "nasu", "smb")}
+    assert wrapped == {"local": False, "usb": False, "nas": True, "nasu": True, "smb": True}
+    assert all(app.target(n).capabilities.network is w for n, w in wrapped.items())

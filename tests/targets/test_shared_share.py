@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-from tests.fixtures.smbd import smbd, smbd_factory  # noqa: F401  (fixtures)
 from tests.targets.test_smb_e2e import smb_world
 from tests.world import diff_trees, tree
 

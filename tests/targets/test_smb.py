@@ -28,7 +28,7 @@ from dmbackup.errors import (
 from dmbackup.targets import registry
 from dmbackup.targets.retry import RetryingTarget
 from dmbackup.targets.smb import RECEIVE_TIMEOUT_ENV, SmbConfig, SmbTarget
-from tests.fixtures.smbd import SmbServer, free_port, smbd, smbd_factory, smbd_module  # noqa: F401
+from tests.fixtures.smbd import SmbServer, free_port
 from tests.targets.contract import TargetContract
 
 _paths = itertools.count()
@@ -89,7 +89,7 @@ def test_config_defaults_and_build(tmp_path):
     t = cfg.targets["nas"]
     assert isinstance(t, SmbConfig)
     assert (t.port, t.path, t.encrypt, t.timeout, t.max_object_size) == (445, "", True, 60, None)
-    assert t.repository is True
+    assert config.holds_repository(t)
     target = registry.build(t, None)
     assert isinstance(target, SmbTarget)
     assert target.describe() == "smb target 'nas' (//nas.example.it/backup)"
@@ -140,10 +140,10 @@ def test_config_password_file_must_be_private(tmp_path):
 # --- sessions and errors ------------------------------------------------------------------
 def test_session_is_encrypted_and_path_is_created(smbd):
     with smb_target(smbd, path="appliances/mail") as t:
-        sessions = [s for c in t._cache.values() for s in c.session_table.values()]
+        sessions = [s for c in t.session.cache.values() for s in c.session_table.values()]
         assert sessions and all(s.encrypt_data for s in sessions)
         t.put("repo.json", b"{}")
-        assert os.environ[RECEIVE_TIMEOUT_ENV] == str(t.receive_timeout)
+        assert os.environ[RECEIVE_TIMEOUT_ENV] == str(t.session.receive_timeout)
     assert (smbd.share_dir / "appliances" / "mail" / "repo.json").read_bytes() == b"{}"
 
 
@@ -342,7 +342,7 @@ def test_hung_server_with_full_send_window(smbd_factory):
     with smb_target(srv, timeout=3) as t:
         w = t.writer("big")
         w.write(os.urandom(8 << 20))             # the file is open, credits for 8 MiB writes
-        for conn in t._cache.values():
+        for conn in t.session.cache.values():
             conn.transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         srv.pause()
         try:

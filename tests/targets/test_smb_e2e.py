@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
-from tests.fixtures.smbd import SmbServer, smbd, smbd_factory  # noqa: F401
+from tests.fixtures.smbd import SmbServer
 from tests.world import World, diff_trees, tree
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from dmbackup.system.mountinfo import mounts
-from dmbackup.system.diskmount import holders, mounts_of_device
+from dmbackup.system.blockdev import holders, mounts_of_device
 
 MKFS = {
     "ext4": lambda label: ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=0"],

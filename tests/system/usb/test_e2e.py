@@ -22,7 +22,8 @@ import time
 import pytest
 
 from dmbackup.system.mountinfo import mount_at
-from dmbackup.system.diskmount import DiskMount, fusefat_free_bytes, holders, kernel_supports
+from dmbackup.system.blockdev import fusefat_free_bytes, holders
+from dmbackup.system.diskmount import DiskMount, kernel_supports
 from tests.world import World, diff_trees, tree
 
 from . import loopdev

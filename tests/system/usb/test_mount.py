@@ -10,7 +10,8 @@ import pytest
 
 from dmbackup.errors import EXIT_TARGET, TargetUnavailable
 from dmbackup.system.mountinfo import mount_at
-from dmbackup.system.diskmount import DiskMount, MountFailed, holders, kernel_supports, mount_command
+from dmbackup.system.blockdev import holders
+from dmbackup.system.diskmount import DiskMount, MountFailed, kernel_supports, mount_command
 
 from . import loopdev
 

@@ -13,14 +13,15 @@ import uuid as uuidlib
 
 import pytest
 
-from dmbackup.config import parse
+from dmbackup.config import holds_repository, parse
 from dmbackup.errors import EXIT_TARGET, ConfigError, NoSpace, NotFound, TargetUnavailable
 from dmbackup.targets.base import AlreadyExists
 from dmbackup.system.mountinfo import mount_at
 from dmbackup.targets.registry import build
 from dmbackup.targets.usb import VFAT_MAX_OBJECT, UsbConfig, UsbTarget, capabilities_for
 from dmbackup.system.usbdetect import UsbDisk
-from dmbackup.system.diskmount import holders, kernel_supports
+from dmbackup.system.blockdev import holders
+from dmbackup.system.diskmount import kernel_supports
 
 from . import loopdev
 
@@ -45,7 +46,7 @@ def test_config_defaults(tmp_path):
     assert isinstance(cfg, UsbConfig)
     assert (cfg.label, cfg.uuid, cfg.device, cfg.bus) == ("DMBACKUP", None, None, "usb")
     assert cfg.mount_point == "/run/dmbackup/usb1"
-    assert cfg.mount_options == () and cfg.max_object_size is None and cfg.repository
+    assert cfg.mount_options == () and cfg.max_object_size is None and holds_repository(cfg)
 
 
 def test_config_all_keys(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 from dmbackup.config import parse
 from dmbackup.errors import EXIT_TARGET, TargetUnavailable
 from dmbackup.targets.registry import build
-from dmbackup.targets.usb import UsbTarget, disk_for_node, on_plug_jobs
+from dmbackup.daemon.plug import jobs_for_device
+from dmbackup.targets.usb import UsbTarget, disk_for_node
 
 pytestmark = pytest.mark.umockdev
 
@@ -80,11 +81,11 @@ target = "anydisk"
 on_plug = true
 """)
     ctx = bed.context()
-    assert on_plug_jobs(cfg, "/dev/sdb1", ctx) == ["internal", "nightly"]
-    assert on_plug_jobs(cfg, "/dev/sdc", ctx) == ["config-on-stick"]
+    assert jobs_for_device(cfg, "/dev/sdb1", ctx) == ["internal", "nightly"]
+    assert jobs_for_device(cfg, "/dev/sdc", ctx) == ["config-on-stick"]
     # the SATA disk with the same label only matches the bus = "any" target
-    assert on_plug_jobs(cfg, "/dev/sda1", ctx) == ["internal"]
-    assert on_plug_jobs(cfg, "/dev/sde1", ctx) == []
+    assert jobs_for_device(cfg, "/dev/sda1", ctx) == ["internal"]
+    assert jobs_for_device(cfg, "/dev/sde1", ctx) == []
 
 
 def test_usb_list_cli_shows_usb_file_systems_only(bed, tmp_path):
