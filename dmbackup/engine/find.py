@@ -1,0 +1,304 @@
+"""``dmbackup find``: which messages the backups hold, where, and from when to when.
+
+Two steps, neither reading a volume:
+
+1. The header indexes (``<snap>.hidx``, dmbackup.archive.hidx) of the snapshots give the
+   records that match the header filters (``--from --to --subject --message-id --since
+   --before``: case-insensitive substrings with accents folded, dmbackup.archive.headerindex
+   ``Query``). A record is keyed by its content's SHA-256 (first 128 bits).
+2. Each snapshot's page table is walked (message directories only, limited by
+   ``--mailbox``/``--folder``) for entries with a matching key. A row that is the same in
+   many snapshots (same stored page, same delta) is resolved once and credited to all of them
+   (dmbackup.engine.msgscan), so 30 nights of an unchanged folder cost one page read.
+
+A message is reported once per (mailbox, folder, content): with the first and the last
+snapshot that hold it there (a message deleted on Tuesday is last seen in Monday night's
+snapshot; a message moved to Trash shows up twice, in its old folder up to the move and in
+Trash from then on), and its flags and name in the last one.
+
+Snapshots without a header index (made before indexes existed, and not yet ``reindex``-ed)
+are listed as ``not_indexed``: the messages they stored cannot be found by header. A damaged
+or forged index is reported as a warning (exit 1) and its snapshot treated as not indexed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from dmbackup import humanize, utctime
+from dmbackup.archive.catalog import Entry
+from dmbackup.archive.headerindex import Query, Record
+from dmbackup.archive.hidx import iter_hidx, read_hidx
+from dmbackup.engine.msgscan import MessageWalker, MsgDir, Scope, flag_names, imap_folder, keyword_letters, \
+    maildir_flags, message_rows, row_key
+from dmbackup.engine.result import Result
+from dmbackup.errors import CorruptObject, DmError, EXIT_DAMAGE, UsageError
+
+MAX_LISTED = 100_000         # messages a find reports (a filter that matches more is too broad)
+
+
+@dataclass
+class Filters:
+    """What ``find`` (and restore by message) selects."""
+
+    mailbox: str | None = None
+    folder: str | None = None
+    from_: str | None = None
+    to: str | None = None
+    subject: str | None = None
+    message_id: str | None = None
+    since: str | None = None        # as typed (ISO 8601 date or time, UTC)
+    before: str | None = None
+
+    def scope(self) -> Scope:
+        return Scope(self.mailbox, self.folder)
+
+    def query(self) -> Query:
+        for opt, v in (("--from", self.from_), ("--to", self.to), ("--subject", self.subject),
+                       ("--message-id", self.message_id)):
+            if v is not None and not "".join(v.split()).strip("<>" if opt == "--message-id" else ""):
+                raise UsageError(f"{opt} {v!r}: an empty text would match every message")
+        return Query(from_=self.from_ or None, to=self.to or None, subject=self.subject or None,
+                     message_id=self.message_id or None, since=_epoch(self.since, "--since"),
+                     before=_epoch(self.before, "--before"))
+
+    def has_header_filter(self) -> bool:
+        return any(v for v in (self.from_, self.to, self.subject, self.message_id, self.since, self.before))
+
+    def as_dict(self) -> dict:
+        return {k.rstrip("_"): v for k, v in self.__dict__.items() if v is not None}
+
+
+def _epoch(text: str | None, what: str) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(utctime.parse_user_time(text).timestamp())
+    except UsageError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def iso_date(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    try:
+        return utctime.iso(datetime.fromtimestamp(epoch, tz=timezone.utc))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+@dataclass
+class Hit:
+    """One message in one folder of one mailbox, across the snapshots searched."""
+
+    md: MsgDir                      # its folder (``sub`` as in the last snapshot)
+    key: str                        # first 32 hex digits of its SHA-256
+    record: Record | None
+    first: int                      # indices into Search.snaps
+    last: int
+    seen: set = field(default_factory=set)
+    entry: Entry | None = None      # as in the last snapshot (name, flags, extents)
+
+    @property
+    def flags(self) -> str:
+        return maildir_flags(self.entry.name) if self.entry else ""
+
+
+@dataclass
+class Search:
+    snaps: list                     # SnapshotRef, in order (chain, seq)
+    hits: list[Hit]
+    records: dict[str, Record]      # matching records by key
+    not_indexed: list[str]
+    damaged_indexes: list[str]
+    warnings: list[str]
+    damaged: bool = False           # a page could not be read
+
+
+def load_records(repo, snaps, query: Query | None, warnings: list[str], *, keys: set[str] | None = None):
+    """(records matching ``query`` (or with a key in ``keys``) by key, not indexed ids, damaged ids)."""
+    records: dict[str, Record] = {}
+    not_indexed, damaged = [], []
+    for ref in snaps:
+        try:
+            plain = read_hidx(repo, ref)
+            if plain is None:
+                not_indexed.append(ref.id)
+                continue
+            found = {}
+            for r in iter_hidx(plain, f"header index {ref.chain}/{ref.id}"):
+                k = r.key.hex()
+                if keys is not None and k not in keys:
+                    continue
+                if query is not None and query and not query.matches(r):
+                    continue
+                found.setdefault(k, r)
+        except CorruptObject as exc:
+            damaged.append(ref.id)
+            warnings.append(f"the header index of {ref.chain}/{ref.id} is damaged and was not used ({exc}); "
+                            f"messages stored by that snapshot are not found (run `dmbackup verify`)")
+            continue
+        for k, r in found.items():
+            records.setdefault(k, r)
+    return records, not_indexed, damaged
+
+
+def search(repo, filters: Filters, *, only=None, app=None) -> Search:
+    """Find the messages ``filters`` select (see the module docstring).
+
+    ``only``: a list of snapshots to look in (restore ``--at``), instead of every snapshot.
+    The header indexes read are those of the snapshots looked in and of their chains' earlier
+    snapshots (whose stored content later ones keep)."""
+    scope, query = filters.scope(), filters.query()
+    warnings: list[str] = []
+    every = repo.snapshots()
+    for chain, snap, why in repo.damaged:
+        warnings.append(f"snapshot {chain}/{snap} is damaged and was not searched ({why}): run `dmbackup verify`")
+    snaps = list(only) if only is not None else every
+    last_seq: dict[str, int] = {}
+    for s in snaps:
+        last_seq[s.chain] = max(last_seq.get(s.chain, -1), s.header.seq)
+    indexed = [s for s in every if s.header.seq <= last_seq.get(s.chain, -1)]
+    records, not_indexed, damaged_idx = load_records(repo, indexed, query, warnings)
+    res = Search(snaps, [], records, not_indexed, damaged_idx, warnings)
+    if not records:
+        return res
+    walker = MessageWalker(repo, want=set(records))
+    groups: dict[tuple, tuple] = {}
+    for i, ref in enumerate(snaps):
+        if app is not None:
+            app.check_stop()
+        try:
+            rows, _ = repo.catalog_body(ref)
+        except CorruptObject as exc:
+            warnings.append(f"snapshot {ref.chain}/{ref.id} cannot be read ({exc}): not searched")
+            res.damaged = True
+            continue
+        for row, md in message_rows(rows, scope):
+            k = row_key(ref.chain, row)
+            g = groups.get(k)
+            if g is None:
+                groups[k] = (ref.chain, row, md, [i])
+            else:
+                g[3].append(i)
+    hits: dict[tuple, Hit] = {}
+    for chain, row, md, idxs in groups.values():
+        if app is not None:
+            app.check_stop()
+        try:
+            entries = walker.entries(chain, row)
+        except (CorruptObject, DmError) as exc:
+            warnings.append(f"the page of {row.dir} in {chain} cannot be read ({exc}): not searched")
+            res.damaged = True
+            continue
+        lo, hi = idxs[0], idxs[-1]
+        for e in entries.values():
+            key = e.hash[:32]
+            hk = (md.mailbox, md.folder_dir, key)
+            h = hits.get(hk)
+            if h is None:
+                h = hits[hk] = Hit(md, key, records.get(key), lo, hi, set(idxs), e)
+                continue
+            h.seen.update(idxs)
+            h.first = min(h.first, lo)
+            if hi > h.last or (hi == h.last and md.sub == "cur" and h.md.sub != "cur"):
+                h.last, h.entry, h.md = hi, e, md
+    res.hits = sorted(hits.values(), key=_order)
+    return res
+
+
+def _order(h: Hit):
+    r = h.record
+    return (r.date if r and r.date is not None else float("inf"), h.md.mailbox, h.md.folder_dir,
+            h.entry.name if h.entry else "")
+
+
+def describe_hit(h: Hit, snaps) -> dict:
+    r = h.record
+    letters = h.flags
+    return {
+        "mailbox": h.md.mailbox, "folder": imap_folder(h.md.folder_dir),
+        "date": iso_date(r.date) if r else None,
+        "from": r.from_ if r else "", "to": r.to if r else "", "cc": r.cc if r else "",
+        "subject": r.subject if r else "", "message_id": r.message_id if r else "",
+        "attachments": bool(r.attachments) if r else False,
+        "size": h.entry.size if h.entry else (r.size if r else 0),
+        "flags": flag_names(letters), "keywords": keyword_letters(letters), "maildir_flags": letters,
+        "new": h.md.sub == "new",
+        "first_seen": snaps[h.first].id, "last_seen": snaps[h.last].id, "snapshots": len(h.seen),
+        "in_newest": h.last == len(snaps) - 1,
+        "name": h.entry.name if h.entry else None, "sha256": h.key,
+    }
+
+
+@dataclass
+class FindResult(Result):
+    target: str
+    filters: dict
+    messages: list[dict]
+    snapshots_searched: int = 0
+    not_indexed: list[str] = field(default_factory=list)
+    damaged_indexes: list[str] = field(default_factory=list)
+    truncated: bool = False
+    damaged: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_DAMAGE if self.damaged else super().exit_code
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "filters": self.filters, "count": len(self.messages),
+                "truncated": self.truncated, "messages": self.messages,
+                "snapshots_searched": self.snapshots_searched, "not_indexed": self.not_indexed,
+                "damaged_indexes": self.damaged_indexes, "warnings": self.warnings, "exit_code": self.exit_code}
+
+    def notes(self) -> list[str]:
+        out = super().notes()
+        if self.not_indexed:
+            few = ", ".join(self.not_indexed[:5]) + (", ..." if len(self.not_indexed) > 5 else "")
+            out.append(f"note: {len(self.not_indexed)} snapshot(s) have no header index ({few}): messages they "
+                       f"stored are not found; run `dmbackup reindex --target {self.target}`")
+        return out
+
+    def summary(self) -> str:
+        if not self.messages:
+            return f"no message found ({self.snapshots_searched} snapshot(s) searched)"
+        lines = []
+        for m in self.messages:
+            when = (m["date"] or "no date").replace("T", " ").replace("Z", "")
+            flags = m["maildir_flags"] or ("new" if m["new"] else "-")
+            lines.append(f"{when:<19}  {m['mailbox']}  {m['folder']}  [{flags}]  {m['from'] or '(no sender)'}  "
+                         f"{m['subject'] or '(no subject)'}")
+            gone = "" if m["in_newest"] else "  (not in the newest snapshot)"
+            lines.append(f"    <{m['message_id']}>  {humanize.size(m['size'])}  first seen {m['first_seen']}, "
+                         f"last seen {m['last_seen']}{gone}")
+        more = " (more matched: narrow the filters)" if self.truncated else ""
+        lines.append(f"{len(self.messages)} message(s){more}; {self.snapshots_searched} snapshot(s) searched")
+        return "\n".join(lines)
+
+
+def check_repository_target(app, target_name: str) -> None:
+    """A target that keeps config bundles only (the mailbox) has no messages to look at."""
+    from dmbackup.config import holds_repository
+
+    if not holds_repository(app.config.target(target_name)):
+        raise UsageError(f"target {target_name!r} holds only config bundles, no mail snapshots")
+
+
+def find_messages(app, target_name: str, filters: Filters) -> FindResult:
+    """``dmbackup find``: reads the header indexes and page tables of ``target_name``, never a volume."""
+    from dmbackup.archive.trust import open_trusted
+
+    check_repository_target(app, target_name)
+    filters.scope()
+    filters.query()                     # usage errors before any I/O
+    target = app.target(target_name)
+    with target:
+        repo = open_trusted(app, target, target_name, require_enrolled=False)
+        s = search(repo, filters, app=app)
+        msgs = [describe_hit(h, s.snaps) for h in s.hits[:MAX_LISTED]]
+        res = FindResult(target_name, filters.as_dict(), msgs, len(s.snaps), s.not_indexed, s.damaged_indexes,
+                         truncated=len(s.hits) > MAX_LISTED, damaged=s.damaged, warnings=s.warnings)
+        app.log.info("find_done", target=target_name, count=len(msgs), not_indexed=len(s.not_indexed))
+        return res

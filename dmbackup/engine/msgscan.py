@@ -1,0 +1,307 @@
+"""Messages in snapshots, from the page tables alone: what ``find``, ``diff``, ``ls`` and
+restore by message share.
+
+A message directory is ``<domain>/<user>/Maildir/{cur,new}`` (INBOX) or
+``<domain>/<user>/Maildir/.<folder>/{cur,new}`` (Maildir++: ``.Archivio.2024`` is IMAP
+``Archivio/2024``, non-ASCII in modified UTF-7); ``message_dir`` recognises one from a page
+table row. A message's flags are the letters after ``:2,`` in its name (capitals: system
+flags, lower case: keywords of the folder's ``dovecot-keywords``).
+
+``MessageWalker`` hands out the message entries of a row, optionally only those whose
+content key (the first 32 hex digits of their SHA-256) is in a given set. It never reads a
+volume. With a set, a stored page is searched for the wanted hashes as text (a page holding
+none is not parsed at all), and each wanted entry is decoded on its own from where its hash
+is (``_pick_entries``) and validated: ``find`` over a month of snapshots decodes the entries
+it reports, not every directory of every night. A row is a stored base page plus an inline delta (dmbackup.archive): the walker
+reduces each base page once to the entries it wants and applies deltas to that reduced page
+itself, so a directory whose page barely changes over 30 snapshots is decoded once, and a
+row seen unchanged in many snapshots is resolved once by its callers (``row_key``).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import re
+from dataclasses import dataclass
+
+from dmbackup.archive import layout
+from dmbackup.archive.catalog import (
+    MAX_PAGE_PLAIN,
+    Entry,
+    PageRow,
+    decode_entry,
+    decompress,
+    loads,
+)
+from dmbackup.archive.layout import SNAP_RE
+from dmbackup.errors import CorruptObject, UsageError
+from dmbackup.source.maildir_names import dir_folder, folder_dir
+
+SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+BASE_CACHE_ENTRIES = 200_000        # entries of reduced base pages kept (all, when a filter keeps few)
+SMALL_WANT = 16                     # up to this many wanted keys, a page is searched for each
+_HASH_TEXT = re.compile(r'"([0-9a-f]{64})"')
+_NUMBERS = re.compile(r"-?\d+(?:,-?\d+){5}")
+_DECODER = json.JSONDecoder()
+
+
+def _pick_entries(text: str, hashes, what: str) -> dict[str, Entry] | None:
+    """The entries whose hash field is at each of ``hashes`` (matches in a page's canonical
+    JSON, ``["name","f",mode,uid,gid,mtime,size,ino,"hash",extents]``), each decoded alone;
+    None when the text is not laid out that way (the caller then parses the whole page).
+
+    From a hash field, the entry's start is found backwards: six numbers, ``"f"``, then the
+    name, a JSON string, whose opening quote is the first quote before it that is preceded
+    by an even number of backslashes (a quote inside a JSON string is always escaped). The
+    entry is then decoded from there by the JSON decoder and must carry that very hash."""
+    out = {}
+    for m in hashes:
+        pos = m.start()
+        if text[pos - 1:pos] != ",":
+            return None
+        j = text.rfind(',"f",', max(0, pos - 160), pos)
+        if j < 1 or text[j - 1] != '"' or not _NUMBERS.fullmatch(text, j + 5, pos - 1):
+            return None
+        k = j - 1
+        while True:
+            k = text.rfind('"', max(0, j - 4096), k)
+            if k < 1:
+                return None
+            b = 0
+            while k - 1 - b >= 0 and text[k - 1 - b] == "\\":
+                b += 1
+            if b % 2 == 0:
+                break
+        if text[k - 1] != "[":
+            return None
+        try:
+            raw, _ = _DECODER.raw_decode(text, k - 1)
+        except (ValueError, RecursionError):
+            return None
+        if type(raw) is not list or len(raw) != 10 or raw[8] != m.group(1):
+            return None
+        e = decode_entry(raw, what)
+        out[e.name] = e
+    return out
+
+
+@dataclass(frozen=True)
+class MsgDir:
+    """Where a message directory is: the mailbox, the Maildir++ folder directory, the sub."""
+
+    mailbox: str            # user@domain
+    folder_dir: str         # "" for INBOX, ".Archivio.2024", ...
+    sub: str                # "cur" | "new"
+
+    @property
+    def folder(self) -> str:
+        return imap_folder(self.folder_dir)
+
+    @property
+    def maildir(self) -> str:
+        """The mailbox's Maildir, relative to the store root."""
+        user, domain = self.mailbox.split("@", 1)
+        return f"{domain}/{user}/Maildir"
+
+    @property
+    def folder_rel(self) -> str:
+        """The folder's directory relative to the store root (the Maildir itself for INBOX)."""
+        return f"{self.maildir}/{self.folder_dir}" if self.folder_dir else self.maildir
+
+
+@functools.lru_cache(maxsize=65536)
+def message_dir(d: str) -> MsgDir | None:
+    """The message directory a page table row is, or None."""
+    parts = d.split("/")
+    n = len(parts)
+    if n not in (4, 5) or parts[2] != "Maildir" or parts[-1] not in ("cur", "new"):
+        return None
+    domain, user = parts[0], parts[1]
+    if not domain or not user or "@" in user:
+        return None
+    if n == 5:
+        fd = parts[3]
+        if not fd.startswith(".") or fd in (".", ".."):
+            return None
+    else:
+        fd = ""
+    return MsgDir(f"{user}@{domain}", fd, parts[-1])
+
+
+@functools.lru_cache(maxsize=4096)
+def imap_folder(folder_dirname: str) -> str:
+    """IMAP name of a Maildir++ folder directory ("" -> INBOX); a name that is not valid
+    modified UTF-7 is shown as it is on disk."""
+    try:
+        return dir_folder(folder_dirname)
+    except (ValueError, UnicodeError):
+        return folder_dirname
+
+
+def maildir_flags(name: str) -> str:
+    """The info letters of a Maildir name (``...:2,FSa`` -> ``FSa``; none in new/)."""
+    i = name.find(":2,")
+    return name[i + 3:] if i >= 0 else ""
+
+
+def flag_names(letters: str) -> list[str]:
+    """IMAP system flags of the capital letters (keyword letters are left to ``keywords``)."""
+    return [SYSTEM_FLAGS[c] for c in sorted(set(letters)) if c in SYSTEM_FLAGS]
+
+
+def keyword_letters(letters: str) -> str:
+    return "".join(sorted({c for c in letters if "a" <= c <= "z"}))
+
+
+def base_of(name: str) -> str:
+    """A Maildir message's base name: its identity in its folder (the name before ``:``)."""
+    return name.split(":", 1)[0]
+
+
+def check_mailbox(mailbox: str | None) -> str | None:
+    if mailbox is None:
+        return None
+    user, sep, domain = mailbox.partition("@")
+    if (not sep or not user or not domain or "@" in domain or "/" in mailbox or user in (".", "..")
+            or domain in (".", "..")):
+        raise UsageError(f"--mailbox {mailbox!r}: expected USER@DOMAIN")
+    return mailbox
+
+
+class Scope:
+    """``--mailbox`` / ``--folder``: which message directories are looked at."""
+
+    def __init__(self, mailbox: str | None = None, folder: str | None = None):
+        self.mailbox = check_mailbox(mailbox)
+        self.folder = folder
+        self.folder_dir: str | None = None
+        if folder is not None:
+            try:
+                self.folder_dir = folder_dir(folder)
+            except ValueError:
+                raise UsageError(f"--folder {folder!r}: not an IMAP folder name (e.g. INBOX, Archivio/2024)") from None
+
+    def wants(self, md: MsgDir) -> bool:
+        if self.mailbox is not None and md.mailbox.lower() != self.mailbox.lower():
+            return False
+        if self.folder_dir is not None and md.folder_dir != self.folder_dir:
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.mailbox and self.folder:
+            return f"{self.mailbox}/{self.folder}"
+        return self.mailbox or (f"folder {self.folder}" if self.folder else "every mailbox")
+
+
+def row_key(chain: str, row: PageRow) -> tuple:
+    """Identifies what a row resolves to: the same key means the same entries."""
+    return (chain, row.dir, row.owner, row.offset, row.length, row.sha256, row.delta.size if row.delta else 0)
+
+
+def message_rows(rows, scope: Scope | None = None) -> list[tuple[PageRow, MsgDir]]:
+    out = []
+    for row in rows:
+        md = message_dir(row.dir)
+        if md is not None and (scope is None or scope.wants(md)):
+            out.append((row, md))
+    return out
+
+
+class MessageWalker:
+    """The message entries of page table rows, optionally only those with wanted content.
+
+    ``want``: a set of 32-hex-digit content keys (``entry.hash[:32]``), or None for every file.
+    Reading a page may raise CorruptObject (and the target's errors)."""
+
+    def __init__(self, repo, want: set[str] | None = None):
+        self.repo = repo
+        self.want = want
+        self._base: collections.OrderedDict = collections.OrderedDict()
+        self._cached = 0
+        self._want_bytes: set[bytes] | None = None
+        self.pages_read = 0
+
+    def _wanted(self, e: Entry) -> bool:
+        return e.type == "f" and e.hash is not None and (self.want is None or e.hash[:32] in self.want)
+
+    def _reduced_base(self, chain: str, row: PageRow) -> dict[str, Entry]:
+        key = (chain, row.owner, row.offset)
+        hit = self._base.get(key)
+        if hit is not None:
+            self._base.move_to_end(key)
+            return hit
+        self.pages_read += 1
+        if self.want is None:
+            page = self.repo.page_at(chain, row.owner, row.offset, row.length, row.dir)
+            reduced = {e.name: e for e in page if self._wanted(e)}
+        else:
+            reduced = self._filtered_page(chain, row)
+        self._base[key] = reduced
+        self._cached += len(reduced) + 1
+        while self._cached > BASE_CACHE_ENTRIES and len(self._base) > 1:
+            _, old = self._base.popitem(last=False)
+            self._cached -= len(old) + 1
+        return reduced
+
+    def _filtered_page(self, chain: str, row: PageRow) -> dict[str, Entry]:
+        """The wanted entries of a stored page, without decoding the rest: the page's
+        plaintext is searched for the wanted content hashes first (a page without one is
+        never parsed), and only wanted entries are validated (``decode_entry``)."""
+        what = f"page of {row.dir or '/'} in {chain}/{row.owner}@{row.offset}"
+        if not SNAP_RE.match(row.owner):
+            raise CorruptObject(f"{what}: bad owner name")
+        repo = self.repo
+        sealed = repo.read_object(chain, layout.pages_name(row.owner), row.offset, row.length)
+        plain = decompress(repo.keys.catalog.open(sealed, layout.page_aad(repo.id, chain, row.owner, row.offset),
+                                                  what), what, MAX_PAGE_PLAIN)
+        want = self.want
+        if self._want_bytes is None:
+            self._want_bytes = {k.encode("ascii", "replace") for k in want}
+        wb = self._want_bytes
+        if len(wb) <= SMALL_WANT and not any(k in plain for k in wb):
+            return {}
+        try:
+            text = plain.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise CorruptObject(f"{what} is not valid JSON") from None
+        hashes = [m for m in _HASH_TEXT.finditer(text) if m.group(1)[:32] in want]
+        if not hashes:
+            return {}
+        picked = _pick_entries(text, hashes, what)
+        if picked is not None:
+            return picked
+        raw = loads(plain, what)        # not laid out as dmbackup writes pages: parse it all
+        if not isinstance(raw, list):
+            raise CorruptObject(f"{what}: not a list of entries")
+        out = {}
+        for r in raw:
+            if type(r) is list and len(r) == 10 and r[1] == "f" and type(r[8]) is str and r[8][:32] in want:
+                e = decode_entry(r, what)
+                out[e.name] = e
+        return out
+
+    def entries(self, chain: str, row: PageRow) -> dict[str, Entry]:
+        """name -> entry of the wanted files of the directory ``row`` describes (a new dict)."""
+        d = dict(self._reduced_base(chain, row))
+        delta = row.delta
+        if delta is None:
+            return d
+        for n in delta.dels:
+            d.pop(n, None)
+        for old, suffix, mtime in delta.rens:
+            e = d.pop(old, None)
+            new = old.split(":", 1)[0] + suffix
+            if e is None:
+                d.pop(new, None)        # the name now holds an entry that is not wanted
+            else:
+                d[new] = Entry(new, e.type, e.mode, e.uid, e.gid, e.mtime_ns if mtime is None else mtime, e.size,
+                               e.ino, e.hash, e.extents, e.link)
+        for e in delta.puts:
+            if self._wanted(e):
+                d[e.name] = e
+            else:
+                d.pop(e.name, None)
+        return d

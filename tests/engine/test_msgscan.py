@@ -1,0 +1,185 @@
+"""dmbackup.engine.msgscan: message directories, and the walker's shortcuts (wanted entries
+picked out of a page without parsing it whole; deltas applied to reduced pages) against the
+plain way (``decode_page_list`` + ``apply_delta``), on hostile names."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dmbackup.archive import layout
+from dmbackup.archive.catalog import (
+    Delta,
+    Entry,
+    PageRow,
+    apply_delta,
+    compress,
+    decode_page_list,
+    encode_page,
+)
+from dmbackup.archive.crypto import PlainSealer
+from dmbackup.engine import msgscan
+from dmbackup.engine.msgscan import MessageWalker, Scope, message_dir
+from dmbackup.errors import CorruptObject, UsageError
+
+RID = "0123456789abcdef0123456789abcdef"
+CHAIN = "0001-20261128T023000Z"
+OWNER = "20261128T023000Z-full"
+VOL = f"{OWNER}.v0001"
+SETTINGS = settings(max_examples=200, derandomize=True, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def h(i) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def f(name: str, i, size: int = 10) -> Entry:
+    return Entry(name, "f", 0o600, 5000, 5000, 1_700_000_000_000_000_000 + 7 * len(name), size, 7, h(i),
+                 [[VOL, 4, 100, 0, size]] if size else [])
+
+
+class FakeRepo:
+    """Just what MessageWalker reads: sealed pages by (owner, offset)."""
+
+    def __init__(self):
+        self.id = RID
+        self.keys = type("K", (), {"catalog": PlainSealer()})()
+        self.objects: dict[tuple[str, int], bytes] = {}
+        self.full_reads = 0
+
+    def add_page(self, entries: list[Entry], offset: int = 0) -> PageRow:
+        plain = encode_page(sorted(entries, key=lambda e: e.name))
+        sealed = self.keys.catalog.seal(compress(plain), layout.page_aad(RID, CHAIN, OWNER, offset))
+        self.objects[(OWNER, offset)] = sealed
+        return PageRow("example.it/anna/Maildir/cur", OWNER, offset, len(sealed),
+                       hashlib.sha256(plain).hexdigest()[:32], len(entries))
+
+    def read_object(self, chain, name, offset, length):
+        return self.objects[(layout.object_owner(name), offset)][:length]
+
+    def page_at(self, chain, owner, offset, length, d=""):
+        self.full_reads += 1
+        from dmbackup.archive.catalog import decompress, MAX_PAGE_PLAIN
+
+        return decode_page_list(decompress(self.keys.catalog.open(self.objects[(owner, offset)],
+                                                                  layout.page_aad(RID, chain, owner, offset)),
+                                           "p", MAX_PAGE_PLAIN), "p")
+
+
+def test_message_dirs():
+    assert message_dir("example.it/anna/Maildir/cur") == msgscan.MsgDir("anna@example.it", "", "cur")
+    md = message_dir("example.it/anna/Maildir/.Posta invi&AOA-ta/new")
+    assert md.folder == "Posta inviàta" and md.sub == "new" and md.folder_rel == "example.it/anna/Maildir/.Posta invi&AOA-ta"
+    assert message_dir("example.it/anna/Maildir/.Archivio.2024/cur").folder == "Archivio/2024"
+    for d in ("example.it/anna/Maildir/tmp", "example.it/anna/Maildir", "example.it/anna/Maildir/x/cur",
+              "example.it/anna/Maildir/./cur", "example.it/anna/Other/cur", "example.it/a@b/Maildir/cur",
+              "x/example.it/anna/Maildir/cur", "example.it/anna/Maildir/.A/cur/cur"):
+        assert message_dir(d) is None, d
+    assert msgscan.imap_folder(".bad&-name&") == ".bad&-name&"          # not modified UTF-7: shown raw
+    assert msgscan.maildir_flags("1.M2P3.mx,S=4:2,FSa") == "FSa" and msgscan.maildir_flags("1.M2P3.mx") == ""
+    assert msgscan.flag_names("TSaRFD") == ["\\Draft", "\\Flagged", "\\Answered", "\\Seen", "\\Deleted"]
+    with pytest.raises(UsageError):
+        Scope("anna")
+    with pytest.raises(UsageError):
+        Scope("anna@example.it", "../x")
+    assert Scope("Anna@Example.it", "INBOX").wants(message_dir("example.it/anna/Maildir/new"))
+
+
+HOSTILE = [
+    'plain.M1P2.mx,S=10:2,S', 'quote".M1', 'back\\slash', 'back\\\\', 'ends\\', '","f",1,2,3,4,5,6,"',
+    '["x","f",1,2,3,4,5,6,"' + h(1) + '",[]]', h(2), 'tab\tand\nnewline', 'ctl\x01\x7f', 'àccénts ✓',
+    'surrogate-\udcff', '[', ']', ',"', '\\"', '"' * 5,
+]
+
+
+def check(entries: list[Entry], want: set[str]):
+    repo = FakeRepo()
+    row = repo.add_page(entries)
+    w = MessageWalker(repo, want=want)
+    got = w.entries(CHAIN, row)
+    full = {e.name: e for e in entries if e.type == "f" and e.hash and e.hash[:32] in want}
+    assert {n: e.encode() for n, e in got.items()} == {n: e.encode() for n, e in full.items()}
+    return repo
+
+
+def test_picked_entries_equal_the_parsed_ones_with_hostile_names():
+    entries = [f(n, i, size=i % 3 * 10) for i, n in enumerate(HOSTILE)]
+    entries.append(Entry("link", "l", 0o777, 0, 0, 1, 5, 0, None, None, h(3)))          # a hex link target
+    entries.append(Entry(h(4), "d", 0o700, 0, 0, 1, 0, 0))                            # a hex directory name
+    keys = [e.hash[:32] for e in entries if e.type == "f"]
+    for k in range(len(keys)):
+        repo = check(entries, {keys[k]})
+        assert repo.full_reads == 0
+    check(entries, set(keys))
+    check(entries, {h(1)[:32], h(2)[:32], h(3)[:32], h(4)[:32]})        # hashes that are only in names
+    check(entries, {"0" * 32})
+
+
+def test_a_page_without_wanted_content_is_not_parsed():
+    repo = FakeRepo()
+    row = repo.add_page([f(f"m{i}", i) for i in range(50)])
+    w = MessageWalker(repo, want={"f" * 32})
+    assert w.entries(CHAIN, row) == {} and repo.full_reads == 0
+
+
+def test_a_page_not_laid_out_canonically_is_parsed_whole():
+    import json
+
+    repo = FakeRepo()
+    entries = [f("a", 1), f("b", 2)]
+    plain = json.dumps([e.encode() for e in entries], indent=1).encode()          # other spacing
+    repo.objects[(OWNER, 0)] = repo.keys.catalog.seal(compress(plain), layout.page_aad(RID, CHAIN, OWNER, 0))
+    row = PageRow("d/u/Maildir/cur", OWNER, 0, len(repo.objects[(OWNER, 0)]), "0" * 32, 2)
+    got = MessageWalker(repo, want={h(2)[:32]}).entries(CHAIN, row)
+    assert list(got) == ["b"] and got["b"].encode() == entries[1].encode()
+
+
+def test_damaged_pages_raise_corrupt_object():
+    repo = FakeRepo()
+    row = repo.add_page([f("a", 1)])
+    sealed = bytearray(repo.objects[(OWNER, 0)])
+    sealed[40] ^= 1
+    repo.objects[(OWNER, 0)] = bytes(sealed)
+    with pytest.raises(CorruptObject):
+        MessageWalker(repo, want={h(1)[:32]}).entries(CHAIN, row)
+    bad = PageRow(row.dir, "../x", 0, row.length, row.sha256, 1)
+    with pytest.raises(CorruptObject):
+        MessageWalker(repo, want={h(1)[:32]}).entries(CHAIN, bad)
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40) | st.sampled_from(HOSTILE)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(names, st.integers(0, 30)), min_size=1, max_size=25, unique_by=lambda t: t[0]),
+       st.sets(st.integers(0, 30), max_size=8), st.data())
+def test_walker_matches_decode_and_apply_delta(files, wanted, data):
+    entries = [f(n, i) for n, i in files]
+    repo = FakeRepo()
+    row = repo.add_page(entries)
+    base = sorted(entries, key=lambda e: e.name)
+    # a random delta: deletions, flag renames, puts
+    dels = data.draw(st.lists(st.sampled_from([e.name for e in base]), max_size=5, unique=True))
+    left = [e for e in base if e.name not in dels]
+    rens = []
+    for e in data.draw(st.lists(st.sampled_from(left), max_size=4, unique_by=lambda e: e.name)) if left else []:
+        rens.append([e.name, ":2," + data.draw(st.sampled_from(["S", "FS", "RSa", ""])),
+                     data.draw(st.none() | st.integers(0, 10 ** 18))])
+    puts = [f(n, i) for n, i in data.draw(st.lists(st.tuples(names, st.integers(0, 30)), max_size=4,
+                                                           unique_by=lambda t: t[0]))]
+    delta = Delta(dels, rens, puts)
+    try:
+        want_entries = apply_delta(base, delta, "t")
+    except CorruptObject:
+        return
+    row.delta = delta
+    want = {h(i)[:32] for i in wanted}
+    got = MessageWalker(repo, want=want).entries(CHAIN, row)
+    exp = {e.name: e.encode() for e in want_entries if e.type == "f" and e.hash[:32] in want}
+    assert {n: e.encode() for n, e in got.items()} == exp
+    every = MessageWalker(repo).entries(CHAIN, row)
+    assert {n: e.encode() for n, e in every.items()} == {e.name: e.encode() for e in want_entries}
