@@ -117,7 +117,7 @@ DOC=$ROOT/usr/share/doc/dmbackup
 install -d "$DOC/examples"
 install -m 0644 README.md packaging/deb/README.Debian packaging/deb/copyright "$DOC/"
 cp -a hooks "$DOC/examples/hooks"
-find "$DOC/examples/hooks" -type f -exec chmod go-w {} +
+find "$DOC/examples/hooks" -exec chmod go-w {} +      # files and directories: the checkout may be 0775
 # a version without a Debian revision (0.1.0, 0.1.0+2) is a native package: changelog.gz
 case "$VERSION" in *-*) CHANGELOG=changelog.Debian.gz ;; *) CHANGELOG=changelog.gz ;; esac
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
