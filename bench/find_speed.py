@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     out["hidx_share_of_incremental_stored_max"] = round(max(inc_share), 4) if inc_share else None
 
     # a Message-ID that exists, from a message still in the store
-    from dmbackup.archive.headerindex import extract
+    from dmbackup.archive.headerparse import extract
 
     mid = None
     for dp, _, fns in os.walk(store):

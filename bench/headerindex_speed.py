@@ -25,7 +25,8 @@ import time
 import zstandard
 
 from bench.corpus import EPOCH_NOW, MessageFactory, Params, pools
-from dmbackup.archive.headerindex import IndexWriter, decode, extract
+from dmbackup.archive.headerindex import IndexWriter, decode
+from dmbackup.archive.headerparse import extract
 
 
 def messages(n: int, seed: int) -> list[bytes]:

@@ -21,7 +21,8 @@ from dmbackup.errors import CorruptObject, NotFound, OperationFailed
 from dmbackup.archive import BLOCK_SIZE
 from dmbackup.archive.catalog import decompress
 from dmbackup.archive import layout
-from dmbackup.archive.headerindex import HEADER_CAP, extract
+from dmbackup.archive.headerindex import HEADER_CAP
+from dmbackup.archive.headerparse import extract
 from dmbackup.archive.layout import block_aad
 
 FRAME = struct.Struct("<I")

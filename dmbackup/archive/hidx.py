@@ -28,7 +28,8 @@ import zstandard
 
 from dmbackup.archive import layout
 from dmbackup.archive.catalog import decompress
-from dmbackup.archive.headerindex import HEADER_CAP, HeaderIndexError, IndexWriter, Record, decode, extract
+from dmbackup.archive.headerindex import HEADER_CAP, HeaderIndexError, IndexWriter, Record, decode
+from dmbackup.archive.headerparse import extract
 from dmbackup.errors import CorruptObject, NotFound, OperationFailed
 
 __all__ = ["MAX_HIDX", "MAX_HIDX_PLAIN", "LEVEL", "KEY_BYTES", "HidxExists", "key_of", "key_hex",

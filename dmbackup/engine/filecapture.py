@@ -15,7 +15,8 @@ import hashlib
 import os
 import stat
 
-from dmbackup.archive.headerindex import HEADER_CAP, extract
+from dmbackup.archive.headerindex import HEADER_CAP
+from dmbackup.archive.headerparse import extract
 from dmbackup.archive import BLOCK_SIZE
 from dmbackup.archive.catalog import Entry
 

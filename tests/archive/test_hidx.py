@@ -9,7 +9,8 @@ import pytest
 
 from dmbackup.archive import hidx, layout
 from dmbackup.archive.crypto import Keys
-from dmbackup.archive.headerindex import IndexWriter, extract
+from dmbackup.archive.headerindex import IndexWriter
+from dmbackup.archive.headerparse import extract
 from dmbackup.archive.reader import SnapshotRef
 from dmbackup.errors import CorruptObject, NotFound
 
