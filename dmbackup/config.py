@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmbackup.configsection import GiB, MiB, Section, check_secret_file, duration
-# what other modules import from here, and the tests (parse_size, parse_duration)
-from dmbackup.configsection import parse_duration, parse_size  # noqa: F401
 from dmbackup.errors import ConfigError
+from dmbackup.source.databases.spec import DatabaseSpec, parse_specs
 from dmbackup.targets import registry
 
 DEFAULT_CONFIG = "/etc/dmbackup/dmbackup.toml"
@@ -56,6 +55,7 @@ class SourceConfig:
     doveadm: str = "doveadm"
     dovecot_config: str | None = None   # passed as doveadm -c when set
     max_file_size: int = 64 << 30       # a file over this is reported and not stored (mail is small)
+    databases: tuple[DatabaseSpec, ...] = ()   # [[source.databases]]: dumped into every config bundle
 
 
 @dataclass(frozen=True)
@@ -253,6 +253,7 @@ def _source(src: Section) -> SourceConfig:
         doveadm=src.str("doveadm", "doveadm"),
         dovecot_config=src.abs_path("dovecot_config", None),
         max_file_size=src.size("max_file_size", SourceConfig.max_file_size),
+        databases=tuple(parse_specs(src.raw("databases"), file=src.file, field="source.databases")),
     )
     for i, p in enumerate(source.config_paths):
         if not os.path.isabs(p):

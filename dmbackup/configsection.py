@@ -100,6 +100,12 @@ class Section:
         except ValueError:
             raise self.error(key, f"expected a size such as 1073741824 or \"1G\", got {value!r}") from None
 
+    def raw(self, key: str) -> Any:
+        """The value as TOML gave it (None when absent), for a parser of its own (an array
+        of tables such as ``[[source.databases]]``, read by ``databases.parse_specs``)."""
+        self.seen.add(key)
+        return self.data.get(key)
+
     def table(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default, (dict,), "a table")
         return value

@@ -5,11 +5,11 @@ A bundle travels alone (by e-mail to an address outside the server) or sits in a
 has only the file and the passphrase, and it must never be silently wrong: any damage,
 truncation, reordering or a forged bundle is refused before a single file is written.
 
-Format, version 1 (integers big-endian)::
+Format, versions 1 and 2 (integers big-endian; they differ only in the payload)::
 
     offset  size  field
     0       8     magic b"DMBUNDLE"
-    8       1     format version = 1
+    8       1     format version: 1, or 2 when the bundle holds database dumps
     9       1     protection: 1 = passphrase   (scrypt -> AES-256-GCM; the mailbox target)
                               2 = key          (AES-256-GCM with a key the caller holds, i.e.
                                                 the repository's "bundle" key)
@@ -72,6 +72,20 @@ the members match the manifest one for one (name, type, size, SHA-256, mode, own
 target) and that every path is absolute, normalised, free of ``..`` and NUL, unique, and
 not below a link or a file; anything else is damage.
 
+Database dumps (version 2; ``dmbackup.source.databases``) follow the files. The manifest's
+``databases`` lists one record per configured database, in order::
+
+    {"name": "postfixadmin", "type": "mysql", "file": "databases/postfixadmin.sql",
+     "size": ..., "sha256": "<hex>", "stored": true, ...}
+
+(the other keys describe the dump: tool, version, users; see ``dmbackup.engine.configdb``).
+Each record with ``stored`` true has one member named by its ``file``
+(``databases/<name>.<ext>``, one component below ``databases/``, from a safe alphabet), a
+regular file of that size and SHA-256; a reader checks them like the files. An unencrypted
+bundle never stores a dump (a user database holds password hashes): its records say
+``"stored": false``. A version 1 reader refuses a version 2 bundle by its header ("upgrade
+dmbackup") instead of calling its extra members damage.
+
 Writing a bundle's files back (under a directory, or over the live system) is
 ``dmbackup.archive.bundlefiles``.
 """
@@ -83,6 +97,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets as _secrets
 import stat
 import struct
@@ -96,10 +111,11 @@ from dmbackup import utctime
 from dmbackup.source import appliance
 
 from dmbackup.archive import crypto
-from dmbackup.errors import CorruptObject, DmError, KeyProblem, WrongPassphrase
+from dmbackup.errors import CorruptObject, DmError, KeyProblem, SourceError, WrongPassphrase
 
 MAGIC = b"DMBUNDLE"
-VERSION = 1
+VERSION = 2                         # the newest format this dmbackup reads and writes
+VERSIONS = (1, 2)                   # 2: database dumps follow the files
 PROT_PASSPHRASE = 1
 PROT_KEY = 2
 PROT_NONE = 3
@@ -114,10 +130,13 @@ _KEYCHECK = b"dmbackup-bundle-key-check"
 _FIXED = struct.Struct(">8sBBBB16sQBBB16sH")     # bytes 0..57 (up to and with L)
 _ZSTD_LEVEL = 10
 _READ = 1 << 20
+DUMP_DIR = "databases"
+_DUMP_NAME = re.compile(r"databases/[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]{0,200}")
 
 
 @dataclass(frozen=True)
 class Header:
+    version: int
     protection: int
     compression: int
     chunk_exp: int
@@ -157,6 +176,31 @@ class Entry:
     @property
     def rel(self) -> str:
         return self.path.lstrip("/")
+
+
+@dataclass(frozen=True)
+class Dump:
+    """One database dump from a bundle: its manifest record and its bytes."""
+
+    file: str                       # "databases/<name>.<ext>", relative
+    record: dict
+    data: bytes
+
+    @property
+    def filename(self) -> str:
+        return self.file.split("/", 1)[1]
+
+
+class Contents(tuple):
+    """``(manifest, entries)`` of an opened bundle, with its ``dumps`` as an attribute (so the
+    many callers that unpack two values keep working)."""
+
+    dumps: list[Dump]
+
+    def __new__(cls, manifest: dict, entries: list, dumps: list[Dump]):
+        self = super().__new__(cls, (manifest, entries))
+        self.dumps = dumps
+        return self
 
 
 # --- sealing ------------------------------------------------------------------------------
@@ -214,9 +258,9 @@ class _ChunkSealer(io.RawIOBase):
 
 
 def _make_header(protection: int, sealer, bundle_id: bytes, created: int,
-                 log2n: int = 0, r: int = 0, p: int = 0, salt: bytes = b"\0" * 16) -> bytes:
+                 log2n: int = 0, r: int = 0, p: int = 0, salt: bytes = b"\0" * 16, version: int = 1) -> bytes:
     check_len = len(_KEYCHECK) + _overhead(protection)
-    fixed = _FIXED.pack(MAGIC, VERSION, protection, COMP_ZSTD, CHUNK_EXP, bundle_id, created,
+    fixed = _FIXED.pack(MAGIC, version, protection, COMP_ZSTD, CHUNK_EXP, bundle_id, created,
                         log2n, r, p, salt, check_len)
     check = sealer.seal(_KEYCHECK, b"dmbackup-bundle/check\0" + fixed[:-2])
     assert len(check) == check_len
@@ -231,9 +275,9 @@ def parse_header(data) -> Header:
         raise CorruptObject("not a dmbackup config bundle (bad magic)")
     (magic, version, protection, comp, exp, bid, created, log2n, r, p, salt,
      check_len) = _FIXED.unpack_from(mv, 0)
-    if version != VERSION:
+    if version not in VERSIONS:
         raise CorruptObject(f"config bundle format version {version} is not supported by this "
-                            f"dmbackup (it reads version {VERSION}): upgrade dmbackup")
+                            f"dmbackup (it reads versions {VERSIONS[0]} to {VERSIONS[-1]}): upgrade dmbackup")
     end = _FIXED.size + check_len + 32
     if check_len > 256 or len(mv) < end:
         raise CorruptObject("config bundle is truncated (incomplete header)")
@@ -247,7 +291,7 @@ def parse_header(data) -> Header:
         # bounded by the cost dmbackup writes: a hostile header must not cost gigabytes
         if not (10 <= log2n <= 16 and crypto.scrypt_cost_ok(1 << log2n, r, p)):
             raise CorruptObject("config bundle header has scrypt parameters out of range")
-    return Header(protection, comp, exp, bid, created, log2n, r, p, salt,
+    return Header(version, protection, comp, exp, bid, created, log2n, r, p, salt,
                   raw[_FIXED.size:_FIXED.size + check_len], raw)
 
 
@@ -361,7 +405,7 @@ def _check_records(files) -> list[dict]:
     return files
 
 
-def _parse_payload(tar_bytes: bytes, header: Header) -> tuple[dict, list[Entry]]:
+def _parse_payload(tar_bytes: bytes, header: Header) -> tuple[dict, list[Entry], list[Dump]]:
     tf = tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:", encoding="utf-8",
                       errors="surrogateescape")
     first = tf.next()
@@ -393,13 +437,51 @@ def _parse_payload(tar_bytes: bytes, header: Header) -> tuple[dict, list[Entry]]
         entries.append(Entry(path=rec["path"], type=kind, mode=rec["mode"], uid=rec["uid"],
                              gid=rec["gid"], mtime_ns=rec["mtime_ns"], size=len(data) if data is not None else 0,
                              sha256=rec.get("sha256"), target=rec.get("target"), data=data))
+    dumps = _read_dumps(tf, manifest, header)
     if tf.next() is not None:
         raise CorruptObject("config bundle holds members its manifest does not list")
-    return manifest, entries
+    return manifest, entries, dumps
 
 
-def read_bundle(data, *, passphrase=None, key=None, context: bytes = b"") -> tuple[dict, list[Entry]]:
-    """Open, authenticate and parse a bundle: ``(manifest, entries)``.
+def _dump_records(manifest: dict) -> list[dict]:
+    """The manifest's database records whose dumps are stored, checked for shape."""
+    recs = manifest.get("databases", [])
+    if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+        raise CorruptObject("config bundle manifest has a malformed database list")
+    stored, seen = [], set()
+    for rec in recs:
+        if not rec.get("stored"):
+            continue
+        name, size = rec.get("file"), rec.get("size")
+        if not isinstance(name, str) or not _DUMP_NAME.fullmatch(name) or name in seen:
+            raise CorruptObject(f"config bundle names an unsafe or repeated dump {name!r}; refused")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(rec.get("sha256"), str):
+            raise CorruptObject(f"config bundle has a malformed record for the dump {name}")
+        seen.add(name)
+        stored.append(rec)
+    return stored
+
+
+def _read_dumps(tf, manifest: dict, header: Header) -> list[Dump]:
+    """The database dumps after the files, each matching its manifest record."""
+    records = _dump_records(manifest)
+    if records and header.version < 2:
+        raise CorruptObject("config bundle of format version 1 claims database dumps")
+    dumps = []
+    for rec in records:
+        m = tf.next()
+        if m is None or m.name != rec["file"] or not m.isreg():
+            raise CorruptObject(f"config bundle lacks the dump {rec['file']}, listed in its manifest")
+        data = tf.extractfile(m).read()
+        if len(data) != rec["size"] or hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise CorruptObject(f"the dump {rec['file']} in the config bundle does not match its checksum")
+        dumps.append(Dump(rec["file"], rec, data))
+    return dumps
+
+
+def read_bundle(data, *, passphrase=None, key=None, context: bytes = b"") -> Contents:
+    """Open, authenticate and parse a bundle: ``(manifest, entries)``, with the database dumps
+    as ``.dumps`` (a ``Contents``).
 
     Exactly one of ``passphrase`` (bytes or str; protection 1) or ``key`` (a ``crypto.Sealer``,
     ``crypto.PlainSealer`` or 32 raw bytes; protections 2 and 3). Damage of any kind raises
@@ -409,7 +491,7 @@ def read_bundle(data, *, passphrase=None, key=None, context: bytes = b"") -> tup
         raise TypeError("data must be bytes")
     header, comp = _open_payload(data, passphrase, key, context)
     try:
-        return _parse_payload(_inflate(comp), header)
+        return Contents(*_parse_payload(_inflate(comp), header))
     except DmError:
         raise
     except Exception as exc:    # the payload is authenticated, but may come from a buggy writer
@@ -491,8 +573,89 @@ def _read_items(collection: appliance.Collection, spool, secrets: frozenset | No
     return records, warnings, left_out
 
 
+def _seal_header(bundle_id: bytes, created: int, passphrase, key, version: int) -> tuple[bytes, object]:
+    """The header of a new bundle and the sealer of its chunks."""
+    if passphrase is not None:
+        salt = os.urandom(16)
+        n = crypto.SCRYPT_N
+        log2n = n.bit_length() - 1
+        sealer = crypto.Sealer(crypto.derive_kek(_as_bytes(passphrase), salt, n, crypto.SCRYPT_R,
+                                                 crypto.SCRYPT_P))
+        return _make_header(PROT_PASSPHRASE, sealer, bundle_id, created, log2n, crypto.SCRYPT_R,
+                            crypto.SCRYPT_P, salt, version=version), sealer
+    prot, sealer = _protection_for_key(key)
+    return _make_header(prot, sealer, bundle_id, created, version=version), sealer
+
+
+def _plan_dumps(manifest: dict, dumps, plain: bool) -> tuple[list[dict], list[tuple[dict, str]], list[str]]:
+    """(the manifest's database records as stored, the (record, path) of each dump to store,
+    warnings). An unencrypted bundle stores no dump: a user database holds password hashes."""
+    dumps = dict(dumps or {})
+    records, stored, warnings = [], [], []
+    for rec in manifest.get("databases") or []:
+        name = rec.get("file")
+        keep = not plain and name in dumps
+        if keep and not _DUMP_NAME.fullmatch(name):
+            raise ValueError(f"not a dump member name: {name!r}")
+        records.append(dict(rec, stored=keep))
+        if keep:
+            stored.append((records[-1], dumps[name]))
+    left_out = [r["file"] for r in records if not r["stored"] and r.get("file") in dumps]
+    if left_out:
+        warnings.append(f"database dump(s) {', '.join(left_out)} not stored: an unencrypted bundle "
+                        "never holds one (a user database holds password hashes); the manifest lists "
+                        "the users")
+    return records, stored, warnings
+
+
+class _Hashing(io.RawIOBase):
+    """A file read through SHA-256, so a dump is stored exactly as its record says."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1) -> bytes:
+        b = self.f.read(n)
+        self.h.update(b)
+        return b
+
+
+def _add_dump(tf, rec: dict, path: str, created: int) -> None:
+    ti = tarfile.TarInfo(rec["file"])
+    ti.type, ti.size, ti.mode, ti.mtime = tarfile.REGTYPE, rec["size"], 0o600, created
+    ti.uname = ti.gname = ""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size != rec["size"]:
+            raise SourceError(f"the dump {path} changed size before it was sealed; run the backup again")
+        src = _Hashing(f)
+        tf.addfile(ti, src)
+    if src.h.hexdigest() != rec["sha256"]:
+        raise SourceError(f"the dump {path} changed before it was sealed; run the backup again")
+
+
+def _add_item(tf, rec: dict, spool) -> None:
+    ti = tarfile.TarInfo(rec["path"][1:])
+    ti.mode, ti.uid, ti.gid = rec["mode"], rec["uid"], rec["gid"]
+    ti.mtime = rec["mtime_ns"] // 1_000_000_000
+    ti.pax_headers = {MTIME_PAX: str(rec["mtime_ns"])}
+    ti.uname = ti.gname = ""
+    src = None
+    if rec["type"] == "file":
+        ti.type, ti.size = tarfile.REGTYPE, rec["size"]
+        spool.seek(rec["_offset"])
+        src = spool
+    elif rec["type"] == "dir":
+        ti.type = tarfile.DIRTYPE
+    else:
+        ti.type, ti.linkname = tarfile.SYMTYPE, rec["target"]
+    tf.addfile(ti, src)
+
+
 def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
-                 context: bytes = b"", secret_paths=()) -> dict:
+                 context: bytes = b"", secret_paths=(), dumps=None) -> dict:
     """Collect ``paths``, seal them with ``manifest`` into the binary stream ``out``.
 
     ``paths`` is a ``appliance.Collection`` or an iterable of absolute paths. Exactly one of
@@ -501,7 +664,8 @@ def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
     ``files_count``, ``bytes`` and ``stored_bytes`` (not stored in the bundle). An
     unencrypted bundle (protection 3) leaves secret files out (``secret_paths`` names the
     ones the configuration knows; see ``_is_secret``) and lists them in the manifest's
-    ``secrets_left_out``.
+    ``secrets_left_out``. ``dumps`` maps the ``file`` of each record in the manifest's
+    ``databases`` to the dump file to store (format version 2; never when unencrypted).
     """
     if (passphrase is None) == (key is None):
         raise TypeError("pass exactly one of passphrase= or key=")
@@ -511,27 +675,20 @@ def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
         created = int(utctime.parse_time(manifest["time"]).timestamp())
     except (KeyError, ValueError, TypeError):
         created = int(utctime.utc_now().timestamp())
-    if passphrase is not None:
-        salt = os.urandom(16)
-        n = crypto.SCRYPT_N
-        log2n = n.bit_length() - 1
-        sealer = crypto.Sealer(crypto.derive_kek(_as_bytes(passphrase), salt, n, crypto.SCRYPT_R,
-                                                 crypto.SCRYPT_P))
-        header = _make_header(PROT_PASSPHRASE, sealer, bundle_id, created, log2n, crypto.SCRYPT_R,
-                              crypto.SCRYPT_P, salt)
-    else:
-        prot, sealer = _protection_for_key(key)
-        header = _make_header(prot, sealer, bundle_id, created)
-    plain = header[9] == PROT_NONE
+    plain = passphrase is None and _protection_for_key(key)[0] == PROT_NONE
+    db_records, to_store, db_warnings = _plan_dumps(manifest, dumps, plain)
+    header, sealer = _seal_header(bundle_id, created, passphrase, key, 2 if to_store else 1)
 
     with tempfile.SpooledTemporaryFile(max_size=16 << 20) as spool:
         records, warnings, left_out = _read_items(
             collection, spool, frozenset(secret_paths) if plain else None)
         stored = dict(manifest)
         stored["id"] = bundle_id.hex()
-        stored["warnings"] = list(manifest.get("warnings", [])) + warnings
+        stored["warnings"] = list(manifest.get("warnings", [])) + warnings + db_warnings
         if plain:
             stored["secrets_left_out"] = left_out
+        if "databases" in manifest:
+            stored["databases"] = db_records
         stored["files"] = [{k: v for k, v in r.items() if k != "_offset"} for r in records]
         manifest_bytes = json.dumps(stored, indent=1, sort_keys=True).encode("utf-8", "surrogateescape")
 
@@ -544,21 +701,9 @@ def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
         ti.size, ti.mode, ti.mtime = len(manifest_bytes), 0o600, created
         tf.addfile(ti, io.BytesIO(manifest_bytes))
         for rec in records:
-            ti = tarfile.TarInfo(rec["path"][1:])
-            ti.mode, ti.uid, ti.gid = rec["mode"], rec["uid"], rec["gid"]
-            ti.mtime = rec["mtime_ns"] // 1_000_000_000
-            ti.pax_headers = {MTIME_PAX: str(rec["mtime_ns"])}
-            ti.uname = ti.gname = ""
-            src = None
-            if rec["type"] == "file":
-                ti.type, ti.size = tarfile.REGTYPE, rec["size"]
-                spool.seek(rec["_offset"])
-                src = spool
-            elif rec["type"] == "dir":
-                ti.type = tarfile.DIRTYPE
-            else:
-                ti.type, ti.linkname = tarfile.SYMTYPE, rec["target"]
-            tf.addfile(ti, src)
+            _add_item(tf, rec, spool)
+        for rec, path in to_store:
+            _add_dump(tf, rec, path, created)
         tf.close()
         zw.flush(zstandard.FLUSH_FRAME)
         sink.finish()
@@ -570,8 +715,8 @@ def write_bundle(paths, manifest: dict, out, *, passphrase=None, key=None,
 
 
 def bundle_bytes(paths, manifest: dict, *, passphrase=None, key=None, context: bytes = b"",
-                 secret_paths=()) -> tuple[bytes, dict]:
+                 secret_paths=(), dumps=None) -> tuple[bytes, dict]:
     buf = io.BytesIO()
     info = write_bundle(paths, manifest, buf, passphrase=passphrase, key=key, context=context,
-                        secret_paths=secret_paths)
+                        secret_paths=secret_paths, dumps=dumps)
     return buf.getvalue(), info

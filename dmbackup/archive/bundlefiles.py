@@ -2,7 +2,8 @@
 
 ``extract_entries`` writes an opened bundle (``dmbackup.archive.bundle.read_bundle``) under a
 directory only, walking it with ``O_NOFOLLOW`` one component at a time, so neither a link in
-the bundle nor one already in the directory can redirect a write outside it.
+the bundle nor one already in the directory can redirect a write outside it; its database
+dumps go beside the files, ``DIR/databases/<name>.<ext>`` (mode 0600, in a 0700 directory).
 ``diff_against_live`` compares a bundle with the running system and, only when told, puts it
 back, keeping each replaced file as ``<file>.dmbackup-<time>``. Which entries may be written
 at all (``config_paths``, no set-uid) is the caller's decision
@@ -20,7 +21,7 @@ import secrets as _secrets
 import stat
 
 from dmbackup import utctime
-from dmbackup.archive.bundle import _READ, MANIFEST_NAME, Entry, read_bundle
+from dmbackup.archive.bundle import _READ, MANIFEST_NAME, Dump, Entry, read_bundle
 from dmbackup.errors import RestoreError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -155,8 +156,56 @@ def _dir_meta(tree: _Tree, e: Entry, chown: _Owner, mtime: bool = True) -> None:
         os.close(fd)
 
 
-def extract_entries(manifest: dict, entries: list[Entry], to_dir: str, *, overwrite: bool = False) -> dict:
-    """Write an opened bundle under ``to_dir`` (``DIR/etc/postfix/main.cf``, ``DIR/MANIFEST.json``).
+def _refuse_clashes(tree: _Tree, rels: list[str], to_dir: str) -> None:
+    """RestoreError when any of ``rels`` already exists under the tree."""
+    clashes = []
+    for rel in rels:
+        pfd = tree.parent(rel, create=False)
+        if pfd is None:
+            continue
+        try:
+            if _lstat_at(pfd, os.path.basename(rel)) is not None:
+                clashes.append(rel)
+        finally:
+            os.close(pfd)
+    if clashes:
+        raise RestoreError(
+            f"{len(clashes)} file(s) already exist in {to_dir} (first: {clashes[0]}): restore "
+            "into an empty directory, or allow overwriting")
+
+
+def _write_private(tree: _Tree, rel: str, data: bytes) -> None:
+    """``rel`` under the tree, mode 0600, owned by whoever restores (a dump is nobody's file),
+    in directories made 0700; written under a temporary name and renamed."""
+    pfd = tree.parent(rel, create=True, dir_mode=0o700)
+    try:
+        name = os.path.basename(rel)
+        st = _lstat_at(pfd, name)
+        if st is not None and _kind(st) != "file":
+            raise RestoreError(f"{os.path.join(tree.root, rel)} is a {_kind(st)}; cannot put a dump there")
+        tmp = _tmp_name(name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=pfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o600)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=pfd)
+            raise
+        os.close(fd)
+        os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+    finally:
+        os.close(pfd)
+
+
+def extract_entries(manifest: dict, entries: list[Entry], to_dir: str, *, overwrite: bool = False,
+                    dumps: list[Dump] = ()) -> dict:
+    """Write an opened bundle under ``to_dir`` (``DIR/etc/postfix/main.cf``, ``DIR/MANIFEST.json``,
+    ``DIR/databases/<name>.<ext>``).
 
     Without ``overwrite`` nothing is written when any file already exists there.
     """
@@ -167,20 +216,8 @@ def extract_entries(manifest: dict, entries: list[Entry], to_dir: str, *, overwr
         raise RestoreError(f"cannot use {to_dir} as the restore directory: {exc.strerror}") from None
     try:
         if not overwrite:
-            clashes = []
-            for rel in [MANIFEST_NAME] + [e.rel for e in entries if e.type != "dir"]:
-                pfd = tree.parent(rel, create=False)
-                if pfd is None:
-                    continue
-                try:
-                    if _lstat_at(pfd, os.path.basename(rel)) is not None:
-                        clashes.append(rel)
-                finally:
-                    os.close(pfd)
-            if clashes:
-                raise RestoreError(
-                    f"{len(clashes)} file(s) already exist in {to_dir} (first: {clashes[0]}): restore "
-                    "into an empty directory, or allow overwriting")
+            _refuse_clashes(tree, [MANIFEST_NAME] + [e.rel for e in entries if e.type != "dir"]
+                            + [d.file for d in dumps], to_dir)
         chown = _Owner(warnings)
         for e in entries:
             pfd = tree.parent(e.rel, create=True)
@@ -199,6 +236,8 @@ def extract_entries(manifest: dict, entries: list[Entry], to_dir: str, *, overwr
         # read-only mode would stop us writing into them.
         for e in sorted((e for e in entries if e.type == "dir"), key=lambda e: e.path, reverse=True):
             _dir_meta(tree, e, chown)
+        for d in dumps:
+            _write_private(tree, d.file, d.data)
         tmp = _tmp_name(MANIFEST_NAME)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=tree.fd)
@@ -219,6 +258,7 @@ def extract_entries(manifest: dict, entries: list[Entry], to_dir: str, *, overwr
         "symlinks": sum(1 for e in entries if e.type == "symlink"),
         "bytes": sum(e.size for e in entries),
         "manifest": os.path.join(to_dir, MANIFEST_NAME),
+        "databases": [os.path.join(to_dir, d.file) for d in dumps],
         "warnings": warnings,
     }
 
@@ -226,8 +266,9 @@ def extract_entries(manifest: dict, entries: list[Entry], to_dir: str, *, overwr
 def extract_bundle(data, to_dir: str, *, passphrase=None, key=None, context: bytes = b"",
                    overwrite: bool = False) -> dict:
     """Open ``data`` and write it under ``to_dir``; see ``extract_entries``."""
-    manifest, entries = read_bundle(data, passphrase=passphrase, key=key, context=context)
-    return extract_entries(manifest, entries, to_dir, overwrite=overwrite)
+    contents = read_bundle(data, passphrase=passphrase, key=key, context=context)
+    manifest, entries = contents
+    return extract_entries(manifest, entries, to_dir, overwrite=overwrite, dumps=contents.dumps)
 
 
 def _same_content(pfd: int, name: str, e: Entry) -> bool:

@@ -35,6 +35,8 @@ EXAMPLES = examples(
     "dmbackup restore --target usb1 --from rossi --since 2026-11-01 --before 2026-12-01 --to /tmp/eml --format eml",
     "The configuration: preflight, then apply",
     "dmbackup restore --target offbox --what config; dmbackup restore --target offbox --what config --overwrite",
+    "The configuration and its user databases (see the preflight first: without --overwrite)",
+    "dmbackup restore --target offbox --what config --overwrite --databases",
 )
 
 
@@ -50,6 +52,9 @@ def register(app: typer.Typer) -> None:
         folder: Optional[str] = typer.Option(None, "--folder", help="Only this IMAP folder of --mailbox."),
         to: Optional[str] = typer.Option(None, "--to", help="Restore into this (empty) directory."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing over existing files."),
+        databases: bool = typer.Option(False, "--databases", help="With --what config --overwrite: also apply the "
+                                       "bundle's database dumps to the live databases (a dump of what each "
+                                       "replaces is kept under state_dir/replaced/)."),
         resume: bool = typer.Option(False, "--resume", help="Finish an interrupted restore into the same --to DIR "
                                     "(or store): complete files are kept."),
         uid_gap: Optional[int] = typer.Option(None, "--uid-gap", help="Raise every folder's next UID by N (default "
@@ -80,9 +85,10 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"--what must be mail or config, not {what!r}")
             if has_message_filter(from_=from_, rcpt=rcpt, subject=subject, message_id=message_id, since=since,
                                   before=before):
-                if what != "mail" or overwrite or resume or resync or uid_gap is not None:
+                if what != "mail" or overwrite or resume or resync or uid_gap is not None or databases:
                     raise UsageError("--message-id/--from/--rcpt/--subject/--since/--before restore messages: they "
-                                     "do not combine with --what config, --overwrite, --resume, --resync or --uid-gap")
+                                     "do not combine with --what config, --overwrite, --databases, --resume, --resync "
+                                 "or --uid-gap")
                 restore_messages(a, target, snapshot=snapshot, at=at, mailbox=mailbox, folder=folder, from_=from_,
                                  rcpt=rcpt, subject=subject, message_id=message_id, since=since, before=before,
                                  to=to, fmt=fmt, dry_run=dry_run, json_out=json_out)
@@ -91,11 +97,13 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--format and --dry-run go with a message filter (--message-id, --from, --rcpt, "
                                  "--subject, --since, --before)")
             if resync:
-                if snapshot or at or to or overwrite or resume or mailbox or folder or uid_gap is not None:
+                if snapshot or at or to or overwrite or resume or mailbox or folder or uid_gap is not None \
+                        or databases:
                     raise UsageError("--resync takes no other restore option: it finishes a store that is already "
                                      "in place and served by Dovecot")
                 show(engine.resync(a), json_out)
                 return
             res = engine.run_restore(a, pick_target(a, target), snapshot, at=at, what=what, mailbox=mailbox,
-                                     folder=folder, to=to, overwrite=overwrite, resume=resume, uid_gap=uid_gap)
+                                     folder=folder, to=to, overwrite=overwrite, resume=resume, uid_gap=uid_gap,
+                                     databases=databases)
             show(res, json_out, after=res.incomplete())

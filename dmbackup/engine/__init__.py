@@ -72,13 +72,18 @@ def verify(app, target_name: str, snapshot: str | None = None, read_data: bool =
 def restore(app, target_name: str, snapshot: str | None = None, *, at: str | None = None,
             what: str = "mail", mailbox: str | None = None, folder: str | None = None,
             to: str | None = None, overwrite: bool = False, resume: bool = False,
-            uid_gap: int | None = None, stage_fd: int | None = None, owner=None, modes=None) -> Result:
+            uid_gap: int | None = None, stage_fd: int | None = None, owner=None, modes=None,
+            databases: bool = False) -> Result:
     """Restore into ``to`` (a directory: ``dmbackup.engine.restoredir``), or into the live store
     (``to`` None: ``dmbackup.engine.live``); ``what="config"``: a config bundle
-    (``dmbackup.engine.configbundle``). ``uid_gap``, ``resume``, ``stage_fd``/``owner``/``modes``:
-    see ``restore_to_dir``."""
+    (``dmbackup.engine.configbundle``; ``databases``: also apply its database dumps).
+    ``uid_gap``, ``resume``, ``stage_fd``/``owner``/``modes``: see ``restore_to_dir``."""
     if what == "config":
-        return configbundle.restore_config(app, target_name, snapshot=snapshot, at=at, to=to, overwrite=overwrite)
+        return configbundle.restore_config(app, target_name, snapshot=snapshot, at=at, to=to, overwrite=overwrite,
+                                           databases=databases)
+    if databases:
+        raise UsageError("--databases applies the database dumps of a config bundle: it goes with --what config "
+                         "--overwrite")
     if not holds_repository(app.config.target(target_name)):
         raise UsageError(f"target {target_name!r} holds only config bundles: use --what config")
     if uid_gap is not None and not 0 <= uid_gap <= 1_000_000_000:

@@ -199,13 +199,19 @@ class BackupRun:
                 break
 
     def _config_bundle(self) -> str | None:
-        """Every mail snapshot carries the config bundle: one disk restores the whole appliance."""
+        """Every mail snapshot carries the config bundle: one disk restores the whole appliance.
+        A database dump that fails fails the backup (``DumpFailed``, exit 3, nothing committed):
+        a snapshot whose bundle lacks the user database would restore an appliance that knows
+        no users. Any other problem with the bundle leaves the snapshot without one, warned."""
         from dmbackup.engine.configbundle import make_config_bundle
+        from dmbackup.engine.configdb import DumpFailed
 
         try:
             b = make_config_bundle(self.app.config, key=self.repo.keys.bundle,
                                    context=layout.bundle_aad(self.repo.id, self.snap),
                                    time=self.now, domains=self.cap.mailbox_stats())
+        except DumpFailed:
+            raise
         except DmError as exc:     # the mail snapshot stays useful without it
             self.warn(f"config bundle not included: {exc}")
             return None

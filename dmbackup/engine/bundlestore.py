@@ -35,6 +35,7 @@ from dmbackup.archive import bundle, layout
 from dmbackup.config import holds_repository
 from dmbackup.errors import ConfigError, CorruptObject, DmError, NoSpace, WrongRepository
 from dmbackup.mailout.mailbox import Mailbox
+from dmbackup.source import appliance
 
 MAX_BUNDLE = 1 << 30            # read whole into memory: a bundle on the medium may not be larger
 
@@ -80,11 +81,13 @@ class BundleRef:
 
 
 class OpenBundle(NamedTuple):
-    """A bundle read back and authenticated: its manifest, its entries, its stored size."""
+    """A bundle read back and authenticated: its manifest, its entries, its stored size and
+    its database dumps (``bundle.Dump``)."""
 
     manifest: dict
     entries: list
     size: int
+    dumps: list
 
 
 @dataclass
@@ -140,6 +143,11 @@ class BundleStore(Protocol):
         """The config-only bundles, for ``dmbackup snapshots`` (a repository's mail snapshots
         carry theirs and are listed as snapshots), with files, bytes and stored bytes."""
 
+    def maildirs(self, ref: BundleRef) -> set[str] | None:
+        """``user@domain`` of every Maildir in the mail snapshot ``ref`` belongs to (from its
+        catalog), for the cross-check with the bundle's user databases; None for a
+        config-only bundle (its manifest recorded the cross-check when it was made)."""
+
 
 @contextmanager
 def open_store(app, target_name: str, *, write: bool = False, keyed: bool = True) -> Iterator[BundleStore]:
@@ -185,8 +193,19 @@ def open_repo_bundle(repo, snap: str) -> OpenBundle:
         # anyone can write an unencrypted bundle: in an encrypted repository it is planted
         raise CorruptObject(f"{name} is not encrypted, but this repository is: it was not written "
                             "by dmbackup for this repository (planted on the medium?); refused")
-    manifest, entries = bundle.read_bundle(data, key=repo.keys.bundle, context=layout.bundle_aad(repo.id, snap))
-    return OpenBundle(manifest, entries, len(data))
+    contents = bundle.read_bundle(data, key=repo.keys.bundle, context=layout.bundle_aad(repo.id, snap))
+    manifest, entries = contents
+    return OpenBundle(manifest, entries, len(data), contents.dumps)
+
+
+def snapshot_maildirs(repo, snap: str) -> set[str] | None:
+    """``user@domain`` of the Maildirs (``<domain>/<user>/Maildir``) in mail snapshot ``snap``'s
+    catalog; None when it is not a committed mail snapshot."""
+    ref = next((s for s in repo.snapshots() if s.id == snap), None)
+    if ref is None:
+        return None
+    rows, _ = repo.catalog_body(ref)
+    return appliance.maildirs_in(r.dir for r in rows)
 
 
 def committed_snapshots(repo, snaps) -> set:
@@ -251,7 +270,7 @@ class RepositoryBundles:
             if not layout.is_config_only(snap):
                 continue
             try:
-                manifest, entries, size = open_repo_bundle(self.repo, snap)
+                manifest, entries, size, _ = open_repo_bundle(self.repo, snap)
             except DmError as exc:        # listed by verify; the other snapshots stay visible
                 self.repo.damaged.append(("config", snap, str(exc)))
                 continue
@@ -259,6 +278,11 @@ class RepositoryBundles:
                                  bytes=sum(e.size for e in entries), stored_bytes=size,
                                  warnings=len(manifest.get("warnings") or [])))
         return out
+
+    def maildirs(self, ref: BundleRef) -> set[str] | None:
+        if layout.is_config_only(ref.id):
+            return None
+        return snapshot_maildirs(self.repo, ref.id)
 
 
 # --- a mailbox -------------------------------------------------------------------------------
@@ -315,13 +339,14 @@ class MailboxBundles:
     def open(self, ref: BundleRef) -> OpenBundle:
         uid = ref.fields["uid"]
         data = self.mailbox.fetch(uid, ref.id)
-        manifest, entries = bundle.read_bundle(data, passphrase=self._passphrase)
+        contents = bundle.read_bundle(data, passphrase=self._passphrase)
+        manifest, entries = contents
         if manifest.get("time") != ref.time or manifest.get("hostname") != ref.host:
             raise CorruptObject(
                 f"message UID {uid} in {self.mailbox.where()} claims host {ref.host} at "
                 f"{ref.time}, but its bundle was made by {manifest.get('hostname')} at "
                 f"{manifest.get('time')}: the message headers were altered")
-        return OpenBundle(manifest, entries, ref.stored_bytes)
+        return OpenBundle(manifest, entries, ref.stored_bytes, contents.dumps)
 
     def rolled_back(self, found: list[BundleRef], spec: str | None, at: str | None) -> str | None:
         if spec is not None or at is not None:
@@ -359,3 +384,6 @@ class MailboxBundles:
 
     def listing(self) -> list[BundleRef]:
         return [self._ref(b) for b in self.mailbox.list_bundles()]
+
+    def maildirs(self, ref: BundleRef) -> set[str] | None:
+        return None                     # config-only bundles: the cross-check is in the manifest

@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from dmbackup import humanize, utctime
 from dmbackup.archive import bundle, bundlefiles, layout
 from dmbackup.config import DEFAULT_CONFIG_PATHS
+from dmbackup.engine import configdb
 from dmbackup.engine.bundlestore import (BundleRef, BundleStore, ConfigBundle, OpenBundle, open_repo_bundle,
                                          open_store, repo_bundle_names)
 from dmbackup.engine.result import Result
-from dmbackup.errors import EXIT_DAMAGE, EXIT_OK, CorruptObject, NotFound, OperationFailed, UsageError
+from dmbackup.errors import (EXIT_DAMAGE, EXIT_OK, EXIT_WARNING, CorruptObject, DmError, NotFound, OperationFailed,
+                             RestoreError, UsageError)
 from dmbackup.source import appliance
 
 
@@ -50,17 +52,21 @@ def make_config_bundle(config, *, passphrase=None, key=None, context: bytes = b"
     (``layout.bundle_aad``) binds the bundle to its place in that repository.
     A configured path that does not exist is listed in ``missing``; it is also a warning
     unless ``config_paths`` is the built-in default list, whose entries are optional.
+    The configured databases are dumped into it (``configdb``); a dump that fails raises
+    ``configdb.DumpFailed`` (exit 3) and no bundle is made.
     """
     src = config.source
     coll = appliance.collect(src.config_paths)
     if tuple(src.config_paths) != tuple(DEFAULT_CONFIG_PATHS):
         coll.warnings.extend(f"config path {p} does not exist; skipped" for p in coll.missing)
-    manifest = appliance.build_manifest(
-        hostname=config.hostname, mail_store=src.mail_store, config_paths=src.config_paths,
-        collection=coll, vmail_uid=src.vmail_uid, vmail_gid=src.vmail_gid,
-        dovecot_config=src.dovecot_config, time=time, domains=domains)
-    data, info = bundle.bundle_bytes(coll, manifest, passphrase=passphrase, key=key, context=context,
-                                     secret_paths=secret_files(config))
+    with configdb.dumped(config) as (db_records, db_files, db_warnings):
+        coll.warnings.extend(db_warnings)
+        manifest = appliance.build_manifest(
+            hostname=config.hostname, mail_store=src.mail_store, config_paths=src.config_paths,
+            collection=coll, vmail_uid=src.vmail_uid, vmail_gid=src.vmail_gid,
+            dovecot_config=src.dovecot_config, time=time, domains=domains, databases=db_records)
+        data, info = bundle.bundle_bytes(coll, manifest, passphrase=passphrase, key=key, context=context,
+                                         secret_paths=secret_files(config), dumps=db_files)
     files, nbytes = info.pop("files_count"), info.pop("bytes")
     info.pop("stored_bytes")
     return ConfigBundle(data=data, manifest=info, files=files, bytes=nbytes)
@@ -90,6 +96,7 @@ class ConfigBackupResult(Result):
     stored_bytes: int
     missing: list[str] = field(default_factory=list)
     fields: dict = field(default_factory=dict)      # the store's own (bundle; bundle_bytes, to, refused)
+    databases: list[dict] = field(default_factory=list)    # the manifest's database records (configdb)
 
     @property
     def snapshot_id(self) -> str:
@@ -98,11 +105,24 @@ class ConfigBackupResult(Result):
     def as_dict(self) -> dict:
         return {"target": self.target, "id": self.id, "chain": None, "kind": "config", "time": self.time,
                 "files": self.files, "bytes": self.bytes, "stored_bytes": self.stored_bytes, **self.fields,
-                "missing": self.missing, "warnings": self.warnings, "exit_code": self.exit_code}
+                "missing": self.missing, "databases": [_db_brief(r) for r in self.databases],
+                "warnings": self.warnings, "exit_code": self.exit_code}
 
     def summary(self) -> str:
+        dbs = configdb.summary(self.databases)
         return (f"config snapshot {self.id} on {self.target}: {self.files} files, {humanize.size(self.bytes)}, "
-                f"{humanize.size(self.stored_bytes)} stored")
+                f"{humanize.size(self.stored_bytes)} stored" + (f"; {dbs}" if dbs else ""))
+
+
+def _db_brief(rec: dict) -> dict:
+    """A database record of a manifest, for ``--json`` (its users as counts only)."""
+    out = {k: rec.get(k) for k in ("name", "type", "file", "tool", "tool_version", "size", "sha256", "stored")}
+    users = rec.get("users") or {}
+    out["counts"] = users.get("counts")
+    cc = rec.get("cross_check") or {}
+    out["without_maildir"] = cc.get("without_maildir", [])
+    out["without_mailbox"] = cc.get("without_mailbox", [])
+    return out
 
 
 @dataclass
@@ -126,15 +146,37 @@ class ConfigRestoreResult(Result):
     def summary(self) -> str:
         d = self.report
         if d.get("mode") != "live":
+            dumps = d.get("databases") or []
             return (f"restored {d.get('files')} files ({humanize.size(d.get('bytes'))}) from "
-                    f"{d.get('snapshot')} into {d.get('destination')}")
+                    f"{d.get('snapshot')} into {d.get('destination')}"
+                    + (f"; database dump(s): {', '.join(dumps)}" if dumps else ""))
         lines = [f"  {c.get('action', '?'):<9} {c.get('path', '?')}" for c in (d.get("changes") or [])[:200]
                  if isinstance(c, dict) and c.get("action") != "unchanged"]
         counts = ", ".join(f"{v} {k}" for k, v in (d.get("counts") or {}).items() if v)
         head = (f"applied config bundle {d.get('snapshot')}: {counts or 'nothing to change'}" if d.get("applied")
                 else f"preflight of config bundle {d.get('snapshot')}: {counts or 'nothing to change'}; "
                      "nothing written (add --overwrite to apply; replaced files are kept as <file>.dmbackup-<time>)")
-        return "\n".join([head] + lines)
+        return "\n".join([head] + lines + _database_lines(d))
+
+
+def _database_lines(d: dict) -> list[str]:
+    """The preflight, cross-check and outcome of each database of a live config restore."""
+    out = []
+    for e in d.get("databases") or []:
+        out.append(f"database {e.get('label') or e.get('name')} ({e.get('file')}):")
+        out += [f"  {line}" for line in (e.get("preflight") or {}).get("lines", [])]
+        if e.get("problem"):
+            out.append(f"  not applied: {e['problem']}")
+        out += [f"  cross-check: {line}" for line in e.get("cross_check_lines") or []]
+        if e.get("applied"):
+            out.append(f"  applied; what it replaced was dumped to {e['replaced']}" if e.get("replaced")
+                       else "  applied (there was no database to replace)")
+        elif not e.get("problem") and d.get("applied"):
+            out.append("  NOT applied (the files were): to apply the database too, run the same restore "
+                       "with --databases")
+        elif not e.get("problem"):
+            out.append("  not applied (preflight): restore with --overwrite --databases to apply it")
+    return out
 
 
 @dataclass
@@ -155,19 +197,19 @@ class BundleVerifyResult(Result):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_DAMAGE if self.problems else EXIT_OK
+        return EXIT_DAMAGE if self.problems else EXIT_WARNING if self.warnings else EXIT_OK
 
     def as_dict(self) -> dict:
         return {"target": self.target, "ok": not self.problems, "id": self.id, "time": self.time,
                 "kind": "config", "files": self.files, "bytes": self.bytes, "entries": self.entries,
                 "stored_bytes": self.stored_bytes, "bundles": self.bundles, "oldest": self.oldest,
-                "problems": self.problems, "exit_code": self.exit_code}
+                "problems": self.problems, "warnings": self.warnings, "exit_code": self.exit_code}
 
     def summary(self) -> str:
         if self.problems:
             return f"verify found damage: {'; '.join(map(str, self.problems))}"
-        return (f"verify ok: config bundle {self.id or ''} fetched, decrypted and matches its manifest "
-                f"({self.files} files)")
+        return "\n".join([f"verify ok: config bundle {self.id or ''} fetched, decrypted and matches its manifest "
+                          f"({self.files} files)"] + [f"warning: {w}" for w in self.warnings])
 
 
 # --- the operations -------------------------------------------------------------------------------
@@ -180,7 +222,8 @@ def backup_config(app, target_name: str) -> ConfigBackupResult:
         st = store.save(lambda **seal: make_config_bundle(app.config, **seal))
     cb = st.bundle
     return ConfigBackupResult(target_name, st.id, st.time, cb.files, cb.bytes, st.stored_bytes, missing=cb.missing,
-                              fields=st.fields, warnings=cb.warnings + st.warnings)
+                              fields=st.fields, databases=list(cb.manifest.get("databases") or []),
+                              warnings=cb.warnings + st.warnings)
 
 
 def listing(app, target_name: str) -> list[BundleRef]:
@@ -225,37 +268,90 @@ def _find_and_open(store: BundleStore, spec: str | None,
 
 
 def restore_config(app, target_name: str, snapshot: str | None = None, at=None, to: str | None = None,
-                   overwrite: bool = False, *, root: str = "/") -> ConfigRestoreResult:
+                   overwrite: bool = False, *, root: str = "/", databases: bool = False) -> ConfigRestoreResult:
     """``restore --what config``: the newest bundle (or the one named ``snapshot``, or the
     newest at/before ``at``); in a repository ``snapshot`` may name a config snapshot or a
     mail snapshot (whose bundle is used).
 
-    With ``to``: write it under that directory (``TO/etc/...`` and ``TO/MANIFEST.json``).
-    Without: compare with the live system under ``root`` and report what would change
-    (``changes``, ``counts``); only with ``overwrite`` put the files back, keeping each
-    replaced one as ``<file>.dmbackup-<time>``. "The newest" whose newer sibling this machine
-    saw is gone is exit 4, not an older one restored in silence.
+    With ``to``: write it under that directory (``TO/etc/...``, ``TO/databases/<dump>`` and
+    ``TO/MANIFEST.json``). Without: compare with the live system under ``root`` and report what
+    would change (``changes``, ``counts``; for each database dump, ``databases``: what applying
+    it would add, remove or change, and its cross-check with the snapshot's mail store); only
+    with ``overwrite`` put the files back, keeping each replaced one as
+    ``<file>.dmbackup-<time>``, and only with ``databases`` too apply the dumps, keeping a dump
+    of what each replaced under ``<state_dir>/replaced/<time>/``. "The newest" whose newer
+    sibling this machine saw is gone is exit 4, not an older one restored in silence.
     """
+    if databases and (to is not None or not overwrite):
+        raise UsageError("--databases applies a config bundle's database dumps to the live databases: it goes "
+                         "with --overwrite and without --to (--to DIR writes the dumps under DIR/databases/)")
     with open_store(app, target_name) as store:
-        _, chosen, (manifest, entries, _), rolled_back = _find_and_open(store, snapshot, at)
+        _, chosen, opened, rolled_back = _find_and_open(store, snapshot, at)
         authenticated = store.authenticated
+        maildirs = None
+        if to is None and opened.manifest.get("databases") and not rolled_back:
+            maildirs = _maildirs(store, chosen)
     if rolled_back:
         raise CorruptObject(rolled_back + "; to restore an older bundle anyway, name it (see `dmbackup snapshots`)")
-    report = _restore_entries(manifest, entries, to, overwrite, root, app.config, authenticated)
+    if databases and not opened.manifest.get("databases"):
+        raise UsageError(f"config bundle {chosen.id} holds no database dump: leave out --databases")
+    if to is not None:
+        report = _restore_entries(opened, to, overwrite, root, app.config, authenticated)
+    else:
+        report = _restore_live(opened, overwrite, databases, root, app.config, authenticated,
+                               maildirs=maildirs, where=chosen.id)
     report.update(target=target_name, id=chosen.id, snapshot=chosen.id, time=chosen.time, kind="config",
-                  host=manifest.get("hostname"), **chosen.fields)
+                  host=opened.manifest.get("hostname"), **chosen.fields)
     return ConfigRestoreResult(report=report, warnings=report["warnings"])
+
+
+def _maildirs(store: BundleStore, chosen: BundleRef) -> set[str] | None:
+    """The Maildirs of the bundle's snapshot, for the cross-check; None when they cannot be
+    read (a damaged catalog is verify's to report; the bundle's recorded cross-check is shown)."""
+    try:
+        return store.maildirs(chosen)
+    except DmError:
+        return None
+
+
+def _restore_live(opened: OpenBundle, overwrite: bool, databases: bool, root: str, config, authenticated: bool,
+                  *, maildirs: set[str] | None, where: str) -> dict:
+    """Compare with the live system, and with ``overwrite`` restore the files, then (with
+    ``databases``) the databases: each dump was first checked to have a configured database
+    to go to, so a bundle whose databases cannot all be applied writes nothing."""
+    now = utctime.utc_now()
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    with configdb.restore_plan(config, opened.manifest, opened.dumps, maildirs=maildirs,
+                               against="the snapshot's mail store") as plan:
+        if databases and len(plan.ready) != len(plan.entries):
+            raise RestoreError("nothing was restored: " + "; ".join(plan.warnings))
+        report = _restore_entries(opened, None, overwrite, root, config, authenticated, time=now)
+        if databases:
+            plan.apply(config.state_dir, stamp)
+    for e in plan.entries:
+        e["cross_check_lines"] = configdb.cross_check_lines([e], f"snapshot {where}")
+    report["databases"] = plan.entries
+    report["databases_applied"] = bool(databases)
+    report["warnings"] += plan.warnings
+    if overwrite and not databases and plan.entries:
+        report["warnings"].append(f"the bundle's {len(plan.entries)} database dump(s) were not applied: run the "
+                                  "same restore with --databases to apply them")
+    return report
 
 
 def verify_bundles(app, target_name: str) -> BundleVerifyResult:
     """Prove the newest bundle of a bundle store decrypts and matches its manifest, file by
     file, and that no newer bundle sent or seen before is missing (else exit 4)."""
     with open_store(app, target_name) as store:
-        found, chosen, (_, entries, size), rolled_back = _find_and_open(store, None, None)
+        found, chosen, (manifest, entries, size, _), rolled_back = _find_and_open(store, None, None)
+    # The user databases' mailboxes against the Maildirs as recorded when the bundle was made:
+    # warnings, not damage (see ``engine.verify``).
+    mismatches = configdb.cross_check_lines(manifest.get("databases") or [], f"config bundle {chosen.id}")
     return BundleVerifyResult(
         target_name, chosen.id, chosen.time, files=sum(1 for e in entries if e.type == "file"),
         bytes=sum(e.size for e in entries), entries=len(entries), stored_bytes=size, bundles=len(found),
-        oldest=found[0].time if found else None, problems=[rolled_back] if rolled_back else [])
+        oldest=found[0].time if found else None, problems=[rolled_back] if rolled_back else [],
+        warnings=mismatches)
 
 
 # --- what a restore may write --------------------------------------------------------------------
@@ -300,9 +396,10 @@ def restrict_entries(entries: list, roots: list[str]) -> tuple[list, list[str]]:
     return kept, warnings
 
 
-def _restore_entries(manifest: dict, entries: list, to: str | None, overwrite: bool, root: str,
-                     config, authenticated: bool) -> dict:
-    entries, notes = restrict_entries(entries, allowed_roots(config, root))
+def _restore_entries(opened: OpenBundle, to: str | None, overwrite: bool, root: str,
+                     config, authenticated: bool, *, time=None) -> dict:
+    manifest = opened.manifest
+    entries, notes = restrict_entries(opened.entries, allowed_roots(config, root))
     if to is None and overwrite and not authenticated:
         raise UsageError(
             "this config bundle comes from an unencrypted repository (encryption.mode = \"none\"), "
@@ -310,10 +407,10 @@ def _restore_entries(manifest: dict, entries: list, to: str | None, overwrite: b
             "dmbackup does not apply it to the live system; restore it with --to DIR, check the "
             "files and copy them into place by hand")
     if to is not None:
-        result = bundlefiles.extract_entries(manifest, entries, to, overwrite=overwrite)
+        result = bundlefiles.extract_entries(manifest, entries, to, overwrite=overwrite, dumps=opened.dumps)
         result.update(mode="directory", destination=to)
     else:
-        result = bundlefiles.diff_against_live(manifest, entries, root=root, overwrite=overwrite)
+        result = bundlefiles.diff_against_live(manifest, entries, root=root, overwrite=overwrite, time=time)
         result.update(mode="live", destination=root,
                       files=sum(1 for e in entries if e.type == "file"),
                       bytes=sum(e.size for e in entries))

@@ -11,6 +11,9 @@ The checks, in the order their problems are reported: the objects each snapshot 
 (present, sizes; with read_data their bytes), the config bundle each checked snapshot
 carries, the config-only bundles (whole-repository runs), then each checked snapshot's tree:
 its catalog and pages, the extents of its files, and whether its shape can be restored.
+Last, the user databases in the newest checked snapshot's config bundle are cross-checked
+with the Maildirs its catalog holds: a mailbox without a Maildir, or a Maildir without a
+mailbox, is a warning (exit 1) naming them, never damage.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 from dmbackup.archive import layout
 from dmbackup.engine.result import Result
-from dmbackup.errors import CorruptObject, DmError, NotFound, EXIT_DAMAGE, EXIT_OK
+from dmbackup.errors import CorruptObject, DmError, NotFound, EXIT_DAMAGE, EXIT_OK, EXIT_WARNING
 
 
 @dataclass
@@ -36,7 +39,7 @@ class VerifyResult(Result):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_DAMAGE if self.problems else EXIT_OK
+        return EXIT_DAMAGE if self.problems else EXIT_WARNING if self.warnings else EXIT_OK
 
     def damage(self, snap_id: str | None, msg: str) -> None:
         self.problems.append(msg)
@@ -44,15 +47,19 @@ class VerifyResult(Result):
             self.damaged_snapshots.append(snap_id)
 
     def as_dict(self) -> dict:
-        return {"target": self.target, "read_data": self.read_data, "snapshots": self.snapshots,
-                "volumes": self.volumes, "bytes_read": self.bytes_read, "ok": not self.problems,
-                "problems": self.problems, "damaged_snapshots": self.damaged_snapshots,
-                "damaged_files": self.damaged_files, "exit_code": self.exit_code}
+        d = {"target": self.target, "read_data": self.read_data, "snapshots": self.snapshots,
+             "volumes": self.volumes, "bytes_read": self.bytes_read, "ok": not self.problems,
+             "problems": self.problems, "damaged_snapshots": self.damaged_snapshots,
+             "damaged_files": self.damaged_files, "exit_code": self.exit_code}
+        if self.warnings:       # the user databases' cross-check (added; absent when there is none)
+            d["warnings"] = self.warnings
+        return d
 
     def summary(self) -> str:
         if not self.problems:
             what = "all data read and authenticated" if self.read_data else "catalogs and volume sizes checked"
-            return f"verify ok: {self.snapshots} snapshot(s), {self.volumes} volume(s); {what}"
+            return "\n".join([f"verify ok: {self.snapshots} snapshot(s), {self.volumes} volume(s); {what}"]
+                             + [f"warning: {w}" for w in self.warnings])
         snaps = ", ".join(self.damaged_snapshots) or "(repository structure)"
         nfiles = sum(len(v) for v in self.damaged_files.values())
         return (f"verify found damage: {len(self.problems)} problem(s) affecting snapshot(s) {snaps}"
@@ -82,6 +89,7 @@ def verify_repo(repo, target_name: str, *, snapshot: str | None = None, read_dat
         if app:
             app.check_stop()
         _check_tree(repo, res, s, objects)
+    _check_users(repo, res, checked, whole=not snapshot)
     return res
 
 
@@ -216,6 +224,41 @@ def _check_config_only_bundles(repo, res: VerifyResult, read_data: bool) -> None
                 repo.bundle_size(bid)
         except (CorruptObject, DmError) as exc:
             res.damage(bid, f"{layout.bundle(bid)}: {exc}")
+
+
+# --- the user databases against the mail store ----------------------------------------------------
+def _check_users(repo, res: VerifyResult, checked: list, *, whole: bool) -> None:
+    """The mailboxes of the user databases in the newest checked mail snapshot's config bundle
+    against the ``<domain>/<user>/Maildir`` directories of that snapshot's catalog (in a
+    repository without mail snapshots, the newest config-only bundle's cross-check, made
+    against the live mail store when it was written).
+
+    Mismatches are warnings, not damage: the backup is intact and restores exactly what was
+    there. A mailbox created but never delivered to has no Maildir yet, a deleted user's mail
+    may be kept on purpose; what they say is about the appliance, for a person to look at,
+    and nothing verify could repair or that makes a restore fail. One snapshot is enough: the
+    newest is the one a restore takes, and older ones would repeat the same names."""
+    from dmbackup.engine.bundlestore import open_repo_bundle
+    from dmbackup.engine.configbundle import repo_bundle_ids
+    from dmbackup.engine.configdb import cross_check_lines, recheck
+    from dmbackup.source.appliance import maildirs_in
+
+    snap = next((s for s in reversed(checked) if s.header.config_bundle), None)
+    try:
+        if snap is not None:
+            where = f"snapshot {snap.id}"
+            records = open_repo_bundle(repo, snap.id).manifest.get("databases") or []
+            if records:
+                rows, _ = repo.catalog_body(snap)
+                records = recheck(records, maildirs_in(r.dir for r in rows), "the snapshot's mail store")
+        elif whole and (ids := repo_bundle_ids(repo, config_only=True)):
+            where = f"config bundle {ids[-1]}"
+            records = open_repo_bundle(repo, ids[-1]).manifest.get("databases") or []
+        else:
+            return
+    except DmError:
+        return          # a bundle or catalog that does not open is reported as damage above
+    res.warnings.extend(cross_check_lines(records, where))
 
 
 # --- each checked snapshot's tree ------------------------------------------------------------------

@@ -12,7 +12,10 @@ onto a fresh appliance knows what to install before the files make sense: host n
 dmbackup / Postfix / Dovecot versions, Dovecot's ``mail_location``, the vmail uid/gid and
 every domain and mailbox under the mail store (``<store>/<domain>/<user>/Maildir``) with
 its size and message count. External commands (``postconf``, ``dovecot``, ``doveconf``)
-are optional: when one is missing or fails, its field is null.
+are optional: when one is missing or fails, its field is null. With the user databases
+(``databases``: one record per dump, see ``dmbackup.engine.configdb``) it also lists the
+domains, mailboxes and aliases each database knows, and cross-checks its mailboxes with the
+Maildirs found (``cross_check``: ``without_maildir``, ``without_mailbox``).
 
 Pure functions over paths: no CLI, no configuration object, no network.
 """
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 
 from dmbackup import utctime
 from dmbackup import __version__
+from dmbackup.source import userdb
 from dmbackup.system.childenv import child_env
 
 MANIFEST_FORMAT = "dmbackup-config-manifest"
@@ -246,19 +250,58 @@ def vmail_owner(mail_store: str, uid: int | None = None, gid: int | None = None)
     return (uid if uid is not None else st.st_uid), (gid if gid is not None else st.st_gid)
 
 
+def maildirs_in(dirs) -> set[str]:
+    """``user@domain`` of every ``<domain>/<user>/Maildir`` among the store-relative directory
+    paths ``dirs`` (a snapshot's catalog rows)."""
+    out = set()
+    for d in dirs:
+        parts = d.split("/")
+        if len(parts) == 3 and parts[2] == "Maildir" and parts[0] and parts[1]:
+            out.add(f"{parts[1]}@{parts[0]}")
+    return out
+
+
+def maildir_addresses(domains: list[dict]) -> set[str]:
+    """``user@domain`` of every Maildir in ``domains`` (the shape ``mailboxes`` returns)."""
+    return {b["address"] for d in domains for b in d["mailboxes"]}
+
+
+def cross_check(records: list[dict], maildirs: set[str], against: str) -> list[dict]:
+    """``records`` (database records whose ``users`` is ``UserDb.as_manifest()`` or None) each
+    with ``cross_check``: its mailboxes without a Maildir among ``maildirs`` and the Maildirs
+    without a mailbox in it, both sorted; ``against`` says what ``maildirs`` were."""
+    out = []
+    for rec in records:
+        rec = dict(rec)
+        users = rec.get("users")
+        if users:
+            db = userdb.UserDb(mailboxes=set(users.get("mailboxes") or []))
+            without_maildir, without_mailbox = userdb.cross_check(db, maildirs)
+            rec["cross_check"] = {"against": against, "without_maildir": sorted(without_maildir),
+                                  "without_mailbox": sorted(without_mailbox)}
+        else:
+            rec["cross_check"] = None        # an unknown schema: nothing to compare
+        out.append(rec)
+    return out
+
+
 def build_manifest(*, hostname: str, mail_store: str, config_paths, collection: Collection,
                    vmail_uid: int | None = None, vmail_gid: int | None = None,
                    dovecot_config: str | None = None, time: _dt.datetime | None = None,
-                   domains: list[dict] | None = None) -> dict:
+                   domains: list[dict] | None = None, databases: list[dict] | None = None) -> dict:
     """The manifest dict (JSON-ready). ``bundle.write_bundle`` adds ``id`` and ``files``.
 
     ``domains`` (the shape ``mailboxes`` returns) lets a mail backup pass the counts its own
-    walk of the store produced, instead of walking the store a second time.
+    walk of the store produced, instead of walking the store a second time; the databases'
+    mailboxes are cross-checked against the same list (``cross_check``).
     """
     when = time or utctime.utc_now()
     location, location_source = mail_location(mail_store, dovecot_config)
     uid, gid = vmail_owner(mail_store, vmail_uid, vmail_gid)
-    doms = domains if domains is not None else mailboxes(mail_store)
+    walked = domains is not None
+    doms = domains if walked else mailboxes(mail_store)
+    dbs = cross_check(databases or [], maildir_addresses(doms),
+                      "the snapshot's mail store" if walked else "the mail store when the bundle was made")
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -278,4 +321,5 @@ def build_manifest(*, hostname: str, mail_store: str, config_paths, collection: 
         "warnings": list(collection.warnings),
         "domains": doms,
         "mailbox_count": sum(len(d["mailboxes"]) for d in doms),
+        "databases": dbs,
     }

@@ -188,7 +188,8 @@ def test_job_units_have_a_start_timeout_above_the_job_timeout(name):
     """A oneshot job unit never runs forever (issue 13, item 8): systemd stops it at
     TimeoutStartSec=, which leaves dmbackup's own job_timeout (and the hooks around the run)
     room to end the run first with a clear error."""
-    from dmbackup.config import JobConfig, parse_duration
+    from dmbackup.config import JobConfig
+    from dmbackup.configsection import parse_duration
 
     text = (UNITS / name).read_text()
     value = _setting(text, "TimeoutStartSec")

@@ -483,7 +483,7 @@ def test_credentials_never_in_argv_or_environment(mariadb_server, postgres_serve
         calls.append((list(argv), dict(kw.get("env") or os.environ)))
         return real_run(argv, *a, **kw)
 
-    monkeypatch.setattr(D.subprocess, "run", spy)
+    monkeypatch.setattr(subprocess, "run", spy)      # the module every dump tool is started through
     my = Engine("mysql", mariadb_server, workdir)
     pg = Engine("postgresql", postgres_server, workdir)
     for e in (my, pg):
