@@ -209,7 +209,8 @@ def _run_steps(app, engine, job, res: JobResult, ctx: hooks.HookContext, full: b
                 raise DamageFound(f"verify of snapshot {res.snapshot_id} on target {job.target!r} "
                                   f"found damage: {res.verify}")
             if code not in (0, None):
-                ctx.warnings.append(f"verify of {res.snapshot_id} finished with exit {code}")
+                ctx.warnings.append(f"verify of {res.snapshot_id} finished with exit {code}"
+                                    + "".join(f"; {w}" for w in v.warnings[:5]))
         if job.drill_after:
             step = "restore drill"
             _drill_step(app, job, res, ctx)
