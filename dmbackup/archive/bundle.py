@@ -88,6 +88,10 @@ dmbackup") instead of calling its extra members damage.
 
 Writing a bundle's files back (under a directory, or over the live system) is
 ``dmbackup.archive.bundlefiles``.
+
+Size: over the ~450 lines the project aims for, on purpose: this is the whole byte format of a
+bundle, writer and reader side by side so that they cannot drift apart (as catalog.py is for
+catalogs); extracting entries to a file system is in bundlefiles.py.
 """
 
 from __future__ import annotations
