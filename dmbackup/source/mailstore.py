@@ -2,7 +2,7 @@
 
 A message's identity is (folder, base name): the file name up to ``:``. Its bytes never
 change; the ``:2,FLAGS`` suffix and whether it sits in ``new/`` or ``cur/`` are metadata.
-Capture rules (DESIGN.md, "The Maildir, as Dovecot sees it"):
+Capture rules (how Dovecot keeps a Maildir; the format side is in dmbackup/archive/__init__.py):
 
 - per folder, ``new/`` is listed before ``cur/`` (Dovecot moves new -> cur, so a message
   moving between the two listings is seen in cur), and a base name listed in both is kept
