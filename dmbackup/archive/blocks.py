@@ -21,7 +21,6 @@ from dmbackup.errors import CorruptObject, NotFound, OperationFailed
 from dmbackup.archive import BLOCK_SIZE
 from dmbackup.archive.catalog import decompress
 from dmbackup.archive import layout
-from dmbackup.archive.headerindex import HEADER_CAP
 from dmbackup.archive.headerparse import extract
 from dmbackup.archive.layout import block_aad
 
@@ -117,7 +116,7 @@ class BlockWriter:
         digests = [hashlib.sha256(view[o:o + n]).hexdigest() for o, n, _ in slices]
         headers = None
         if any(m for _, _, m in slices):
-            headers = [extract(bytes(view[o:o + min(n, HEADER_CAP)])) if m else None for o, n, m in slices]
+            headers = [extract(data, start=o, end=o + n) if m else None for o, n, m in slices]
         return zstandard.ZstdCompressor(level=level).compress(data), digests, headers
 
     # --- writing ---------------------------------------------------------------------------

@@ -274,43 +274,45 @@ def _date(raw: bytes) -> int | None:
     return None
 
 
-def _attachment_scan(data: bytes, limit: int) -> bool:
-    """A ``Content-Disposition: attachment`` in data[:limit] (any case of the field name)."""
-    i = data.find(b"isposition:", 0, limit)
+def _attachment_scan(data: bytes, start: int, limit: int) -> bool:
+    """A ``Content-Disposition: attachment`` in data[start:limit] (any case of the field name)."""
+    i = data.find(b"isposition:", start, limit)
     while i >= 0:
-        if data[max(0, i - 9):i].lower() == b"content-d" and \
+        if data[max(start, i - 9):i].lower() == b"content-d" and \
                 data[i + 11:i + 40].lstrip().lower().startswith(b"attachment"):
             return True
         i = data.find(b"isposition:", i + 11, limit)
     return False
 
 
-def extract(data: bytes, *, cap: int = HEADER_CAP) -> Headers | None:
+def extract(data: bytes, *, cap: int = HEADER_CAP, start: int = 0, end: int | None = None) -> Headers | None:
     """The indexed fields of the message whose first bytes are ``data``; never raises.
 
     ``data`` is the whole message or its beginning (at least the header block, ideally the
-    first ``cap`` bytes). Returns None when ``data`` is not a header block at all.
+    first ``cap`` bytes); or, with ``start``/``end``, the message is ``data[start:end]`` (the
+    block workers pass a whole 4 MiB block and a message's place in it: no copy). Returns
+    None when ``data`` is not a header block at all.
     """
     try:
-        return _extract(data, cap)
+        return _extract(data, cap, start, len(data) if end is None else end)
     except Exception:          # never reached by any input we know of; never let one stop a backup
         return None
 
 
-def _extract(data: bytes, cap: int) -> Headers | None:
+def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     if not isinstance(data, bytes):
-        data = bytes(data[:cap])
-    limit = min(len(data), cap)
-    if not limit or _FIRST_LINE.match(data, 0, limit) is None:
+        data, start, end = bytes(data[start:min(end, start + cap)]), 0, min(end, start + cap) - start
+    limit = min(end, len(data), start + cap)
+    if limit <= start or _FIRST_LINE.match(data, start, limit) is None:
         return None
     prob = P_NO_END
     vals: dict[bytes, bytes] = {}
-    m = _FIELD_AT0.match(data, 0, limit) if (data[0] | 32) in _INITIALS else None
+    m = _FIELD_AT0.match(data, start, limit) if (data[start] | 32) in _INITIALS else None
     if m is not None:
         vals[m.group(1).lower()] = m.group(3)
         if m.group(2):
             prob |= P_OBSOLETE
-    for m in _FIELD.finditer(data, 0, limit):
+    for m in _FIELD.finditer(data, start, limit):
         name, ws, value = m.groups()
         if name is None:                 # the empty line: end of the header block
             prob = prob & ~P_NO_END
@@ -349,7 +351,7 @@ def _extract(data: bytes, cap: int) -> Headers | None:
     ctype = v.split(b";", 1)[0].strip().lower() if v is not None else b""
     if ctype.startswith(b"multipart/"):
         attach = ctype == b"multipart/mixed" or (ctype != b"multipart/alternative"
-                                                 and _attachment_scan(data, limit))
+                                                 and _attachment_scan(data, start, limit))
     elif ctype and b"/" in ctype and not ctype.startswith((b"text/", b"message/")):
         attach = True
     else:

@@ -72,6 +72,16 @@ def test_extract_matches_expected(name):
     assert got == want
 
 
+@pytest.mark.parametrize("name", MAIL)
+def test_extract_in_place_in_a_larger_buffer_is_the_same(name):
+    """The block workers pass a whole block and the message's place in it (no copy)."""
+    msg = load(name)
+    block = b"From x\nSubject: before\n\nbody\n" + msg + b"Subject: after\n\n" + os.urandom(100)
+    start = block.index(msg)
+    assert extract(block, start=start, end=start + len(msg)) == extract(msg)
+    assert extract(block, start=start, end=start + len(msg), cap=200) == extract(msg, cap=200)
+
+
 def test_header_block_alone_is_enough_except_for_the_body_scan():
     for name in MAIL:
         data = load(name)
@@ -136,7 +146,7 @@ PATHOLOGICAL = {
 @pytest.mark.parametrize("what", sorted(PATHOLOGICAL))
 def test_pathological_headers_take_linear_time(what):
     t0 = time.perf_counter()
-    h = headerparse._extract(PATHOLOGICAL[what], hx.HEADER_CAP)
+    h = headerparse._extract(PATHOLOGICAL[what], hx.HEADER_CAP, 0, len(PATHOLOGICAL[what]))
     assert time.perf_counter() - t0 < 0.5          # linear: ~10 ms; quadratic: seconds
     assert isinstance(h, Headers)
 
@@ -145,7 +155,7 @@ def test_pathological_headers_take_linear_time(what):
 @given(st.binary(max_size=600))
 def test_extract_never_raises(data):
     # the inner function: the outer guard must never be what keeps us alive
-    h = headerparse._extract(data, hx.HEADER_CAP)
+    h = headerparse._extract(data, hx.HEADER_CAP, 0, len(data))
     assert h is None or isinstance(h, Headers)
 
 
@@ -158,7 +168,7 @@ def test_extract_survives_damaged_mail(name, data):
             i = data.draw(st.integers(0, len(raw) - 1))
             raw[i] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(raw)))
-    h = headerparse._extract(bytes(raw[:cut]), hx.HEADER_CAP)
+    h = headerparse._extract(bytes(raw[:cut]), hx.HEADER_CAP, 0, cut)
     assert h is None or isinstance(h, Headers)
 
 
