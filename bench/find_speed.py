@@ -2,7 +2,7 @@
 
 Builds a bench corpus (bench/corpus.py), backs it up once in full and then once a night
 for 29 seeded days of mail (bench/mutate.py: deliveries, flag changes, expunges, moves),
-indexes the chain with ``dmbackup reindex`` (backups do not write header indexes yet), and
+checks with ``dmbackup reindex`` that every snapshot already has its header index (backups write it), and
 times ``dmbackup find`` as an administrator runs it (a new process each time, key unlocked
 at the production scrypt cost) for a few typical searches. Also reports what the header
 indexes cost: their size next to what the snapshots stored.
