@@ -8,7 +8,7 @@ at the production scrypt cost) for a few typical searches. Also reports what the
 indexes cost: their size next to what the snapshots stored.
 
     python3 -m bench.find_speed [--messages 20000] [--snapshots 30] [--preset small|default]
-                                [--dir DIR] [--runs 3] [--keep] [--json OUT]
+                                [--dir DIR] [--runs 3] [--keep] [--json OUT] [--restic]
 
 Timing tests belong here, not in tests/: the machine is shared and its load varies.
 """
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the corpus and repository")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--restic", action="store_true", help="also back every day up with restic and time "
+                    "`restic find FILENAME` over the same snapshots (needs restic: bench/install-peers.sh)")
     a = ap.parse_args(argv)
 
     work = os.path.abspath(a.dir)
@@ -82,15 +84,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {out['corpus']}", flush=True)
 
     sh(exe + ["init", "bench"], env, "init")
+    rrepo = os.path.join(work, "restic")
+    renv = dict(os.environ, RESTIC_PASSWORD=PASSPHRASE, RESTIC_REPOSITORY=rrepo, RESTIC_CACHE_DIR=os.path.join(work, "rcache"))
+    restic_times = []
+
+    def restic_backup() -> None:
+        if a.restic:
+            t0 = time.perf_counter()
+            sh(["restic", "backup", "--quiet", store], renv, "restic backup")
+            restic_times.append(time.perf_counter() - t0)
+
+    if a.restic:
+        sh(["restic", "init", "--quiet"], renv, "restic init")
     t = time.perf_counter()
     sh(exe + ["backup", "--target", "bench", "--full"], env, "full backup")
     out["full_backup_seconds"] = round(time.perf_counter() - t, 1)
+    restic_backup()
     inc_times = []
     for day in range(1, a.snapshots):
         mutate.mutate(store, seed=a.seed, day=day)
         t = time.perf_counter()
         sh(exe + ["backup", "--target", "bench"], env, f"backup day {day}")
         inc_times.append(time.perf_counter() - t)
+        restic_backup()
         print(f"  day {day}: incremental in {inc_times[-1]:.1f} s", flush=True)
     out["incremental_seconds_median"] = round(statistics.median(inc_times), 2) if inc_times else None
     snaps = json.loads(sh(exe + ["snapshots", "--target", "bench", "--json"], env, "snapshots").stdout)
@@ -113,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     # a Message-ID that exists, from a message still in the store
     from dmbackup.archive.headerparse import extract
 
-    mid = None
+    mid = fname = None
     for dp, _, fns in os.walk(store):
         if os.path.basename(dp) == "cur" and fns:
             with open(os.path.join(dp, sorted(fns)[0]), "rb") as f:
                 h = extract(f.read(65536))
             if h and h.message_id:
-                mid = h.message_id
+                mid, fname = h.message_id, sorted(fns)[0]
                 break
     searches = {
         "from": ["--from", "rossi"],
@@ -139,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         out["find"][name] = {"seconds_median": round(statistics.median(times), 3),
                              "seconds_min": round(min(times), 3), "matches": count}
         print(f"find {name:<18} {statistics.median(times):6.2f} s  ({count} matches)", flush=True)
+    if a.restic and fname:
+        # restic can only look for a file name: the same message, by the name of its file
+        base = fname.split(":", 1)[0]
+        times = []
+        for _ in range(a.runs):
+            t = time.perf_counter()
+            sh(["restic", "find", "--json", f"{base}*"], renv, "restic find")
+            times.append(time.perf_counter() - t)
+        out["restic_find_filename_seconds_median"] = round(statistics.median(times), 3)
+        out["restic_backup_seconds_total"] = round(sum(restic_times), 1)
+        print(f"restic find {base}*  {statistics.median(times):6.2f} s", flush=True)
     # the process start and key unlock alone, for comparison
     times = []
     for _ in range(a.runs):
