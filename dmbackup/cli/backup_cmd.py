@@ -6,8 +6,6 @@ import typer
 
 from dmbackup import engine
 from dmbackup.cli.common import complete_job, complete_target, echo, examples, handled, load_app, pick_target, show
-from dmbackup.daemon import plug
-from dmbackup.daemon.jobs import run_job
 from dmbackup.errors import UsageError
 
 EXAMPLES = examples(
@@ -43,6 +41,8 @@ def register(app: typer.Typer) -> None:
             if what not in ("mail", "config"):
                 raise UsageError(f"--what must be mail or config, not {what!r}")
             if on_plug_device:
+                from dmbackup.daemon import plug
+
                 res = plug.run_plugged(a, on_plug_device)
                 if res.note:                # nothing ran: said in words, even with --json
                     echo(res.summary())
@@ -50,6 +50,8 @@ def register(app: typer.Typer) -> None:
             elif job:
                 if target:
                     raise UsageError("give either a JOB or --target, not both")
+                from dmbackup.daemon.jobs import run_job
+
                 res = run_job(a, job, full=full)
             else:
                 res = engine.run_backup(a, pick_target(a, target), what=what, full=full)

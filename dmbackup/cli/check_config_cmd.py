@@ -3,7 +3,6 @@
 import typer
 
 from dmbackup.cli.common import examples, handled, load_app, echo
-from dmbackup.engine import configdb
 from dmbackup.errors import EXIT_USAGE
 
 EXAMPLES = examples(
@@ -20,6 +19,8 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
             c = a.config
+            from dmbackup.engine import configdb
+
             problems = configdb.check_all(c)
             for p in problems:
                 echo(f"dmbackup: {p}", err=True)

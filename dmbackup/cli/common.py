@@ -13,13 +13,11 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from contextlib import contextmanager
 
-import click
 import typer
 
 from dmbackup import config as config_mod
@@ -104,7 +102,18 @@ def fail(err: DmError) -> None:
 
 
 # typer/click signal their own exits with exceptions: those are not bugs
-_CLI_EXITS = (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+def _cli_exit_types() -> tuple:
+    """typer.Exit/Abort and the click exceptions of whichever click typer uses (typer >= 0.28
+    carries its own as typer._click): looked up, not imported, so no second click is loaded."""
+    found = [typer.Exit, typer.Abort]
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            found += [getattr(mod, n) for n in ("Exit", "Abort", "ClickException") if hasattr(mod, n)]
+    return tuple(found)
+
+
+_CLI_EXITS = _cli_exit_types()
 CRASH_FALLBACK_DIR = "/var/tmp"     # when there is no config (and so no state_dir) to write to
 
 
@@ -120,6 +129,8 @@ def _crash_report(app: App | None, text: str) -> str | None:
             if d != CRASH_FALLBACK_DIR:
                 os.makedirs(d, mode=0o700, exist_ok=True)
             # mkstemp: O_EXCL and mode 0600, safe even in a world-writable directory
+            import tempfile   # late: tempfile imports random, ~3 ms on every start-up
+
             fd, path = tempfile.mkstemp(prefix=f"dmbackup-crash-{stamp}-", suffix=".txt", dir=d)
             with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(text)

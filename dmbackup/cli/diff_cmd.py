@@ -6,7 +6,6 @@ from typing import Optional
 import typer
 
 from dmbackup.cli.common import complete_target, examples, handled, load_app, pick_target, show
-from dmbackup.engine.msgdiff import diff_snapshots
 
 EXAMPLES = examples(
     "What changed in the mail between two nights",
@@ -33,4 +32,6 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
         with handled(a):
+            from dmbackup.engine.msgdiff import diff_snapshots
+
             show(diff_snapshots(a, pick_target(a, target), snap_a, snap_b, mailbox=mailbox, long=long), json_out)

@@ -7,7 +7,6 @@ from typing import Optional
 import typer
 
 from dmbackup.cli.common import complete_target, examples, handled, load_app, pick_target, show
-from dmbackup.engine.find import Filters, find_messages
 
 EXAMPLES = examples(
     "The mail from a sender, in every snapshot",
@@ -46,6 +45,8 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
         with handled(a):
+            from dmbackup.engine.find import Filters, find_messages
+
             filters = Filters(mailbox=mailbox, folder=folder, from_=from_, to=to, subject=subject,
                               message_id=message_id, since=since, before=before)
             show(find_messages(a, pick_target(a, target), filters), json_out)
@@ -60,6 +61,8 @@ def restore_messages(a, target: Optional[str], *, snapshot: Optional[str] = None
 
     ``rcpt`` is ``find --to`` (in ``restore``, ``--to`` is the destination directory)."""
     from dmbackup.engine.msgrestore import run_restore_messages
+
+    from dmbackup.engine.find import Filters
 
     filters = Filters(mailbox=mailbox, folder=folder, from_=from_, to=rcpt, subject=subject,
                       message_id=message_id, since=since, before=before)

@@ -5,7 +5,6 @@ from typing import Optional
 import typer
 
 from dmbackup.cli.common import complete_target, examples, handled, load_app, pick_target, show
-from dmbackup.engine.ls import list_snapshot
 
 EXAMPLES = examples(
     "The mailboxes of the newest snapshot, with folders, messages and bytes",
@@ -33,4 +32,6 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
         with handled(a):
+            from dmbackup.engine.ls import list_snapshot
+
             show(list_snapshot(a, pick_target(a, target), snapshot, path), json_out)

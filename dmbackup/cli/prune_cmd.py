@@ -6,7 +6,6 @@ import typer
 
 from dmbackup import engine
 from dmbackup.cli.common import complete_target, examples, handled, load_app, pick_target, show
-from dmbackup.engine.prune import keep_chains_for
 
 EXAMPLES = examples(
     "What would be deleted",
@@ -29,4 +28,6 @@ def register(app: typer.Typer) -> None:
             a = load_app()
         with handled(a):
             tname = pick_target(a, target)
+            from dmbackup.engine.prune import keep_chains_for
+
             show(engine.prune(a, tname, keep_chains or keep_chains_for(a.config, tname), dry_run=dry_run), json_out)

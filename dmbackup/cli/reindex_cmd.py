@@ -6,7 +6,6 @@ from typing import Optional
 import typer
 
 from dmbackup.cli.common import complete_target, examples, handled, load_app, pick_target, show
-from dmbackup.engine.reindex import reindex
 
 EXAMPLES = examples(
     "Index every snapshot that has no header index yet (find lists them as not_indexed)",
@@ -28,4 +27,6 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app(progress=True, json_out=json_out)
         with handled(a):
+            from dmbackup.engine.reindex import reindex
+
             show(reindex(a, pick_target(a, target), snapshot), json_out)

@@ -3,7 +3,6 @@
 import typer
 
 from dmbackup.cli.common import examples, handled, load_app, show
-from dmbackup.daemon import plug
 
 usb_app = typer.Typer(help="USB backup disks.", no_args_is_help=True)
 
@@ -15,4 +14,6 @@ def usb_list(json_out: bool = typer.Option(False, "--json", help="JSON list.")):
     with handled():
         a = load_app()
     with handled(a):
+        from dmbackup.daemon import plug
+
         show(plug.usb_disks(a), json_out)

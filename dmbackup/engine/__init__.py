@@ -14,20 +14,43 @@ the same around its own steps.
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 from dmbackup.config import holds_repository
-from dmbackup.engine import configbundle, hooks
-from dmbackup.engine.backup import BackupResult, backup_mail
-from dmbackup.engine.enrol import InitResult, init_repo
-from dmbackup.engine.listing import SnapshotInfo, SnapshotList, snapshots
-from dmbackup.engine.prune import PruneResult, prune
-from dmbackup.engine.restore import RestoreResult
-from dmbackup.engine.restoredir import restore_to_dir
+from dmbackup.engine import hooks
 from dmbackup.engine.result import DictResult, Result
-from dmbackup.engine.select import pick_snapshot, selection_prefix
-from dmbackup.engine.verify import VerifyResult, verify_repo
 from dmbackup.errors import ConfigError, UsageError
+
+# Start-up cost (issue 17): nothing heavy is imported here. The operations pull in zstandard,
+# cryptography, the archive format and the config-bundle machinery when they run (imports inside
+# the functions below); the other public names resolve on first use (PEP 562 ``__getattr__``).
+_LAZY = {
+    "BackupResult": "backup", "backup_mail": "backup",
+    "InitResult": "enrol",
+    "SnapshotInfo": "listing", "SnapshotList": "listing",
+    "PruneResult": "prune",
+    "RestoreResult": "restore",
+    "restore_to_dir": "restoredir",
+    "pick_snapshot": "select", "selection_prefix": "select",
+    "VerifyResult": "verify", "verify_repo": "verify",
+    "configbundle": None,
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    sub = _LAZY[name]
+    if sub is None:                                  # a submodule itself
+        return importlib.import_module(f"{__name__}.{name}")
+    value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["init_repo", "backup", "run_backup", "snapshots", "verify", "restore", "run_restore", "resync",
            "prune", "pick_snapshot", "selection_prefix", "BackupResult", "RestoreResult", "VerifyResult",
@@ -37,9 +60,13 @@ __all__ = ["init_repo", "backup", "run_backup", "snapshots", "verify", "restore"
 def backup(app, target_name: str, what: str = "mail", full: bool = False, job=None) -> Result:
     """One backup: a mail snapshot (full or incremental), or a config bundle (``what="config"``)."""
     if what == "config":
+        from dmbackup.engine import configbundle
+
         return configbundle.backup_config(app, target_name)
     if not holds_repository(app.config.target(target_name)):
         raise ConfigError(f"target {target_name!r} only takes config bundles: use --what config")
+    from dmbackup.engine.backup import backup_mail
+
     return backup_mail(app, target_name, full=full, job=job)
 
 
@@ -58,8 +85,11 @@ def verify(app, target_name: str, snapshot: str | None = None, read_data: bool =
     """Every snapshot restorable (``read_data``: every byte authentic); for a bundle store, its
     newest bundle."""
     if not holds_repository(app.config.target(target_name)):
+        from dmbackup.engine import configbundle
+
         return configbundle.verify_bundles(app, target_name)
     from dmbackup.archive.trust import open_trusted
+    from dmbackup.engine.verify import verify_repo
 
     target = app.target(target_name)
     with target:
@@ -78,7 +108,11 @@ def restore(app, target_name: str, snapshot: str | None = None, *, at: str | Non
     (``to`` None: ``dmbackup.engine.live``); ``what="config"``: a config bundle
     (``dmbackup.engine.configbundle``; ``databases``: also apply its database dumps).
     ``uid_gap``, ``resume``, ``stage_fd``/``owner``/``modes``: see ``restore_to_dir``."""
+    from dmbackup.engine.select import selection_prefix
+
     if what == "config":
+        from dmbackup.engine import configbundle
+
         return configbundle.restore_config(app, target_name, snapshot=snapshot, at=at, to=to, overwrite=overwrite,
                                            databases=databases)
     if databases:
@@ -94,6 +128,8 @@ def restore(app, target_name: str, snapshot: str | None = None, *, at: str | Non
 
         return restore_live(app, target_name, snapshot=snapshot, at=at, mailbox=mailbox, folder=folder,
                             overwrite=overwrite, resume=resume, uid_gap=uid_gap)
+    from dmbackup.engine.restoredir import restore_to_dir
+
     return restore_to_dir(app, target_name, snapshot, at=at, mailbox=mailbox, folder=folder, to=to,
                           overwrite=overwrite, resume=resume, uid_gap=uid_gap, stage_fd=stage_fd, owner=owner,
                           modes=modes)
@@ -127,3 +163,44 @@ def resync(app) -> ResyncResult:
 
     d = _resync(app)
     return ResyncResult(data=d, code=d.get("exit_code", 0), warnings=list(d.get("warnings", [])))
+
+
+def init_repo(app, target_name: str, *args, **kw):
+    """``dmbackup init``: ``dmbackup.engine.enrol.init_repo``."""
+    from dmbackup.engine.enrol import init_repo as _init_repo
+
+    return _init_repo(app, target_name, *args, **kw)
+
+
+def snapshots(app, target_name: str, *args, **kw):
+    """``dmbackup snapshots``: ``dmbackup.engine.listing.snapshots``."""
+    from dmbackup.engine.listing import snapshots as _snapshots
+
+    return _snapshots(app, target_name, *args, **kw)
+
+
+def prune(app, target_name: str, *args, **kw):
+    """``dmbackup prune``: ``dmbackup.engine.prune.prune``."""
+    from dmbackup.engine.prune import prune as _prune
+
+    return _prune(app, target_name, *args, **kw)
+
+
+_OPERATIONS = frozenset({"backup", "restore", "verify", "prune"})
+
+
+class _Engine(types.ModuleType):
+    """Importing a submodule sets it as an attribute of its package. The operations above share
+    their names with submodules (backup, restore, verify, prune), and the submodules are now
+    imported lazily, after the functions exist: that must not replace a function with its module
+    (with eager imports it never did). So ``import dmbackup.engine.backup as m`` gives the
+    *function*, as it always did: use ``importlib.import_module`` or ``sys.modules`` for the
+    module."""
+
+    def __setattr__(self, name, value):
+        if name in _OPERATIONS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Engine

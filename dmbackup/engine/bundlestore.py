@@ -34,7 +34,6 @@ from dmbackup import utctime
 from dmbackup.archive import bundle, layout
 from dmbackup.config import holds_repository
 from dmbackup.errors import ConfigError, CorruptObject, DmError, NoSpace, WrongRepository
-from dmbackup.mailout.mailbox import Mailbox
 from dmbackup.source import appliance
 
 MAX_BUNDLE = 1 << 30            # read whole into memory: a bundle on the medium may not be larger
@@ -296,6 +295,8 @@ class MailboxBundles:
     authenticated = True
 
     def __init__(self, app, tcfg, *, keyed: bool = True):
+        from dmbackup.mailout.mailbox import Mailbox   # late: imaplib, smtplib, ssl, email (start-up, issue 17)
+
         self.mailbox = Mailbox(tcfg, hostname=app.config.hostname)
         self.name = tcfg.name
         self.state = app.state

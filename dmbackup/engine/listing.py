@@ -11,13 +11,15 @@ the exit code is its error's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dmbackup import humanize
 from dmbackup.config import holds_repository
-from dmbackup.engine.bundlestore import BundleRef, RepositoryBundles
-from dmbackup.engine.configbundle import listing as bundle_listing
 from dmbackup.engine.result import Result
 from dmbackup.errors import DmError
+
+if TYPE_CHECKING:
+    from dmbackup.engine.bundlestore import BundleRef
 
 
 @dataclass
@@ -109,6 +111,8 @@ def snapshots(app, target_name: str | None = None) -> SnapshotList:
 def _one(app, target_name: str) -> SnapshotList:
     tcfg = app.config.target(target_name)
     if not holds_repository(tcfg):
+        from dmbackup.engine.configbundle import listing as bundle_listing   # late: start-up (issue 17)
+
         items = [SnapshotInfo.of_bundle(b, target_name) for b in bundle_listing(app, target_name)]
         return SnapshotList(items=items)
     from dmbackup.archive.trust import open_trusted
@@ -120,6 +124,8 @@ def _one(app, target_name: str) -> SnapshotList:
                               s.header.stored_bytes, s.header.parent, s.header.warnings, s.header.job,
                               target_name)
                  for s in repo.snapshots()]
+        from dmbackup.engine.bundlestore import RepositoryBundles
+
         items.extend(SnapshotInfo.of_bundle(b, target_name) for b in RepositoryBundles(repo, target_name).listing())
         res = SnapshotList(items=items)
         for chain, snap, why in repo.damaged:
