@@ -5,6 +5,12 @@ The writer groups content into blocks, compresses and seals them on a small thre
 current volume, rotating volumes before they pass the size cap. Callers get a provisional
 ``(block seq, offset, length)`` for each piece of content and learn the final volume
 location through ``location(seq)`` once the block is written.
+
+On a target whose methods may run on two threads at once (``Capabilities.concurrent``: a local
+or mounted file system) the sealed blocks are framed, written and hashed by a thread of their
+own, "volume-writer", in sequence order, so volume offsets are what the synchronous path gives
+(no format change); the caller's thread only fills blocks (issue 17). Elsewhere (SMB, libnfs:
+one connection, no lock) the caller's thread writes them, as before.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dmbackup.archive.layout import block_aad
 
 FRAME = struct.Struct("<I")
 ZLEVEL = 3
+_STOP = object()          # ends the volume-writer thread
 
 
 class BlockWriter:
@@ -56,6 +63,12 @@ class BlockWriter:
         self.stored_bytes = 0
         self._hash = None
         self._lock = threading.Lock()
+        # the volume-writer thread (``Capabilities.concurrent`` targets): blocks to write, in order
+        self._threaded = bool(getattr(target.capabilities, "concurrent", False))
+        self._cond = threading.Condition(self._lock)
+        self._queue: collections.deque = collections.deque()   # (seq, future), or _STOP
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
     # --- filling ---------------------------------------------------------------------------
     def room(self) -> int:
@@ -91,9 +104,10 @@ class BlockWriter:
     def release(self, below: int, keep: set[int]) -> None:
         """Forget locations and digests of blocks below ``below`` (every entry using them is
         final), except the ``keep`` ones (still referenced, e.g. by hardlinked files)."""
-        for d in (self.locations, self.hashes, self.headers):
-            for seq in [q for q in d if q < below and q not in keep]:
-                del d[seq]
+        with self._lock:          # the volume-writer thread adds to these dicts
+            for d in (self.locations, self.hashes, self.headers):
+                for seq in [q for q in d if q < below and q not in keep]:
+                    del d[seq]
 
     def flush(self) -> None:
         """Close the current block (called at mailbox boundaries and when full)."""
@@ -103,7 +117,19 @@ class BlockWriter:
         slices, self.to_hash = self.to_hash, []
         seq = self.seq
         self.seq += 1
-        self.pending.append((seq, self.pool.submit(self._compress, chunks, self.level, slices)))
+        fut = self.pool.submit(self._compress, chunks, self.level, slices)
+        if self._threaded:
+            self.stop_check()
+            self._start()
+            with self._cond:
+                self._queue.append((seq, fut))
+                self._cond.notify_all()
+                # back pressure: at most ``depth`` blocks compressed or written ahead
+                while seq - self.written_seq > self.depth and self._error is None:
+                    self._cond.wait()
+            self._raise_error()
+            return
+        self.pending.append((seq, fut))
         while len(self.pending) > self.depth:
             self._write_one()
 
@@ -119,17 +145,55 @@ class BlockWriter:
             headers = [extract(data, start=o, end=o + n) if m else None for o, n, m in slices]
         return zstandard.ZstdCompressor(level=level).compress(data), digests, headers
 
+    # --- the volume-writer thread ---------------------------------------------------------
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="volume-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        """Write queued blocks in sequence order until ``_STOP``; an error is kept for the
+        caller's thread (``_raise_error``) and ends the thread."""
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue:
+                        self._cond.wait()
+                    item = self._queue.popleft()
+                if item is _STOP:
+                    return
+                seq, fut = item
+                self._write_block(seq, fut.result())
+        except BaseException as exc:     # noqa: BLE001 (re-raised on the caller's thread)
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _stop_thread(self) -> None:
+        if self._thread is None:
+            return
+        with self._cond:
+            self._queue.append(_STOP)
+            self._cond.notify_all()
+        self._thread.join()
+        self._thread = None
+
     # --- writing ---------------------------------------------------------------------------
     def _write_one(self) -> None:
-        import hashlib
-
         self.stop_check()
         seq, fut = self.pending.popleft()
-        compressed, digests, headers = fut.result()
-        if digests:
-            self.hashes[seq] = digests
-        if headers:
-            self.headers[seq] = headers
+        self._write_block(seq, fut.result())
+
+    def _write_block(self, seq: int, result) -> None:
+        """Seal, frame, append and hash one compressed block (on the caller's thread, or on
+        the volume-writer thread); then publish its digests, headers and location."""
+        import hashlib
+
+        compressed, digests, headers = result
         framed_len = FRAME.size + len(compressed) + 64
         if self.vol is not None and self.vol.size + framed_len > self.volume_size:
             self._close_volume()
@@ -140,13 +204,24 @@ class BlockWriter:
             self._hash = hashlib.sha256()
         offset = self.vol.size + FRAME.size
         sealed = self.sealer.seal(compressed, block_aad(self.repo_id, self.chain, self.vol_name, offset))
-        frame = FRAME.pack(len(sealed)) + sealed
-        self.vol.write(frame)
-        self._hash.update(frame)
-        self.locations[seq] = (self.vol_name, offset, len(sealed))
-        self.written_seq = seq
-        self.stored_bytes += len(frame)
-        self.on_stored(len(frame))
+        head = FRAME.pack(len(sealed))
+        if self._threaded:        # a local file: two writes cost less than a 4 MiB copy
+            self.vol.write(head)
+            self.vol.write(sealed)
+        else:                     # a share: one request per frame, as always
+            self.vol.write(head + sealed)
+        self._hash.update(head)
+        self._hash.update(sealed)
+        with self._cond:
+            if digests:
+                self.hashes[seq] = digests
+            if headers:
+                self.headers[seq] = headers
+            self.locations[seq] = (self.vol_name, offset, len(sealed))
+            self.written_seq = seq                  # last: the caller reads the dicts up to it
+            self.stored_bytes += FRAME.size + len(sealed)
+            self._cond.notify_all()
+        self.on_stored(FRAME.size + len(sealed))
 
     def _close_volume(self) -> None:
         if self.vol is None:
@@ -184,16 +259,29 @@ class BlockWriter:
     def drain(self) -> None:
         """Write everything added so far (flushes the open block)."""
         self.flush()
+        if self._threaded:
+            with self._cond:
+                while self.written_seq < self.seq - 1 and self._error is None:
+                    self._cond.wait()
+            self._raise_error()
+            return
         while self.pending:
             self._write_one()
 
     def finish(self) -> list[dict]:
         self.drain()
+        self._stop_thread()          # idle now: the last volume is closed on the caller's thread
         self._close_volume()
         self.pool.shutdown(wait=True)
         return self.volumes
 
     def abort(self) -> None:
+        with self._cond:
+            for item in self._queue:
+                if item is not _STOP:
+                    item[1].cancel()
+            self._queue.clear()
+        self._stop_thread()          # it finishes the block in hand, then stops
         for _, fut in self.pending:
             fut.cancel()
         self.pending.clear()

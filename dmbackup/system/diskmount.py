@@ -236,11 +236,20 @@ class DiskMount:
             return
         try:
             os.fsync(fd)
+            if not (self.fstype or "").startswith("fuse"):
+                # this disk's file system only (issue 17), not every one on the machine
+                from dmbackup.system.fssync import syncfs
+
+                syncfs(fd)
+                return
         except OSError:
             pass
         finally:
             os.close(fd)
-        os.sync()   # Python 3.11 has no syncfs(); sync(2) covers this file system too
+        # a FUSE driver (fusefat, ntfs-3g) writes the disk through its device node: those
+        # writes are in the block device's page cache, which only sync(2) flushes; and the
+        # fallback when syncfs failed
+        os.sync()
 
     def close(self) -> None:
         """Sync, and unmount what open() mounted. Raises MountFailed if the disk stays busy."""

@@ -59,6 +59,10 @@ class Capabilities:
     #: reached over a network, so a call may fail transiently: App.target() (dmbackup/context.py)
     #: wraps the target in retry.RetryingTarget
     network: bool = False
+    #: its methods may run on two threads at once (a local or mounted file system: dir, usb,
+    #: nfs mount; not SMB or libnfs, one connection without a lock): archive/blocks.py then
+    #: writes volumes on a thread of their own while the engine writes and reads pages
+    concurrent: bool = False
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,8 @@ class DirTarget(Target):
         self.root = os.path.abspath(path)
         self.require_mount = require_mount
         if capabilities is None:
-            capabilities = Capabilities(max_object_size=max_object_size) if max_object_size else Capabilities()
+            capabilities = (Capabilities(max_object_size=max_object_size, concurrent=True) if max_object_size
+                            else Capabilities(concurrent=True))
         self.capabilities = capabilities
 
     def describe(self) -> str:
@@ -436,11 +437,22 @@ class DirTarget(Target):
         return st.f_bavail * st.f_frsize
 
     def sync(self) -> None:
+        """Write back the target's file system only (syncfs(2): ``dmbackup.system.fssync``), not
+        every file system on the machine as ``os.sync()`` did (issue 17).
+
+        Crash semantics do not rest on this call: every object is already durable when its
+        writer commits (``_FileWriter._commit``: fsync of the file, rename, fsync of its
+        directory; new directories are fsynced into their parent), and the backup writes the
+        catalog, which commits a snapshot, only after every volume, page and index object has
+        committed that way; the catalog itself is committed the same way, so when ``put``
+        returns it is on disk with its directory entry. A crash before that leaves no catalog
+        (the snapshot does not exist, its objects are swept later); after it, the snapshot is
+        complete. The syncfs before and after the catalog is a second line for media whose
+        fsync of a directory is a no-op or fails (``_fsync_dir`` ignores that): it flushes
+        whatever the file system still holds for this target, and nothing of anyone else's."""
         try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
-            finally:
-                os.close(fd)
+            from dmbackup.system.fssync import syncfs_path
+
+            syncfs_path(self.root)
         except OSError:
             pass

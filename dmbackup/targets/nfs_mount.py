@@ -33,7 +33,7 @@ class NfsMountTarget(MountedDirTarget):
     def __init__(self, cfg: NfsConfig):
         self.cfg = cfg
         self.name = cfg.name
-        self.capabilities = Capabilities(network=True)
+        self.capabilities = Capabilities(network=True, concurrent=True)   # a kernel mount: a file system
         self._mount = ExportMount(cfg.export, cfg.mount_point, cfg.mount_argv(cfg.mount_point),
                                   cfg.umount_command, cfg.timeout, what=cfg.describe())
 

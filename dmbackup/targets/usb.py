@@ -131,10 +131,10 @@ def capabilities_for(fs_type: str | None, max_object_size: int | None = None) ->
     limit = max_object_size or Capabilities.max_object_size
     if fs_type is None or fs in ("vfat", "fat", "msdos"):
         return Capabilities(max_object_size=min(limit, VFAT_MAX_OBJECT), atomic_rename=False,
-                            posix_metadata=False)
+                            posix_metadata=False, concurrent=True)
     if fs in _FAT_FAMILY:
-        return Capabilities(max_object_size=limit, atomic_rename=False, posix_metadata=False)
-    return Capabilities(max_object_size=limit, posix_metadata=fs not in _NO_POSIX)
+        return Capabilities(max_object_size=limit, atomic_rename=False, posix_metadata=False, concurrent=True)
+    return Capabilities(max_object_size=limit, posix_metadata=fs not in _NO_POSIX, concurrent=True)
 
 
 class UsbTarget(MountedDirTarget):
