@@ -422,8 +422,13 @@ class Dmbackup(Tool):
         with open(os.path.join(etc, "postfix", "main.cf"), "w") as fh:
             fh.write("myhostname = mx1.example.it\nvirtual_mailbox_base = /var/vmail\n")
         os.makedirs(os.path.join(self.dir, "target"))
+        # state_dir comes only from the config file (the environment variables in env() do not
+        # set it): without it every bench run enrols its repositories in /var/lib/dmbackup
+        state = os.path.join(self.dir, "state")
+        os.makedirs(state, exist_ok=True)
         with open(self.config_file(), "w") as fh:
-            fh.write(f'hostname = "bench"\n\n[source]\nmail_store = {json.dumps(self.corpus)}\n'
+            fh.write(f'hostname = "bench"\nstate_dir = {json.dumps(state)}\n\n'
+                     f'[source]\nmail_store = {json.dumps(self.corpus)}\n'
                      f'config_paths = [{json.dumps(etc)}]\n\n'
                      f'[targets.bench]\ntype = "dir"\npath = {json.dumps(self.repo_path())}\n')
 
