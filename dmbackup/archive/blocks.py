@@ -97,7 +97,8 @@ class BlockWriter:
         return self.hashes[seq][index]
 
     def headers_of(self, seq: int, index: int):
-        """The headers the workers extracted for a ``message`` added with ``want_hash`` (or None)."""
+        """The headers the workers extracted for a ``message`` added with ``want_hash``: a Headers,
+        False when its first bytes are not a header block, None when it was not a message."""
         h = self.headers.get(seq)
         return h[index] if h is not None else None
 
@@ -142,7 +143,8 @@ class BlockWriter:
         digests = [hashlib.sha256(view[o:o + n]).hexdigest() for o, n, _ in slices]
         headers = None
         if any(m for _, _, m in slices):
-            headers = [extract(data, start=o, end=o + n) if m else None for o, n, m in slices]
+            # False: a message whose first bytes are not a header block (counted, not indexed)
+            headers = [(extract(data, start=o, end=o + n) or False) if m else None for o, n, m in slices]
         return zstandard.ZstdCompressor(level=level).compress(data), digests, headers
 
     # --- the volume-writer thread ---------------------------------------------------------

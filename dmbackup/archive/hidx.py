@@ -97,13 +97,15 @@ def write_hidx(repo, chain: str, snap: str, writer: IndexWriter) -> dict:
     """Seal ``writer``'s records and store them as ``<snap>.hidx`` (temporary name, then rename).
 
     Raises HidxExists when the snapshot has one already (call it under the repository lock).
-    Returns ``{"name", "size", "sha256", "records"}``."""
+    Returns ``{"name", "size", "sha256", "records", "counts"}`` (``counts``: the writer's tally of
+    records, messages whose first bytes were not a header block, and header problems by name)."""
     name = layout.hidx_name(snap)
     if has_hidx(repo, chain, snap):
         raise HidxExists(f"snapshot {chain}/{snap} already has a header index ({name}): it is never replaced")
     blob = seal_hidx(writer.encode(), repo.keys.catalog, repo.id, chain, snap)
     repo.put_object(chain, name, blob)
-    return {"name": name, "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "records": len(writer)}
+    return {"name": name, "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "records": len(writer),
+            "counts": dict(writer.counts)}
 
 
 def read_hidx(repo, ref) -> bytes | None:

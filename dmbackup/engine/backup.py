@@ -45,14 +45,18 @@ class BackupResult(Result):
     unchanged_dirs: int = 0
     duplicates: int = 0
     gone: int = 0
+    header_index: dict | None = None     # {"messages", "not_a_header", "problems": {name: n}} or None
 
     def as_dict(self) -> dict:
-        return {"id": self.snapshot_id, "chain": self.chain, "kind": self.kind, "time": self.time,
-                "files": self.files, "bytes": self.bytes, "stored_bytes": self.stored_bytes,
-                "target": self.target, "warnings": self.warnings, "config_bundle": self.config_bundle,
-                "unchanged_dirs": self.unchanged_dirs, "duplicate_names_dropped": self.duplicates,
-                "expunged_during_backup": self.gone,
-                "exit_code": self.exit_code}
+        d = {"id": self.snapshot_id, "chain": self.chain, "kind": self.kind, "time": self.time,
+             "files": self.files, "bytes": self.bytes, "stored_bytes": self.stored_bytes,
+             "target": self.target, "warnings": self.warnings, "config_bundle": self.config_bundle,
+             "unchanged_dirs": self.unchanged_dirs, "duplicate_names_dropped": self.duplicates,
+             "expunged_during_backup": self.gone,
+             "exit_code": self.exit_code}
+        if self.header_index is not None:
+            d["header_index"] = self.header_index
+        return d
 
     def summary(self) -> str:
         """One line (the warnings are shown on their own)."""
@@ -94,6 +98,7 @@ class BackupRun:
         self.cap = Capture(app, self.writer, self.pages, parent_view)
         self.warnings = self.cap.warnings
         self.bundle_bytes = 0
+        self.header_index: dict | None = None
 
     def warn(self, msg: str) -> None:
         self.cap.warn(msg)
@@ -125,7 +130,8 @@ class BackupRun:
         cap = self.cap
         return BackupResult(self.snap, self.chain, header.kind, cap.files, cap.bytes, header.stored_bytes,
                             header.time, self.target_name, warnings=self.warnings, config_bundle=bundle_name,
-                            unchanged_dirs=cap.unchanged_dirs, duplicates=cap.duplicates, gone=cap.gone)
+                            unchanged_dirs=cap.unchanged_dirs, duplicates=cap.duplicates, gone=cap.gone,
+                            header_index=self.header_index)
 
     def _check_root(self) -> os.stat_result:
         try:
@@ -158,12 +164,18 @@ class BackupRun:
         empty (a snapshot without one is reported "not indexed"), and before the catalog, so a
         run that fails later leaves it to the cleanup of snapshots without a catalog."""
         try:
-            return write_hidx(self.repo, self.chain, self.snap, self.pages.hidx)
+            info = write_hidx(self.repo, self.chain, self.snap, self.pages.hidx)
         except DmError as exc:
             self.warn(f"header index not written ({exc}): `dmbackup reindex` builds it")
             return None
         finally:
             self.pages.hidx = None
+        # malformed headers never fail a backup: what parsed is indexed, the rest counted here
+        counts = dict(info["counts"])
+        self.header_index = {"messages": counts.pop("records", 0), "not_a_header": counts.pop("skipped", 0),
+                             "problems": counts}
+        self.app.log.info("header_index", snapshot=self.snap, **self.header_index)
+        return info
 
     def _header(self, root_st, volumes: list[dict], pages_info, index_info, bundle_name,
                 hidx_size: int = 0) -> Header:

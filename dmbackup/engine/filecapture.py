@@ -134,7 +134,7 @@ class FileCapture:
         e = Entry(name, "f", stat.S_IMODE(fst.st_mode), fst.st_uid, fst.st_gid, fst.st_mtime_ns, size,
                   fst.st_ino, digest, extents)
         if message and seq >= 0:                  # stored by this run (not found in the chain)
-            self.pages.note_headers(e, extract(head[:HEADER_CAP]))
+            self.pages.note_headers(e, extract(head[:HEADER_CAP]) or False)   # False: not a header block
         return e, seq
 
     def _store_small(self, data: bytes):

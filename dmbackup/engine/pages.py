@@ -120,8 +120,8 @@ class PageQueue:
                     else:
                         headers = self._headers.pop(id(e), None)
                     self.new_index.add(e.hash, e.extents)    # stored by this run
-                    if headers is not None:
-                        self.hidx.add(key_of(e.hash), e.size, headers)
+                    if headers is not None:                  # a message (False: no header block, counted)
+                        self.hidx.add(key_of(e.hash), e.size, headers or None)
             self._write_page(rel, entries, maildir)
         self.pending = keep
         # blocks no waiting entry refers to any more: their locations and digests can go

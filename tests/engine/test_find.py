@@ -214,6 +214,22 @@ def test_snapshots_before_reindex_are_reported_not_indexed(tmp_path):
     assert b"rossi" not in blob.lower() and b"strasse" not in blob.lower()
 
 
+def test_backup_reports_what_the_header_index_could_not_read(tmp_path):
+    """Malformed headers never fail a backup: what parses is indexed, the rest is counted."""
+    w = World(tmp_path)
+    w.mail = awkward_store(w.store)
+    w.write_config()
+    w.ok("init", "local")
+    r = w.run("backup", "--target", "local", "--json")
+    assert r.code == 0, r.err
+    hi = json.loads(r.out)["header_index"]
+    # empty.eml stores no content (no block), so it has nothing to index or count
+    unparsed = sum(1 for n in AWKWARD if EXPECTED[n] is None and n != "empty.eml")
+    assert hi["not_a_header"] == unparsed >= 1
+    assert hi["messages"] + hi["not_a_header"] == len(w.mail.msgs) - 1 == len(AWKWARD) - 1
+    assert hi["problems"].get("no-message-id", 0) >= 1 and hi["problems"].get("bad-date", 0) >= 1
+
+
 def _flip(path: str, at: int) -> None:
     with open(path, "r+b") as f:
         f.seek(at)
