@@ -118,6 +118,9 @@ class BackupRun:
             self.repo.sync()
             header = self._header(root_st, volumes, pages_info, index_info, bundle_name,
                                   hidx_info["size"] if hidx_info else 0)
+            # the last safe point before the commit: a stop asked for at any moment of the run
+            # (even while a volume-writer thread held the main thread up) never commits
+            self.app.check_stop()
             catalog = encode_catalog(header, self.pages.table(self.parent.id if self.parent else None),
                                      self.warnings, self.repo.keys.catalog, self.repo.id, count_self=True)
             self.repo.put_catalog(self.chain, self.snap, catalog)
