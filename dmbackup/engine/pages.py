@@ -83,7 +83,10 @@ class PageQueue:
         self.rows: list[PageRow] = []
         self.new_index = IndexBuilder()       # content stored by this run, compact
         self.hidx = IndexWriter()             # headers of the messages stored by this run
-        self._headers: dict[int, object] = {}    # id(entry) -> Headers, until the entry is final
+        # content SHA-256 -> Headers of messages stored by this run, until their entry is final. Keyed
+        # by content, not by entry: an entry the capture drops (a message seen under two names
+        # while renamed) can never lend its headers to another file, and a copy has the same ones
+        self._headers: dict[str, object] = {}
         self.pinned: set[int] = set()
         self.out = None                       # the writer of <snap>.pages
         self.hash = hashlib.sha256()
@@ -101,7 +104,7 @@ class PageQueue:
 
     def note_headers(self, entry: Entry, headers) -> None:
         """Headers of a message whose content this run stores (extracted in the main thread)."""
-        self._headers[id(entry)] = headers
+        self._headers[entry.hash] = headers
 
     def finalize(self, force: bool = False) -> None:
         done = self.writer.written_seq
@@ -118,7 +121,7 @@ class PageQueue:
                         e.hash = self.writer.hash_of(seq, i)
                         headers = self.writer.headers_of(seq, i)
                     else:
-                        headers = self._headers.pop(id(e), None)
+                        headers = self._headers.pop(e.hash, None)
                     self.new_index.add(e.hash, e.extents)    # stored by this run
                     if headers is not None:                  # a message (False: no header block, counted)
                         self.hidx.add(key_of(e.hash), e.size, headers or None)
