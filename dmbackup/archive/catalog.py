@@ -156,24 +156,96 @@ def decode_page_list(plain: bytes, what: str) -> list[Entry]:
     return [decode_entry(r, what) for r in raw]
 
 
-@dataclass
 class Delta:
     """Changes from a directory's stored base page to its state in this snapshot.
 
     Kept inline in the catalog's page table (all deltas of a snapshot compress together).
     ``rens`` are Maildir flag renames: [old name, new name's part after the base name,
     new mtime_ns or null when unchanged].
+
+    Read from a catalog, the deletions and renames are validated when first used, the added
+    entries (``puts``) entry by entry (``decode_entry``) when first used: the catalog is authenticated
+    before it is parsed, and a search over a month of snapshots (``find``) then validates only
+    the entries it uses (``wanted_puts``) instead of every entry added to every busy folder
+    every night. Nothing gets an entry that has not been validated.
     """
-    dels: list[str]
-    rens: list[list]
-    puts: list[Entry]
+
+    __slots__ = ("_dels", "_rens", "_checked", "_puts", "_raw", "_what")
+
+    def __init__(self, dels: list[str], rens: list[list], puts: "list[Entry] | None" = None, *,
+                 raw_puts: list | None = None, what: str = "delta"):
+        self._dels, self._rens = dels, rens
+        self._checked = raw_puts is None            # read from a catalog: checked when first used
+        self._puts, self._raw, self._what = puts, raw_puts, what
+        if puts is None and raw_puts is None:
+            self._puts = []
+
+    def _check(self) -> None:
+        what = self._what
+        if not all(type(d) is str for d in self._dels):
+            raise CorruptObject(f"{what}: malformed delta")
+        for r in self._rens:
+            if not (type(r) is list and len(r) == 3 and type(r[0]) is str and type(r[1]) is str):
+                raise CorruptObject(f"{what}: malformed rename in delta")
+            if r[2] is not None:
+                _int(r[2], what, -(1 << 63))
+        self._checked = True
+
+    @property
+    def dels(self) -> list[str]:
+        if not self._checked:
+            self._check()
+        return self._dels
+
+    @property
+    def rens(self) -> list[list]:
+        if not self._checked:
+            self._check()
+        return self._rens
+
+    @property
+    def puts(self) -> list[Entry]:
+        if self._puts is None:
+            what = self._what
+            self._puts = [decode_entry(e, what) for e in self._raw]
+            self._raw = None
+        return self._puts
+
+    def wanted_puts(self, want: set[str]) -> tuple[list[Entry], list[str]]:
+        """(validated file entries among the puts whose content key, the first 32 hex digits
+        of their SHA-256, is in ``want``; the names of the other puts), validating only the
+        former."""
+        if self._raw is None:
+            keep, other = [], []
+            for e in self._puts:
+                if e.type == "f" and e.hash is not None and e.hash[:32] in want:
+                    keep.append(e)
+                else:
+                    other.append(e.name)
+            return keep, other
+        keep, other, what = [], [], self._what
+        for r in self._raw:
+            if type(r) is not list or len(r) != 10 or type(r[0]) is not str:
+                raise CorruptObject(f"{what}: malformed entry")
+            h = r[8]
+            if r[1] == "f" and type(h) is str and h[:32] in want:
+                keep.append(decode_entry(r, what))
+            else:
+                other.append(r[0])
+        return keep, other
 
     @property
     def size(self) -> int:
-        return len(self.dels) + len(self.rens) + len(self.puts)
+        return len(self._dels) + len(self._rens) + len(self._raw if self._puts is None else self._puts)
 
     def encode(self) -> dict:
         return {"del": self.dels, "ren": self.rens, "put": [e.encode() for e in self.puts]}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Delta) and self.encode() == other.encode()
+
+    def __repr__(self) -> str:
+        return f"Delta(dels={self.dels!r}, rens={self.rens!r}, puts={self.puts!r})"
 
 
 def decode_delta(raw, what: str) -> "Delta | None":
@@ -182,16 +254,9 @@ def decode_delta(raw, what: str) -> "Delta | None":
     if not isinstance(raw, dict):
         raise CorruptObject(f"{what}: malformed delta")
     dels, rens, puts = raw.get("del"), raw.get("ren"), raw.get("put")
-    if not isinstance(dels, list) or not isinstance(rens, list) or not isinstance(puts, list):
+    if type(dels) is not list or type(rens) is not list or type(puts) is not list:
         raise CorruptObject(f"{what}: malformed delta")
-    if not all(isinstance(d, str) for d in dels):
-        raise CorruptObject(f"{what}: malformed delta")
-    for r in rens:
-        if not (isinstance(r, list) and len(r) == 3 and isinstance(r[0], str) and isinstance(r[1], str)):
-            raise CorruptObject(f"{what}: malformed rename in delta")
-        if r[2] is not None:
-            _int(r[2], what, -(1 << 63))
-    return Delta(dels, rens, [decode_entry(e, what) for e in puts])
+    return Delta(dels, rens, raw_puts=puts, what=what)
 
 
 def apply_delta(base: list[Entry], delta: "Delta | None", what: str) -> list[Entry]:

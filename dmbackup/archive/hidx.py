@@ -28,13 +28,13 @@ import zstandard
 
 from dmbackup.archive import layout
 from dmbackup.archive.catalog import decompress
-from dmbackup.archive.headerindex import HEADER_CAP, HeaderIndexError, IndexWriter, Record, decode
+from dmbackup.archive.headerindex import HEADER_CAP, HeaderIndexError, IndexWriter, Record, decode, search
 from dmbackup.archive.headerparse import extract
 from dmbackup.errors import CorruptObject, NotFound, OperationFailed
 
 __all__ = ["MAX_HIDX", "MAX_HIDX_PLAIN", "LEVEL", "KEY_BYTES", "HidxExists", "key_of", "key_hex",
            "index_message", "seal_hidx", "open_hidx", "write_hidx", "has_hidx", "read_hidx",
-           "iter_hidx", "load_hidx"]
+           "iter_hidx", "search_hidx", "load_hidx"]
 
 MAX_HIDX = 256 << 20            # sealed bytes read (about 5 million messages at ~50 bytes each)
 MAX_HIDX_PLAIN = 1 << 30        # plaintext inflated (about 185 bytes a message)
@@ -125,6 +125,18 @@ def iter_hidx(plain: bytes, what: str = "header index") -> Iterator[Record]:
     """The records of a header index plaintext; CorruptObject (at the bad chunk) on garbage."""
     try:
         for rec in decode(plain):
+            if len(rec.key) != KEY_BYTES:
+                raise CorruptObject(f"{what}: a record key is not {KEY_BYTES} bytes")
+            yield rec
+    except HeaderIndexError as exc:
+        raise CorruptObject(f"{what}: {exc}") from None
+
+
+def search_hidx(plain: bytes, query, keys: set[bytes] | None = None, what: str = "header index") -> Iterator[Record]:
+    """The records of a header index plaintext that ``query`` (a headerindex.Query) matches and,
+    with ``keys``, whose key is in ``keys``; CorruptObject on garbage (headerindex.search)."""
+    try:
+        for rec in search(plain, query, keys):
             if len(rec.key) != KEY_BYTES:
                 raise CorruptObject(f"{what}: a record key is not {KEY_BYTES} bytes")
             yield rec

@@ -23,18 +23,20 @@ or forged index is reported as a warning (exit 1) and its snapshot treated as no
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from dmbackup import humanize, utctime
+from dmbackup import gcpause, humanize, utctime
 from dmbackup.archive.catalog import Entry
 from dmbackup.archive.headerindex import Query, Record
-from dmbackup.archive.hidx import iter_hidx, read_hidx
+from dmbackup.archive.hidx import read_hidx, search_hidx
 from dmbackup.engine.msgscan import MessageWalker, MsgDir, Scope, flag_names, imap_folder, keyword_letters, \
     maildir_flags, message_rows, row_key
 from dmbackup.engine.result import Result
 from dmbackup.errors import CorruptObject, DmError, EXIT_DAMAGE, UsageError
 
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 MAX_LISTED = 100_000         # messages a find reports (a filter that matches more is too broad)
 
 
@@ -120,6 +122,8 @@ def load_records(repo, snaps, query: Query | None, warnings: list[str], *, keys:
     """(records matching ``query`` (or with a key in ``keys``) by key, not indexed ids, damaged ids)."""
     records: dict[str, Record] = {}
     not_indexed, damaged = [], []
+    q = query if query is not None else Query()
+    bkeys = None if keys is None else {bytes.fromhex(k) for k in keys if _HEX32.fullmatch(k)}
     for ref in snaps:
         try:
             plain = read_hidx(repo, ref)
@@ -127,13 +131,8 @@ def load_records(repo, snaps, query: Query | None, warnings: list[str], *, keys:
                 not_indexed.append(ref.id)
                 continue
             found = {}
-            for r in iter_hidx(plain, f"header index {ref.chain}/{ref.id}"):
-                k = r.key.hex()
-                if keys is not None and k not in keys:
-                    continue
-                if query is not None and query and not query.matches(r):
-                    continue
-                found.setdefault(k, r)
+            for r in search_hidx(plain, q, bkeys, f"header index {ref.chain}/{ref.id}"):
+                found.setdefault(r.key.hex(), r)
         except CorruptObject as exc:
             damaged.append(ref.id)
             warnings.append(f"the header index of {ref.chain}/{ref.id} is damaged and was not used ({exc}); "
@@ -150,6 +149,11 @@ def search(repo, filters: Filters, *, only=None, app=None) -> Search:
     ``only``: a list of snapshots to look in (restore ``--at``), instead of every snapshot.
     The header indexes read are those of the snapshots looked in and of their chains' earlier
     snapshots (whose stored content later ones keep)."""
+    with gcpause.paused(freeze=True):
+        return _search(repo, filters, only=only, app=app)
+
+
+def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
     scope, query = filters.scope(), filters.query()
     warnings: list[str] = []
     every = repo.snapshots()

@@ -41,46 +41,57 @@ from dmbackup.source.maildir_names import dir_folder, folder_dir
 
 SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
 BASE_CACHE_ENTRIES = 200_000        # entries of reduced base pages kept (all, when a filter keeps few)
+FEW_PRESENT = 4                     # up to this many found in a page, each is looked for alone
 SMALL_WANT = 16                     # up to this many wanted keys, a page is searched for each
 _HASH_TEXT = re.compile(r'"([0-9a-f]{64})"')
-_NUMBERS = re.compile(r"-?\d+(?:,-?\d+){5}")
+_HASH_KEYS = re.compile(rb'"([0-9a-f]{32})[0-9a-f]{32}"')
+_NUMBERS = re.compile(rb"-?\d+(?:,-?\d+){5}")
+_HASH_FIELD = re.compile(rb'"([0-9a-f]{64})"')
+ENTRY_WINDOW = 1 << 16                # bytes of a page decoded to read one entry (a longer one: the whole page)
 _DECODER = json.JSONDecoder()
 
 
-def _pick_entries(text: str, hashes, what: str) -> dict[str, Entry] | None:
+def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
     """The entries whose hash field is at each of ``hashes`` (matches in a page's canonical
-    JSON, ``["name","f",mode,uid,gid,mtime,size,ino,"hash",extents]``), each decoded alone;
-    None when the text is not laid out that way (the caller then parses the whole page).
+    JSON, ``["name","f",mode,uid,gid,mtime,size,ino,"hash",extents]``, as UTF-8 bytes), each
+    decoded alone; None when the page is not laid out that way (the caller then parses the
+    whole page).
 
     From a hash field, the entry's start is found backwards: six numbers, ``"f"``, then the
     name, a JSON string, whose opening quote is the first quote before it that is preceded
-    by an even number of backslashes (a quote inside a JSON string is always escaped). The
-    entry is then decoded from there by the JSON decoder and must carry that very hash."""
+    by an even number of backslashes (a quote inside a JSON string is always escaped; and in
+    UTF-8 the bytes of ``"`` and ``\\`` never occur inside another character, so this works
+    on the bytes). The entry is then decoded from there (at most ``ENTRY_WINDOW`` bytes of
+    the page are turned into text) by the JSON decoder and must carry that very hash."""
     out = {}
+    n = len(plain)
     for m in hashes:
         pos = m.start()
-        if text[pos - 1:pos] != ",":
+        if plain[pos - 1:pos] != b",":
             return None
-        j = text.rfind(',"f",', max(0, pos - 160), pos)
-        if j < 1 or text[j - 1] != '"' or not _NUMBERS.fullmatch(text, j + 5, pos - 1):
+        j = plain.rfind(b',"f",', max(0, pos - 160), pos)
+        if j < 1 or plain[j - 1] != 0x22 or not _NUMBERS.fullmatch(plain, j + 5, pos - 1):
             return None
         k = j - 1
         while True:
-            k = text.rfind('"', max(0, j - 4096), k)
+            k = plain.rfind(b'"', max(0, j - 4096), k)
             if k < 1:
                 return None
             b = 0
-            while k - 1 - b >= 0 and text[k - 1 - b] == "\\":
+            while k - 1 - b >= 0 and plain[k - 1 - b] == 0x5C:
                 b += 1
             if b % 2 == 0:
                 break
-        if text[k - 1] != "[":
+        if plain[k - 1] != 0x5B:
             return None
+        cut = min(n, k - 1 + ENTRY_WINDOW)
+        while cut < n and cut > k and (plain[cut] & 0xC0) == 0x80:
+            cut -= 1                         # end the window on a character boundary
         try:
-            raw, _ = _DECODER.raw_decode(text, k - 1)
-        except (ValueError, RecursionError):
+            raw, _ = _DECODER.raw_decode(plain[k - 1:cut].decode("utf-8", "surrogatepass"))
+        except (ValueError, RecursionError):   # (UnicodeDecodeError is a ValueError)
             return None
-        if type(raw) is not list or len(raw) != 10 or raw[8] != m.group(1):
+        if type(raw) is not list or len(raw) != 10 or raw[8] != m.group(1).decode("ascii"):
             return None
         e = decode_entry(raw, what)
         out[e.name] = e
@@ -261,16 +272,28 @@ class MessageWalker:
         if self._want_bytes is None:
             self._want_bytes = {k.encode("ascii", "replace") for k in want}
         wb = self._want_bytes
-        if len(wb) <= SMALL_WANT and not any(k in plain for k in wb):
+        if len(wb) <= SMALL_WANT:
+            present = [k for k in wb if k in plain]
+        else:
+            present = wb.intersection(_HASH_KEYS.findall(plain))     # one C pass over the page's hashes
+        if not present:
             return {}
-        try:
-            text = plain.decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            raise CorruptObject(f"{what} is not valid JSON") from None
-        hashes = [m for m in _HASH_TEXT.finditer(text) if m.group(1)[:32] in want]
+        if len(present) <= FEW_PRESENT:     # each place a wanted hash is, found by its own bytes
+            hashes = []
+            for k in present:
+                needle = b'"' + k
+                i = plain.find(needle)
+                while i >= 0:
+                    m = _HASH_FIELD.match(plain, i)
+                    if m is not None:
+                        hashes.append(m)
+                    i = plain.find(needle, i + 1)
+            hashes.sort(key=lambda m: m.start())
+        else:                               # many: one pass over every hash of the page
+            hashes = [m for m in _HASH_FIELD.finditer(plain) if m.group(1)[:32] in wb]
         if not hashes:
             return {}
-        picked = _pick_entries(text, hashes, what)
+        picked = _pick_entries(plain, hashes, what)
         if picked is not None:
             return picked
         raw = loads(plain, what)        # not laid out as dmbackup writes pages: parse it all
@@ -289,6 +312,12 @@ class MessageWalker:
         delta = row.delta
         if delta is None:
             return d
+        if not d and self.want is not None:
+            # nothing wanted in the base page (the usual case): deletions and renames cannot
+            # touch a wanted entry, only the added entries can bring one
+            for e in delta.wanted_puts(self.want)[0]:
+                d[e.name] = e
+            return d
         for n in delta.dels:
             d.pop(n, None)
         for old, suffix, mtime in delta.rens:
@@ -299,9 +328,16 @@ class MessageWalker:
             else:
                 d[new] = Entry(new, e.type, e.mode, e.uid, e.gid, e.mtime_ns if mtime is None else mtime, e.size,
                                e.ino, e.hash, e.extents, e.link)
-        for e in delta.puts:
-            if self._wanted(e):
-                d[e.name] = e
-            else:
-                d.pop(e.name, None)
+        if self.want is None:
+            for e in delta.puts:
+                if self._wanted(e):
+                    d[e.name] = e
+                else:
+                    d.pop(e.name, None)
+            return d
+        keep, other = delta.wanted_puts(self.want)      # validates only the wanted ones
+        for n in other:
+            d.pop(n, None)
+        for e in keep:
+            d[e.name] = e
         return d

@@ -115,6 +115,32 @@ def test_delta_round_trip_and_maildir_renames():
     assert catalog.decode_delta(None, "delta") is None
 
 
+def test_a_delta_validates_its_entries_when_they_are_used():
+    good, other = file_entry("good"), file_entry("other")
+    bad = other.encode()
+    bad[9] = [["not a volume", 0, 1, 0, other.size]]            # a malformed extent
+    raw = {"del": [], "ren": [], "put": [good.encode(), bad]}
+    delta = catalog.decode_delta(raw, "delta")
+    assert delta.size == 2
+    keep, names = delta.wanted_puts({good.hash[:32]})            # only the wanted entry is decoded
+    assert [e.encode() for e in keep] == [good.encode()] and names == ["other"]
+    with pytest.raises(CorruptObject, match="extent"):
+        delta.wanted_puts({other.hash[:32]})
+    with pytest.raises(CorruptObject, match="extent"):
+        delta.puts
+    for raw_bad, part in (({"del": [1], "ren": [], "put": []}, "dels"), ({"del": [], "ren": [["a", 1, None]], "put": []}, "rens"),
+                          ({"del": [], "ren": [["a", ":2,S", "x"]], "put": []}, "rens")):
+        bad_delta = catalog.decode_delta(raw_bad, "delta")
+        with pytest.raises(CorruptObject, match="malformed|bad number"):
+            getattr(bad_delta, part)
+    for shape in ([["x"]], ["x"], [[1, "f", 0, 0, 0, 0, 0, 0, None, None]]):
+        bad_delta = catalog.decode_delta({"del": [], "ren": [], "put": shape}, "delta")
+        with pytest.raises(CorruptObject, match="malformed entry"):
+            bad_delta.wanted_puts({good.hash[:32]})
+        with pytest.raises(CorruptObject, match="malformed entry"):
+            bad_delta.puts
+
+
 def test_a_delta_renaming_what_its_base_lacks_is_corrupt():
     delta = Delta([], [["missing:2,S", ":2,RS", None]], [])
     with pytest.raises(CorruptObject, match="does not have"):

@@ -397,6 +397,48 @@ def test_query_selects_exactly(corpus, kw, expected):
     for n in MAIL:
         w.add(n.encode(), 0, corpus[n])
     assert {r.key.decode() for r in q.filter(decode(w.encode()))} == expected
+    # and column by column (what find runs), in chunks of every size
+    for chunk in (1, 3, hx.CHUNK_RECORDS):
+        w = IndexWriter(chunk)
+        for n in MAIL:
+            w.add(n.encode(), 0, corpus[n])
+        assert [r.key.decode() for r in hx.search(w.encode(), q)] == sorted(expected)
+        keys = {n.encode() for n in MAIL[::2]}
+        assert {r.key.decode() for r in hx.search(w.encode(), q, keys)} == {n for n in expected if n.encode() in keys}
+
+
+texts_ws = st.text(st.sampled_from("aAbB \t\néÉeßsS\u0301x\u0130\ufb01"), max_size=12)   # İ lowers to 2 chars
+
+
+@SETTINGS
+@given(st.lists(st.builds(Record, key=st.binary(max_size=4), size=st.just(0), date=st.none(), attachments=st.just(False),
+                          message_id=texts_ws, from_=texts_ws, to=texts_ws, cc=texts_ws, subject=texts_ws),
+                max_size=12),
+       texts_ws, st.sampled_from(["from_", "to", "subject", "message_id"]), st.integers(1, 5))
+def test_search_is_filter_of_decode(recs, text, field, chunk):
+    if not fold(text):
+        return
+    q = Query(**{field: text})
+    data = encode(recs, chunk)
+    assert list(hx.search(data, q)) == list(q.filter(decode(data)))
+
+
+def test_search_raises_on_garbage_it_reads():
+    data = encode([Record(b"k" * 16, 1, None, False, "id", "from", "to", "cc", "subject")])
+    with pytest.raises(HeaderIndexError):
+        list(hx.search(data[:-3], Query()))
+    bad = data.replace(b"subject", b"subj\xffct")
+    with pytest.raises(HeaderIndexError, match="UTF-8"):
+        list(hx.search(bad, Query()))                     # a match decodes every column
+    assert list(hx.search(bad, Query(from_="nobody"))) == []   # a column never needed is not decoded
+    many = [Record(b"%016d" % i, i, None, False, f"id{i}", f"from{i}", "to", "cc", f"subject{i}") for i in range(40)]
+    data = encode(many)
+    assert list(hx.search(data, Query(from_="from7"))) == [many[7]]         # one record decoded alone
+    assert list(hx.search(data, Query(subject="subject3"))) == [many[3]] + many[30:40]
+    bad = data.replace(b"subject7", b"subj\xffct7")
+    with pytest.raises(HeaderIndexError, match="UTF-8"):
+        list(hx.search(bad, Query(from_="from7")))
+    assert list(hx.search(bad, Query(from_="from8"))) == [many[8]]
 
 
 def test_empty_query_matches_everything(corpus):

@@ -124,7 +124,13 @@ def test_decode_rows(raw):
 @SETTINGS
 @given(delta)
 def test_decode_delta(raw):
-    expect_dm_error(decode_delta, raw, "fuzz")
+    d = expect_dm_error(decode_delta, raw, "fuzz")
+    if d is not None:                     # puts are validated when used: fuzz that too
+        expect_dm_error(d.wanted_puts, {"0" * 32})
+        expect_dm_error(lambda: d.dels)
+        expect_dm_error(lambda: d.rens)
+        expect_dm_error(lambda: d.puts)
+        expect_dm_error(d.encode)
 
 
 @SETTINGS
