@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmbackup.configsection import GiB, MiB, Section, check_secret_file, duration
 from dmbackup.errors import ConfigError
-from dmbackup.source.databases.spec import DatabaseSpec, parse_specs
 from dmbackup.targets import registry
+
+if TYPE_CHECKING:
+    from dmbackup.source.databases.spec import DatabaseSpec
 
 DEFAULT_CONFIG = "/etc/dmbackup/dmbackup.toml"
 DEFAULT_CONFIG_PATHS = (
@@ -213,7 +214,7 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
         raise ConfigError(f"not valid TOML: {exc}", file=file) from None
 
     top = Section(data, file, "")
-    hostname = top.str("hostname", None) or socket.gethostname()
+    hostname = top.str("hostname", None) or _hostname()
     if "/" in hostname or hostname.startswith(".") or not hostname.strip():
         raise top.error("hostname", f"not a valid host name: {hostname!r}")
     source = _source(Section(top.table("source", {}), file, "source"))
@@ -244,6 +245,21 @@ def parse(raw: bytes | str, file: str = "<config>") -> Config:
     return cfg
 
 
+def _hostname() -> str:
+    import socket         # imported here: most commands never need it (start-up time, issue 17)
+
+    return socket.gethostname()
+
+
+def _databases(src: Section) -> tuple:
+    if src.raw("databases") is None:
+        return ()
+    # the databases package (sqlite3, tempfile, the engines) is imported only when configured
+    from dmbackup.source.databases.spec import parse_specs
+
+    return tuple(parse_specs(src.raw("databases"), file=src.file, field="source.databases"))
+
+
 def _source(src: Section) -> SourceConfig:
     source = SourceConfig(
         mail_store=src.abs_path("mail_store", SourceConfig.mail_store),
@@ -253,7 +269,7 @@ def _source(src: Section) -> SourceConfig:
         doveadm=src.str("doveadm", "doveadm"),
         dovecot_config=src.abs_path("dovecot_config", None),
         max_file_size=src.size("max_file_size", SourceConfig.max_file_size),
-        databases=tuple(parse_specs(src.raw("databases"), file=src.file, field="source.databases")),
+        databases=_databases(src),
     )
     for i, p in enumerate(source.config_paths):
         if not os.path.isabs(p):

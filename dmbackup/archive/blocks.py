@@ -18,8 +18,7 @@ from __future__ import annotations
 import collections
 import struct
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import zstandard
 
@@ -27,8 +26,10 @@ from dmbackup.errors import CorruptObject, NotFound, OperationFailed
 from dmbackup.archive import BLOCK_SIZE
 from dmbackup.archive.catalog import decompress
 from dmbackup.archive import layout
-from dmbackup.archive.headerparse import extract
 from dmbackup.archive.layout import block_aad
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 FRAME = struct.Struct("<I")
 ZLEVEL = 3
@@ -53,6 +54,8 @@ class BlockWriter:
         self.written_seq = -1             # highest seq whose location is known
         self.locations: dict[int, tuple[str, int, int]] = {}
         self.pending: collections.deque[tuple[int, Future]] = collections.deque()
+        from concurrent.futures import ThreadPoolExecutor   # here: listing snapshots never writes (issue 17)
+
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal")
         self.depth = workers * 2
         self.level = level
@@ -143,6 +146,8 @@ class BlockWriter:
         digests = [hashlib.sha256(view[o:o + n]).hexdigest() for o, n, _ in slices]
         headers = None
         if any(m for _, _, m in slices):
+            from dmbackup.archive.headerparse import extract
+
             # False: a message whose first bytes are not a header block (counted, not indexed)
             headers = [(extract(data, start=o, end=o + n) or False) if m else None for o, n, m in slices]
         return zstandard.ZstdCompressor(level=level).compress(data), digests, headers

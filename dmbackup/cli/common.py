@@ -204,10 +204,11 @@ def handled(app: App | None = None):
 def examples(*pairs: str) -> str:
     """A command's ``--help`` epilog: "Examples:" then (what, command) pairs, one per line.
 
-    A blank line between examples (older typers join single newlines, so an example then
-    reads "what: command" on one line). No square brackets: rich would read them as markup."""
+    Help is plain click formatting (no rich: start-up time, issue 17), which rewraps
+    paragraphs: each example is a paragraph opened by click's ``\\b`` (keep these lines as
+    they are). No square brackets (they would be markup if rich formatting came back)."""
     assert not any("[" in p for p in pairs), "no square brackets in --help examples"
-    return "\n\n".join(["Examples:"] + [f"{what}:\n    {cmd}" for what, cmd in zip(pairs[0::2], pairs[1::2])])
+    return "\n\n".join(["Examples:"] + [f"\b\n{what}:\n    {cmd}" for what, cmd in zip(pairs[0::2], pairs[1::2])])
 
 
 def _config_for_completion(ctx) -> "config_mod.Config | None":

@@ -61,6 +61,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,   # locals hold passphrases
     add_completion=False,
+    # plain help and usage errors: rich formatting made ``--help`` take 0.21 s instead of
+    # 0.12 s (issue 17); administrators read them in terminals, logs and scripts alike
+    rich_markup_mode=None,
 )
 
 

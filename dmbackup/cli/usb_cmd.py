@@ -4,7 +4,7 @@ import typer
 
 from dmbackup.cli.common import examples, handled, load_app, show
 
-usb_app = typer.Typer(help="USB backup disks.", no_args_is_help=True)
+usb_app = typer.Typer(help="USB backup disks.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @usb_app.command("list", epilog=examples("USB partitions, which targets they match, enrolled or not",
