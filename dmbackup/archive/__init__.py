@@ -98,9 +98,16 @@ stored (new to its chain), its Message-ID, Date, From, To, Cc, Subject (decoded 
 and whether it seems to carry attachments, keyed by the first 128 bits of the content's SHA-256
 (so a catalog entry's ``sha256-hex`` finds its record). The plaintext is the record codec of
 dmbackup.archive.headerindex (magic ``DMHIX``, version 1, chunks of at most 4096 records stored
-column by column), zstd-compressed (level 9) and sealed with the catalog key, AD ``repo id |
-"hidx" | chain | snap``, so the medium learns no header and an index copied to another snapshot
-fails to open. Every backup writes one before its catalog (even an empty one; the block workers
+column by column). Version 2 objects (written since 2026-12-01) begin with the 8 bytes
+``DMHIDX\x02\n`` and hold that plaintext in frames, each ``u32 LE length | sealed``: a frame
+is whole chunks (the first opens with the codec's magic, the last ends with its end marker),
+about 4 MiB of plaintext, zstd-compressed (level 3) and sealed with the catalog key, AD ``repo
+id | "hidx" | chain | snap | n | "more"`` or ``... | n | "last"`` for the final frame; so a
+backup writes its index as it goes (a million messages are 185 MB of plaintext it never
+holds), and a frame dropped, moved, added or cut off does not open. Version 1 objects (any
+other beginning) are the whole plaintext zstd-compressed (level 9) and sealed, AD ``repo id |
+"hidx" | chain | snap``; both are read. Either way the medium learns no header and an index
+copied to another snapshot fails to open. Every backup writes one before its catalog (even an empty one; the block workers
 extract the headers of a full backup's messages while they hash them). It is not listed in the
 catalog header: catalogs are immutable and ``reindex`` adds indexes to snapshots made before
 they existed, by reading the first block of each message the snapshot stored (entries whose

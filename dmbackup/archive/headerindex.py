@@ -24,7 +24,8 @@ To, Cc, Subject, each c times ``length | UTF-8 bytes`` (surrogates pass through,
 ``str`` round-trips; at most ``4 * MAX_TEXT`` bytes). The body must be used up exactly.
 Columns put alike things together, which is what zstd likes; chunks bound memory: the
 writer holds finished chunks as bytes (about 185 bytes a message with a 16-byte key, 50
-after zstd) and ``decode`` materialises one chunk (at most 4096 records) at a time. ``key`` is opaque here:
+after zstd) and ``decode`` materialises one chunk (at most 4096 records) at a time; with ``on_chunk`` the
+writer hands each finished chunk on instead of keeping it (dmbackup.archive.hidx streams them). ``key`` is opaque here:
 the caller's reference to the stored content (at most 255 bytes).
 
 Decoding trusts nothing: every length is checked against the bytes left before anything is
@@ -40,7 +41,12 @@ combining marks dropped, and a few letters without a decomposition spelled out (
 collapsed), ``to`` looks in To and Cc, ``message_id`` in the normalised Message-ID (``<>``
 stripped from the query too); ``since`` is inclusive, ``before`` exclusive, both UTC epoch
 seconds (or ``datetime``: naive means local time; ``date``: local midnight), and a record
-without a date never passes a date filter. All filters given must match.
+without a date never passes a date filter. All filters given must match. ``search(data,
+query)`` gives the records of an index that ``query`` matches, as ``query.filter(decode(data))``
+would, but column by column: a chunk's columns are located by their lengths, the filtered
+columns decoded (an all-ASCII column searched as one lower-cased string, only non-ASCII texts
+folded one by one) and the other columns only for the records that match (``find`` over a
+month of snapshots reads 150,000 records in 0.3 s instead of 1 s).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ MAX_TEXT = 4000                 # characters kept per text field
 MAX_KEY = 255                   # bytes of an opaque record key
 MAX_FIELD_BYTES = 4 * MAX_TEXT  # a text column entry, encoded
 CHUNK_RECORDS = 4096            # records per chunk (and the cap a decoder accepts)
+CHUNK_BYTES = 1 << 20           # a chunk is closed early past this (long, hostile headers)
 DATE_LIMIT = 1 << 40            # |epoch seconds| accepted (about +-34,000 years)
 SIZE_LIMIT = 1 << 63
 MAGIC = b"DMHIX"
@@ -147,10 +154,11 @@ class IndexWriter:
     header block) and one entry per problem name (``PROBLEMS``).
     """
 
-    def __init__(self, chunk_records: int = CHUNK_RECORDS):
+    def __init__(self, chunk_records: int = CHUNK_RECORDS, on_chunk=None):
         if not 1 <= chunk_records <= CHUNK_RECORDS:
             raise ValueError(f"chunk_records must be 1..{CHUNK_RECORDS}")
         self.chunk_records = chunk_records
+        self.on_chunk = on_chunk            # given: each finished chunk goes there, not to ``chunks``
         self.chunks: list[bytes] = []
         self.count = 0
         self.counts: dict[str, int] = {"records": 0, "skipped": 0}
@@ -164,6 +172,7 @@ class IndexWriter:
         self._dates = bytearray()
         self._texts = [bytearray() for _ in range(5)]
         self._prev = 0
+        self._bytes = 0
 
     def __len__(self) -> int:
         return self.count
@@ -214,7 +223,8 @@ class IndexWriter:
             col += b
         self._n += 1
         self.count += 1
-        if self._n >= self.chunk_records:
+        self._bytes += sum(map(len, texts)) + len(key) + 24
+        if self._n >= self.chunk_records or self._bytes >= CHUNK_BYTES:
             self._flush()
 
     def _flush(self) -> None:
@@ -224,8 +234,15 @@ class IndexWriter:
         head = bytearray()
         _put_uv(head, self._n)
         _put_uv(head, len(body))
-        self.chunks.append(bytes(head) + body)
         self._reset()
+        if self.on_chunk is not None:
+            self.on_chunk(bytes(head) + body)
+        else:
+            self.chunks.append(bytes(head) + body)
+
+    def flush(self) -> None:
+        """Finish the open chunk (to ``on_chunk``, or to ``chunks``)."""
+        self._flush()
 
     def add_encoded(self, data: bytes) -> int:
         """Append the records of another writer's ``encode()`` (e.g. from a worker process).

@@ -209,3 +209,8 @@ def hidx(chain: str, snap: str) -> str:
 
 def hidx_aad(repo_id: str, chain: str, snap: str) -> bytes:
     return f"{repo_id}|hidx|{chain}|{snap}".encode()
+
+
+def hidx_frame_aad(repo_id: str, chain: str, snap: str, n: int, last: bool) -> bytes:
+    """A frame of a version 2 header index: its place, and whether it is the last one."""
+    return f"{repo_id}|hidx|{chain}|{snap}|{n}|{'last' if last else 'more'}".encode()

@@ -9,12 +9,14 @@ flags, lower case: keywords of the folder's ``dovecot-keywords``).
 
 ``MessageWalker`` hands out the message entries of a row, optionally only those whose
 content key (the first 32 hex digits of their SHA-256) is in a given set. It never reads a
-volume. With a set, a stored page is searched for the wanted hashes as text (a page holding
-none is not parsed at all), and each wanted entry is decoded on its own from where its hash
-is (``_pick_entries``) and validated: ``find`` over a month of snapshots decodes the entries
-it reports, not every directory of every night. A row is a stored base page plus an inline delta (dmbackup.archive): the walker
+volume. With a set, a stored page's bytes are searched for the wanted hashes (one regular
+expression pass collects the page's content keys; a page holding none is not parsed at all),
+and each wanted entry is decoded on its own from where its hash is (``_pick_entries``) and
+validated; a delta's added entries are validated only when wanted (``Delta.wanted_puts``):
+``find`` over a month of snapshots decodes the entries it reports, not every directory of
+every night. A row is a stored base page plus an inline delta (dmbackup.archive): the walker
 reduces each base page once to the entries it wants and applies deltas to that reduced page
-itself, so a directory whose page barely changes over 30 snapshots is decoded once, and a
+itself (a base page holding no wanted entry takes only the delta's wanted additions), so a directory whose page barely changes over 30 snapshots is decoded once, and a
 row seen unchanged in many snapshots is resolved once by its callers (``row_key``).
 """
 

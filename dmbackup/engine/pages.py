@@ -13,8 +13,7 @@ import hashlib
 from typing import Callable, Iterable
 
 from dmbackup import utctime
-from dmbackup.archive.headerindex import IndexWriter
-from dmbackup.archive.hidx import key_of
+from dmbackup.archive.hidx import HidxWriter, key_of
 from dmbackup.archive import layout
 from dmbackup.archive.catalog import (
     Entry,
@@ -82,7 +81,8 @@ class PageQueue:
         self.pending: list[tuple[str, list[Entry], int, bool, int]] = []   # + oldest block used
         self.rows: list[PageRow] = []
         self.new_index = IndexBuilder()       # content stored by this run, compact
-        self.hidx = IndexWriter()             # headers of the messages stored by this run
+        # headers of the messages stored by this run, written out frame by frame as they come
+        self.hidx = HidxWriter(repo, chain, snap)
         # content SHA-256 -> Headers of messages stored by this run, until their entry is final. Keyed
         # by content, not by entry: an entry the capture drops (a message seen under two names
         # while renamed) can never lend its headers to another file, and a copy has the same ones
@@ -176,6 +176,8 @@ class PageQueue:
     def abort(self) -> None:
         if self.out is not None:
             self.out.abort()
+        if self.hidx is not None:
+            self.hidx.abort()
 
     def table(self, parent_id: str | None) -> dict:
         """The page table: only the rows that differ from the parent's, unless that is most of them."""

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from dmbackup import humanize
 from dmbackup.archive import layout
-from dmbackup.archive.headerindex import HEADER_CAP, IndexWriter
-from dmbackup.archive.hidx import has_hidx, index_message, read_hidx, write_hidx
+from dmbackup.archive.headerindex import HEADER_CAP
+from dmbackup.archive.hidx import HidxWriter, has_hidx, index_message, read_hidx, write_hidx
 from dmbackup.engine.find import check_repository_target
 from dmbackup.engine.msgscan import MessageWalker, message_rows
 from dmbackup.engine.result import Result
@@ -137,21 +137,25 @@ def _index_snapshot(app, repo, ref, parent, res: ReindexResult) -> dict | None:
         for e in entries.values():
             if e.extents and e.extents[0][0].startswith(prefix) and e.hash[:32] not in stored:
                 stored[e.hash[:32]] = (e.extents, e.size, e.hash, f"{row.dir}/{e.name}")
-    writer = IndexWriter()
+    writer = HidxWriter(repo, ref.chain, ref.id)      # written frame by frame as it fills
     reader = repo.block_reader()
-    for exts, size, sha, path in sorted(stored.values(), key=lambda v: (v[0][0][0], v[0][0][1], v[0][0][3])):
-        app.check_stop()
-        try:
-            head = b""
-            for ext in exts:
-                head += reader.extent(ref.chain, ext)[:HEADER_CAP - len(head)]
-                if len(head) >= HEADER_CAP:
-                    break
-        except (CorruptObject, DmError) as exc:
-            res.warnings.append(f"{ref.id}: {path} cannot be read ({exc}): not indexed")
-            res.damaged = True
-            continue
-        index_message(writer, sha, size, head)
+    try:
+        for exts, size, sha, path in sorted(stored.values(), key=lambda v: (v[0][0][0], v[0][0][1], v[0][0][3])):
+            app.check_stop()
+            try:
+                head = b""
+                for ext in exts:
+                    head += reader.extent(ref.chain, ext)[:HEADER_CAP - len(head)]
+                    if len(head) >= HEADER_CAP:
+                        break
+            except (CorruptObject, DmError) as exc:
+                res.warnings.append(f"{ref.id}: {path} cannot be read ({exc}): not indexed")
+                res.damaged = True
+                continue
+            index_message(writer, sha, size, head)
+    except BaseException:
+        writer.abort()
+        raise
     info = write_hidx(repo, ref.chain, ref.id, writer)
     return {"snapshot": ref.id, "chain": ref.chain, "records": info["records"],
             "skipped": writer.counts.get("skipped", 0), "size": info["size"]}
