@@ -64,7 +64,7 @@ __all__ = [
     "HEADER_CAP", "MAX_TEXT", "MAX_KEY", "CHUNK_RECORDS", "MAGIC", "VERSION", "PROBLEMS",
     "P_NO_END", "P_NO_DATE", "P_BAD_DATE", "P_NO_MESSAGE_ID", "P_8BIT", "P_BAD_ENCODING",
     "P_OBSOLETE", "HeaderIndexError", "Headers", "Record", "problem_names",
-    "IndexWriter", "decode", "search", "fold", "Query",
+    "IndexWriter", "decode", "search", "search_pieces", "fold", "Query",
 ]
 
 HEADER_CAP = 64 * 1024          # header bytes looked at (and bytes scanned for attachments)
@@ -287,21 +287,31 @@ def _uv(b: bytes, i: int) -> tuple[int, int]:
             raise HeaderIndexError("header index: varint longer than 10 bytes")
 
 
-def _walk(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(count, start, stop) of each chunk (start..stop spans the chunk's own count and length)."""
+def _walk(data: bytes, first: bool = True, last: bool = True) -> Iterator[tuple[int, int, int]]:
+    """(count, start, stop) of each chunk (start..stop spans the chunk's own count and length).
+
+    ``data`` is the whole plaintext, or one piece of it (``search_pieces``): only the ``first``
+    piece opens with the signature, only the ``last`` ends with the end marker, and every
+    piece holds whole chunks."""
     if not isinstance(data, bytes):
         data = bytes(data)
-    if len(data) <= len(MAGIC) or not data.startswith(MAGIC):
-        raise HeaderIndexError("header index: no signature")
-    if data[len(MAGIC)] != VERSION:
-        raise HeaderIndexError(f"header index: unsupported version {data[len(MAGIC)]}")
-    i = len(MAGIC) + 1
+    i = 0
+    if first:
+        if len(data) <= len(MAGIC) or not data.startswith(MAGIC):
+            raise HeaderIndexError("header index: no signature")
+        if data[len(MAGIC)] != VERSION:
+            raise HeaderIndexError(f"header index: unsupported version {data[len(MAGIC)]}")
+        i = len(MAGIC) + 1
     n = len(data)
     try:
         while True:
+            if i == n and not last:
+                return
             start = i
             count, i = _uv(data, i)
             if count == 0:
+                if not last:
+                    raise HeaderIndexError("header index: end marker before the last piece")
                 if i != n:
                     raise HeaderIndexError("header index: bytes after the end marker")
                 return
@@ -488,10 +498,10 @@ class _Chunk:
         return out
 
 
-def _chunks(data: bytes) -> Iterator[_Chunk]:
+def _chunks(data: bytes, first: bool = True, last: bool = True) -> Iterator[_Chunk]:
     if not isinstance(data, bytes):
         data = bytes(data)
-    for count, start, stop in _walk(data):
+    for count, start, stop in _walk(data, first, last):
         _, i = _uv(data, start)
         _, i = _uv(data, i)
         try:
@@ -517,13 +527,27 @@ def search(data: bytes, query: "Query", keys: "set[bytes] | None" = None) -> Ite
     so a chunk's text columns are decoded only as far as a filter or a match needs them.
     Raises HeaderIndexError on garbage in what it reads (the columns it never needs are only
     checked for their lengths)."""
-    for chunk in _chunks(data):
-        try:
-            idx = query.select(chunk, keys)
-            records = chunk.records(idx)
-        except IndexError:
-            raise HeaderIndexError("header index: chunk truncated") from None
-        yield from records
+    return search_pieces([data], query, keys)
+
+
+def search_pieces(pieces: Iterable[bytes], query: "Query", keys: "set[bytes] | None" = None) -> Iterator[Record]:
+    """``search`` over a plaintext given in pieces of whole chunks (the frames of a version 2
+    ``.hidx``), one piece in memory at a time; no piece at all is an error."""
+    it = iter(pieces)
+    nxt = next(it, None)
+    if nxt is None:
+        raise HeaderIndexError("header index: empty")
+    first = True
+    while nxt is not None:
+        data, nxt = nxt, next(it, None)
+        for chunk in _chunks(data, first, nxt is None):
+            try:
+                idx = query.select(chunk, keys)
+                records = chunk.records(idx)
+            except IndexError:
+                raise HeaderIndexError("header index: chunk truncated") from None
+            yield from records
+        first = False
 
 
 # --------------------------------------------------------------------------- matching

@@ -34,13 +34,14 @@ import zstandard
 
 from dmbackup.archive import layout
 from dmbackup.archive.catalog import decompress
-from dmbackup.archive.headerindex import HEADER_CAP, MAGIC, VERSION, HeaderIndexError, IndexWriter, Record, decode, search
+from dmbackup.archive.headerindex import (HEADER_CAP, MAGIC, VERSION, HeaderIndexError, IndexWriter, Record, decode,
+                                          search, search_pieces)
 from dmbackup.archive.headerparse import extract
 from dmbackup.errors import CorruptObject, DmError, NotFound, OperationFailed
 
 __all__ = ["MAX_HIDX", "MAX_HIDX_PLAIN", "LEVEL", "KEY_BYTES", "HidxExists", "key_of", "key_hex",
            "index_message", "seal_hidx", "open_hidx", "open_framed", "HidxWriter", "write_hidx", "has_hidx", "read_hidx",
-           "iter_hidx", "search_hidx", "load_hidx"]
+           "iter_hidx", "search_hidx", "hidx_pieces", "search_pieces_hidx", "load_hidx"]
 
 MAX_HIDX = 256 << 20            # sealed bytes read (about 5 million messages at ~50 bytes each)
 MAX_HIDX_PLAIN = 1 << 30        # plaintext inflated (about 185 bytes a message)
@@ -238,6 +239,58 @@ def open_framed(data: bytes, sealer, repo_id: str, chain: str, snap: str) -> byt
         pos += length
         n += 1
     return b"".join(parts)
+
+
+def hidx_pieces(repo, ref):
+    """The plaintext of a snapshot's header index as an iterator of pieces of whole chunks (a
+    version 2 object is read and opened frame by frame: one frame in memory at a time), or
+    None when it has none. CorruptObject comes from the iteration."""
+    name = layout.hidx_name(ref.id)
+    try:
+        size = repo.object_size(ref.chain, name)
+    except NotFound:
+        return None
+    what = f"header index {ref.chain}/{ref.id}"
+    if size > MAX_HIDX:
+        raise CorruptObject(f"{what} is larger than {MAX_HIDX >> 20} MiB: damaged")
+    head = repo.read_object(ref.chain, name, 0, min(size, len(MAGIC2)))
+    if head != MAGIC2:
+        return iter([read_hidx(repo, ref)])
+
+    def frames():
+        sealer, pos, n, total = repo.keys.catalog, len(MAGIC2), 0, 0
+        if pos >= size:
+            raise CorruptObject(f"{what} has no frame")
+        while pos < size:
+            if size - pos < FRAME.size:
+                raise CorruptObject(f"{what} is truncated")
+            (length,) = FRAME.unpack(repo.read_object(ref.chain, name, pos, FRAME.size))
+            pos += FRAME.size
+            if length > MAX_FRAME or length > size - pos:
+                raise CorruptObject(f"{what}: frame {n} does not fit")
+            sealed = repo.read_object(ref.chain, name, pos, length)
+            if len(sealed) != length:
+                raise CorruptObject(f"{what} is truncated")
+            last = pos + length == size
+            plain = decompress(sealer.open(sealed, layout.hidx_frame_aad(repo.id, ref.chain, ref.id, n, last), what),
+                               what, min(MAX_FRAME_PLAIN, MAX_HIDX_PLAIN - total))
+            total += len(plain)
+            pos += length
+            n += 1
+            yield plain
+
+    return frames()
+
+
+def search_pieces_hidx(pieces, query, keys: set[bytes] | None = None, what: str = "header index") -> Iterator[Record]:
+    """``search_hidx`` over ``hidx_pieces``: CorruptObject on garbage, one frame in memory."""
+    try:
+        for rec in search_pieces(pieces, query, keys):
+            if len(rec.key) != KEY_BYTES:
+                raise CorruptObject(f"{what}: a record key is not {KEY_BYTES} bytes")
+            yield rec
+    except HeaderIndexError as exc:
+        raise CorruptObject(f"{what}: {exc}") from None
 
 
 def read_hidx(repo, ref) -> bytes | None:

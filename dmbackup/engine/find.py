@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from dmbackup import gcpause, humanize, utctime
 from dmbackup.archive.catalog import Entry
 from dmbackup.archive.headerindex import Query, Record
-from dmbackup.archive.hidx import read_hidx, search_hidx
+from dmbackup.archive.hidx import hidx_pieces, search_pieces_hidx
 from dmbackup.engine.msgscan import MessageWalker, MsgDir, Scope, flag_names, imap_folder, keyword_letters, \
     maildir_flags, message_rows, row_key
 from dmbackup.engine.result import Result
@@ -126,12 +126,12 @@ def load_records(repo, snaps, query: Query | None, warnings: list[str], *, keys:
     bkeys = None if keys is None else {bytes.fromhex(k) for k in keys if _HEX32.fullmatch(k)}
     for ref in snaps:
         try:
-            plain = read_hidx(repo, ref)
-            if plain is None:
+            pieces = hidx_pieces(repo, ref)         # read frame by frame: one in memory at a time
+            if pieces is None:
                 not_indexed.append(ref.id)
                 continue
             found = {}
-            for r in search_hidx(plain, q, bkeys, f"header index {ref.chain}/{ref.id}"):
+            for r in search_pieces_hidx(pieces, q, bkeys, f"header index {ref.chain}/{ref.id}"):
                 found.setdefault(r.key.hex(), r)
         except CorruptObject as exc:
             damaged.append(ref.id)

@@ -453,3 +453,24 @@ def test_query_dates_accept_datetimes_and_local_days(corpus, utc_local_time):
         "multipart-mixed-attachment.eml", "related-with-attachment.eml",
         "alternative-no-attachment.eml", "single-part-pdf.eml"}
     assert not Query(since=0).matches(corpus["no-date.eml"])
+
+
+def test_search_in_pieces_of_whole_chunks():
+    recs = [Record(b"%016d" % i, i, None, False, f"id{i}", f"from{i}", "to", "cc", f"subject{i}") for i in range(20)]
+    chunks = []
+    w = IndexWriter(3, on_chunk=chunks.append)
+    for r in recs:
+        w.add(r.key, r.size, r)
+    w.flush()
+    head, end = hx.MAGIC + bytes((hx.VERSION,)), b"\x00"
+    whole = head + b"".join(chunks) + end
+    pieces = [head + chunks[0], b"".join(chunks[1:4]), b"", b"".join(chunks[4:]) + end]
+    assert list(hx.search_pieces(pieces, Query())) == list(hx.search(whole, Query())) == recs
+    assert list(hx.search_pieces(pieces, Query(subject="subject1"))) == [recs[1]] + recs[10:20]
+    for bad in ([head + chunks[0] + end, b"".join(chunks[1:]) + end],       # the end marker too early
+                [head + b"".join(chunks)],                                   # no end marker
+                [b"".join(chunks) + end],                                    # no signature
+                [head + chunks[0][:-1], chunks[0][-1:] + b"".join(chunks[1:]) + end],   # a chunk split
+                []):
+        with pytest.raises(HeaderIndexError):
+            list(hx.search_pieces(bad, Query()))

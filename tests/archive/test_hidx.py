@@ -9,7 +9,7 @@ import pytest
 
 from dmbackup.archive import headerindex, hidx, layout
 from dmbackup.archive.crypto import Keys
-from dmbackup.archive.headerindex import IndexWriter
+from dmbackup.archive.headerindex import IndexWriter, Query
 from dmbackup.archive.headerparse import extract
 from dmbackup.archive.reader import SnapshotRef
 from dmbackup.errors import CorruptObject, NotFound, OperationFailed
@@ -184,15 +184,26 @@ def test_a_backup_streams_its_index_in_frames(monkeypatch):
         frames.append(blob[pos:pos + 4 + n])
         pos += 4 + n
     assert len(frames) > 3
+    # find reads it frame by frame: never the whole object at once
+    reads = []
+    orig = repo.read_object
+    repo.read_object = lambda c, n, o=0, ln=None: reads.append(ln) or orig(c, n, o, ln)
+    found = list(hidx.search_pieces_hidx(hidx.hidx_pieces(repo, ref(FULL)), Query(subject="caffe")))
+    repo.read_object = orig
+    assert len(found) == 200 and max(reads) < len(blob) // 3
     for bad in (frames[1:], frames[:-1], [frames[1], frames[0]] + frames[2:], frames + frames[-1:],
                 frames[:2] + frames[3:]):
         repo.objects[f"{CHAIN}/{FULL}.hidx"] = hidx.MAGIC2 + b"".join(bad)
         with pytest.raises(CorruptObject):
             hidx.read_hidx(repo, ref(FULL))
+        with pytest.raises(CorruptObject):
+            list(hidx.search_pieces_hidx(hidx.hidx_pieces(repo, ref(FULL)), Query()))
     for cut in (len(hidx.MAGIC2), len(hidx.MAGIC2) + 2, len(blob) - 1):
         repo.objects[f"{CHAIN}/{FULL}.hidx"] = blob[:cut]
         with pytest.raises(CorruptObject):
             hidx.read_hidx(repo, ref(FULL))
+        with pytest.raises(CorruptObject):
+            list(hidx.search_pieces_hidx(hidx.hidx_pieces(repo, ref(FULL)), Query()))
     repo.objects[f"{CHAIN}/{INC}.hidx"] = blob
     with pytest.raises(CorruptObject):
         hidx.read_hidx(repo, ref(INC))
@@ -209,6 +220,8 @@ def test_an_index_written_before_frames_still_reads():
     w = writer(5)
     repo.objects[f"{CHAIN}/{FULL}.hidx"] = hidx.seal_hidx(w.encode(), repo.keys.catalog, RID, CHAIN, FULL)   # version 1
     assert len(hidx.load_hidx(repo, ref(FULL))) == 5
+    assert len(list(hidx.search_pieces_hidx(hidx.hidx_pieces(repo, ref(FULL)), Query()))) == 5
+    assert hidx.hidx_pieces(repo, ref(INC)) is None
 
 
 def test_a_failing_target_drops_the_index_not_the_backup(monkeypatch):
