@@ -282,17 +282,6 @@ def hidx_pieces(repo, ref):
     return frames()
 
 
-def search_pieces_hidx(pieces, query, keys: set[bytes] | None = None, what: str = "header index") -> Iterator[Record]:
-    """``search_hidx`` over ``hidx_pieces``: CorruptObject on garbage, one frame in memory."""
-    try:
-        for rec in search_pieces(pieces, query, keys):
-            if len(rec.key) != KEY_BYTES:
-                raise CorruptObject(f"{what}: a record key is not {KEY_BYTES} bytes")
-            yield rec
-    except HeaderIndexError as exc:
-        raise CorruptObject(f"{what}: {exc}") from None
-
-
 def read_hidx(repo, ref) -> bytes | None:
     """The plaintext of a snapshot's header index (either version); None when it has none."""
     name = layout.hidx_name(ref.id)
@@ -308,27 +297,31 @@ def read_hidx(repo, ref) -> bytes | None:
     return open_hidx(sealed, repo.keys.catalog, repo.id, ref.chain, ref.id)
 
 
-def iter_hidx(plain: bytes, what: str = "header index") -> Iterator[Record]:
-    """The records of a header index plaintext; CorruptObject (at the bad chunk) on garbage."""
+def _checked(records: Iterator[Record], what: str) -> Iterator[Record]:
+    """Records with dmbackup's key size; HeaderIndexError (garbage) becomes CorruptObject."""
     try:
-        for rec in decode(plain):
+        for rec in records:
             if len(rec.key) != KEY_BYTES:
                 raise CorruptObject(f"{what}: a record key is not {KEY_BYTES} bytes")
             yield rec
     except HeaderIndexError as exc:
         raise CorruptObject(f"{what}: {exc}") from None
+
+
+def iter_hidx(plain: bytes, what: str = "header index") -> Iterator[Record]:
+    """The records of a header index plaintext; CorruptObject (at the bad chunk) on garbage."""
+    return _checked(decode(plain), what)
 
 
 def search_hidx(plain: bytes, query, keys: set[bytes] | None = None, what: str = "header index") -> Iterator[Record]:
     """The records of a header index plaintext that ``query`` (a headerindex.Query) matches and,
     with ``keys``, whose key is in ``keys``; CorruptObject on garbage (headerindex.search)."""
-    try:
-        for rec in search(plain, query, keys):
-            if len(rec.key) != KEY_BYTES:
-                raise CorruptObject(f"{what}: a record key is not {KEY_BYTES} bytes")
-            yield rec
-    except HeaderIndexError as exc:
-        raise CorruptObject(f"{what}: {exc}") from None
+    return _checked(search(plain, query, keys), what)
+
+
+def search_pieces_hidx(pieces, query, keys: set[bytes] | None = None, what: str = "header index") -> Iterator[Record]:
+    """``search_hidx`` over ``hidx_pieces``: CorruptObject on garbage, one frame in memory."""
+    return _checked(search_pieces(pieces, query, keys), what)
 
 
 def load_hidx(repo, ref) -> dict[bytes, Record] | None:
