@@ -101,7 +101,7 @@ dmbackup.archive.headerindex (magic ``DMHIX``, version 1, chunks of at most 4096
 column by column). Version 2 objects (written since 2026-12-01) begin with the 8 bytes
 ``DMHIDX\x02\n`` and hold that plaintext in frames, each ``u32 LE length | sealed``: a frame
 is whole chunks (the first opens with the codec's magic, the last ends with its end marker),
-about 4 MiB of plaintext, zstd-compressed (level 3) and sealed with the catalog key, AD ``repo
+about 2 MiB of plaintext, zstd-compressed (level 3) and sealed with the catalog key, AD ``repo
 id | "hidx" | chain | snap | n | "more"`` or ``... | n | "last"`` for the final frame; so a
 backup writes its index as it goes (a million messages are 185 MB of plaintext it never
 holds), and a frame dropped, moved, added or cut off does not open. Version 1 objects (any

@@ -398,8 +398,10 @@ def decode_rows(raw: Any, what: str) -> list[PageRow]:
     return rows
 
 
-def encode_index(builder, sealer, repo_id: str, chain: str, snap: str) -> bytes:
-    return sealer.seal(compress(builder.encode()), index_aad(repo_id, chain, snap))
+def encode_index_parts(builder, sealer, repo_id: str, chain: str, snap: str) -> tuple[bytes, bytes]:
+    """The sealed content index as two parts to write one after the other: a million files
+    make 38 MB of incompressible hashes, and joining the parts would hold a third copy."""
+    return sealer.seal_parts(compress(builder.encode()), index_aad(repo_id, chain, snap))
 
 
 def decode_index(data: bytes, sealer, repo_id: str, chain: str, snap: str):

@@ -142,6 +142,12 @@ class Sealer:
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
+    def seal_parts(self, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """``seal`` as two parts whose concatenation it is, for a large object written in two
+        writes (joining them would hold a third copy)."""
+        nonce = os.urandom(NONCE)
+        return nonce, self._aead.encrypt(nonce, plaintext, aad)
+
     def open(self, sealed: bytes, aad: bytes, what: str = "object") -> bytes:
         if len(sealed) < OVERHEAD:
             raise CorruptObject(f"{what} is truncated")
@@ -159,6 +165,11 @@ class PlainSealer:
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return hashlib.sha256(aad + plaintext).digest() + plaintext
+
+    def seal_parts(self, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        h = hashlib.sha256(aad)
+        h.update(plaintext)
+        return h.digest(), plaintext
 
     def open(self, sealed: bytes, aad: bytes, what: str = "object") -> bytes:
         if len(sealed) < 32:

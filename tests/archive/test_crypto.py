@@ -195,3 +195,14 @@ def test_meta_mac(master):
     for k, v in (("hostname", "mx2.test"), ("id", "f" * 32), ("encryption", "none"), ("format", 2)):
         assert keys.meta_mac({**meta, k: v}) != mac, k
     assert crypto.Keys(os.urandom(64)).meta_mac(meta) != mac
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_sealed_in_two_parts_is_the_same_object(encrypted):
+    from dmbackup.archive.crypto import Keys
+
+    sealer = Keys(os.urandom(64) if encrypted else None).catalog
+    nonce, body = sealer.seal_parts(b"content index" * 100, b"aad")
+    assert sealer.open(nonce + body, b"aad") == b"content index" * 100
+    with pytest.raises(CorruptObject):
+        sealer.open(nonce + body, b"other aad")
