@@ -107,13 +107,13 @@ backup writes its index as it goes (a million messages are 185 MB of plaintext i
 holds), and a frame dropped, moved, added or cut off does not open. Version 1 objects (any
 other beginning) are the whole plaintext zstd-compressed (level 9) and sealed, AD ``repo id |
 "hidx" | chain | snap``; both are read. Either way the medium learns no header and an index
-copied to another snapshot fails to open. Every backup writes one before its catalog (even an empty one; the block workers
-extract the headers of a full backup's messages while they hash them). It is not listed in the
-catalog header: catalogs are immutable and ``reindex`` adds indexes to snapshots made before
-they existed, by reading the first block of each message the snapshot stored (entries whose
-extents lie in its own volumes). Its absence means "not indexed". It is written under a
-temporary name and renamed, never replaced; it belongs to its snapshot like the snapshot's
-other objects (a leftover of a snapshot without a catalog is deleted by the next writer,
+copied to another snapshot fails to open. Every backup writes one before its catalog (even an
+empty one; the block workers extract the headers of a full backup's messages while they hash
+them). It is not listed in the catalog header: catalogs are immutable and ``reindex`` adds
+indexes to snapshots made before they existed, by reading the first block of each message
+the snapshot stored (entries whose extents lie in its own volumes). Its absence means "not
+indexed". It is written under a temporary name and renamed, never replaced; it belongs to
+its snapshot like the snapshot's other objects (a leftover of a snapshot without a catalog is deleted by the next writer,
 ``prune`` deletes it with its chain). A reader takes at most 256 MiB of it and inflates at most
 1 GiB; an index that does not open or decode is damage, which ``find`` reports and treats as
 "not indexed". Only ``find``, ``ls``, ``diff --long`` and restore by message read it, never a

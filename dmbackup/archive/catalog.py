@@ -164,10 +164,10 @@ class Delta:
     new mtime_ns or null when unchanged].
 
     Read from a catalog, the deletions and renames are validated when first used, the added
-    entries (``puts``) entry by entry (``decode_entry``) when first used: the catalog is authenticated
-    before it is parsed, and a search over a month of snapshots (``find``) then validates only
-    the entries it uses (``wanted_puts``) instead of every entry added to every busy folder
-    every night. Nothing gets an entry that has not been validated.
+    entries (``puts``) entry by entry (``decode_entry``) when first used: the catalog is
+    authenticated before it is parsed, and a search over a month of snapshots (``find``) then
+    validates only the entries it uses (``wanted_puts``) instead of every entry added to every
+    busy folder every night. Nothing gets an entry that has not been validated.
     """
 
     __slots__ = ("_dels", "_rens", "_checked", "_puts", "_raw", "_what")

@@ -139,12 +139,11 @@ class Sealer:
         self._aead = AESGCM(key)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(NONCE)
-        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+        return b"".join(self.seal_parts(plaintext, aad))
 
     def seal_parts(self, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
-        """``seal`` as two parts whose concatenation it is, for a large object written in two
-        writes (joining them would hold a third copy)."""
+        """``seal`` as the two parts it joins (nonce, ciphertext + tag), for a caller that
+        writes them one after the other: joining a 4 MiB block or a 38 MB index costs a copy."""
         nonce = os.urandom(NONCE)
         return nonce, self._aead.encrypt(nonce, plaintext, aad)
 
@@ -164,7 +163,7 @@ class PlainSealer:
     encrypted = False
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        return hashlib.sha256(aad + plaintext).digest() + plaintext
+        return b"".join(self.seal_parts(plaintext, aad))
 
     def seal_parts(self, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
         h = hashlib.sha256(aad)

@@ -24,9 +24,10 @@ To, Cc, Subject, each c times ``length | UTF-8 bytes`` (surrogates pass through,
 ``str`` round-trips; at most ``4 * MAX_TEXT`` bytes). The body must be used up exactly.
 Columns put alike things together, which is what zstd likes; chunks bound memory: the
 writer holds finished chunks as bytes (about 185 bytes a message with a 16-byte key, 50
-after zstd) and ``decode`` materialises one chunk (at most 4096 records) at a time; with ``on_chunk`` the
-writer hands each finished chunk on instead of keeping it (dmbackup.archive.hidx streams them). ``key`` is opaque here:
-the caller's reference to the stored content (at most 255 bytes).
+after zstd) and ``decode`` materialises one chunk (at most 4096 records) at a time; with
+``on_chunk`` the writer hands each finished chunk on instead of keeping it (dmbackup.archive.hidx
+streams them). ``key`` is opaque here: the caller's reference to the stored content (at most
+255 bytes).
 
 Decoding trusts nothing: every length is checked against the bytes left before anything is
 sliced, counts and lengths have caps, every loop advances through the input, so garbage,
@@ -326,23 +327,31 @@ def _walk(data: bytes, first: bool = True, last: bool = True) -> Iterator[tuple[
         raise HeaderIndexError("header index: truncated") from None
 
 
-def _texts(body: bytes, i: int, c: int) -> tuple[list[str], int]:
-    out = []
-    n = len(body)
-    for _ in range(c):
+def _decode_texts(body: bytes, i: int, c: int, idx: list[int] | None = None) -> list[str]:
+    """The texts of the column of ``c`` entries that starts at ``i`` (its lengths were checked
+    by ``_skip_texts`` when the chunk was opened): all of them, or those at ``idx`` (ascending)."""
+    out: list[str] = []
+    wanted = None if idx is None else iter(idx)
+    nxt = -1 if wanted is None else next(wanted, -1)
+    if wanted is not None and nxt < 0:
+        return out
+    for k in range(c):
         ln = body[i]
         if ln < 0x80:
             i += 1
         else:
             ln, i = _uv(body, i)
-        if ln > MAX_FIELD_BYTES or ln > n - i:
-            raise HeaderIndexError("header index: text length does not fit")
-        try:
-            out.append(body[i:i + ln].decode("utf-8", "surrogatepass"))
-        except UnicodeDecodeError:
-            raise HeaderIndexError("header index: text is not UTF-8") from None
+        if wanted is None or k == nxt:
+            try:
+                out.append(body[i:i + ln].decode("utf-8", "surrogatepass"))
+            except UnicodeDecodeError:
+                raise HeaderIndexError("header index: text is not UTF-8") from None
+            if wanted is not None:
+                nxt = next(wanted, -1)
+                if nxt < 0:
+                    break
         i += ln
-    return out, i
+    return out
 
 
 def _skip_texts(body: bytes, i: int, c: int) -> int:
@@ -449,14 +458,10 @@ class _Chunk:
             self._dates = dates
         return self._dates
 
-    @property
-    def attach(self) -> list[bool]:
-        return [bool(f & F_ATTACH) for f in self.flags]
-
     def text(self, col: int) -> list[str]:
         t = self._texts[col]
         if t is None:
-            t = self._texts[col] = _texts(self.body, self._starts[col], self.c)[0]
+            t = self._texts[col] = _decode_texts(self.body, self._starts[col], self.c)
         return t
 
     def record(self, k: int) -> Record:
@@ -471,31 +476,11 @@ class _Chunk:
         cols = []
         for col in range(5):
             t = self._texts[col]
-            cols.append([t[k] for k in idx] if t is not None else self._texts_at(col, idx))
+            cols.append([t[k] for k in idx] if t is not None
+                        else _decode_texts(self.body, self._starts[col], self.c, idx))
         keys, sizes, dates, flags = self.keys, self.sizes, self.dates, self.flags
         return [Record(keys[k], sizes[k], dates[k], bool(flags[k] & F_ATTACH),
                        cols[0][j], cols[1][j], cols[2][j], cols[3][j], cols[4][j]) for j, k in enumerate(idx)]
-
-    def _texts_at(self, col: int, idx: list[int]) -> list[str]:
-        body, i, out = self.body, self._starts[col], []
-        nxt = iter(idx)
-        want = next(nxt, -1)
-        for k in range(self.c):
-            if want < 0:
-                break
-            ln = body[i]
-            if ln < 0x80:
-                i += 1
-            else:
-                ln, i = _uv(body, i)
-            if k == want:
-                try:
-                    out.append(body[i:i + ln].decode("utf-8", "surrogatepass"))
-                except UnicodeDecodeError:
-                    raise HeaderIndexError("header index: text is not UTF-8") from None
-                want = next(nxt, -1)
-            i += ln
-        return out
 
 
 def _chunks(data: bytes, first: bool = True, last: bool = True) -> Iterator[_Chunk]:

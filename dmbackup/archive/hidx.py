@@ -40,7 +40,7 @@ from dmbackup.archive.headerparse import extract
 from dmbackup.errors import CorruptObject, DmError, NotFound, OperationFailed
 
 __all__ = ["MAX_HIDX", "MAX_HIDX_PLAIN", "LEVEL", "KEY_BYTES", "HidxExists", "key_of", "key_hex",
-           "index_message", "seal_hidx", "open_hidx", "open_framed", "HidxWriter", "write_hidx", "has_hidx", "read_hidx",
+           "index_message", "seal_hidx", "open_hidx", "HidxWriter", "write_hidx", "has_hidx", "read_hidx",
            "iter_hidx", "search_hidx", "hidx_pieces", "search_pieces_hidx", "load_hidx"]
 
 MAX_HIDX = 256 << 20            # sealed bytes read (about 5 million messages at ~50 bytes each)
@@ -145,22 +145,26 @@ class HidxWriter:
                 self._broken = exc
                 self._buf, self._len = [], 0
                 self.abort()
-                self._done = False
 
     def _emit(self, last: bool) -> None:
         repo = self.repo
         plain = b"".join(self._buf)
         self._buf, self._len = [], 0
-        sealed = repo.keys.catalog.seal(zstandard.ZstdCompressor(level=FRAME_LEVEL).compress(plain),
-                                        layout.hidx_frame_aad(repo.id, self.chain, self.snap, self._frames, last))
+        nonce, body = repo.keys.catalog.seal_parts(
+            zstandard.ZstdCompressor(level=FRAME_LEVEL).compress(plain),
+            layout.hidx_frame_aad(repo.id, self.chain, self.snap, self._frames, last))
         if self._out is None:
-            if has_hidx(repo, self.chain, self.snap):
-                raise HidxExists(f"snapshot {self.chain}/{self.snap} already has a header index "
-                                 f"({layout.hidx_name(self.snap)}): it is never replaced")
+            self._refuse_existing()
             self._out = repo.object_writer(self.chain, layout.hidx_name(self.snap))
             self._write(MAGIC2)
-        self._write(FRAME.pack(len(sealed)) + sealed)
+        for part in (FRAME.pack(len(nonce) + len(body)), nonce, body):
+            self._write(part)
         self._frames += 1
+
+    def _refuse_existing(self) -> None:
+        if has_hidx(self.repo, self.chain, self.snap):
+            raise HidxExists(f"snapshot {self.chain}/{self.snap} already has a header index "
+                             f"({layout.hidx_name(self.snap)}): it is never replaced")
 
     def _write(self, data: bytes) -> None:
         self._out.write(data)
@@ -176,9 +180,7 @@ class HidxWriter:
             self._buf.append(b"\x00")            # the codec's end marker
             self._len += 1
             self._emit(last=True)
-            if has_hidx(self.repo, self.chain, self.snap):
-                raise HidxExists(f"snapshot {self.chain}/{self.snap} already has a header index "
-                                 f"({layout.hidx_name(self.snap)}): it is never replaced")
+            self._refuse_existing()
             self._out.commit()
         except BaseException:
             self.abort()
@@ -217,84 +219,57 @@ def write_hidx(repo, chain: str, snap: str, writer) -> dict:
     return out.commit()
 
 
-def open_framed(data: bytes, sealer, repo_id: str, chain: str, snap: str) -> bytes:
-    """The plaintext of a version 2 object (``MAGIC2`` then frames; see the module docstring)."""
+def _frames(read, size: int, sealer, repo_id: str, chain: str, snap: str) -> Iterator[bytes]:
+    """The plaintext of each frame of a version 2 object of ``size`` bytes, opened in order;
+    ``read(offset, length)`` reads it. Every length is checked against what is left, every
+    frame authenticated (its place and whether it is the last) before it is inflated, under
+    the caps of the module's constants; CorruptObject otherwise."""
     what = f"header index {chain}/{snap}"
-    pos, n, parts, total = len(MAGIC2), 0, [], 0
-    end = len(data)
-    if pos == end:
+    pos, n, total = len(MAGIC2), 0, 0
+    if pos >= size:
         raise CorruptObject(f"{what} has no frame")
-    while pos < end:
-        if end - pos < FRAME.size:
+    while pos < size:
+        head = read(pos, FRAME.size) if size - pos >= FRAME.size else b""
+        if len(head) != FRAME.size:
             raise CorruptObject(f"{what} is truncated")
-        (length,) = FRAME.unpack_from(data, pos)
+        (length,) = FRAME.unpack(head)
         pos += FRAME.size
-        if length > MAX_FRAME or length > end - pos:
+        if length > MAX_FRAME or length > size - pos:
             raise CorruptObject(f"{what}: frame {n} does not fit")
-        last = pos + length == end
-        plain = decompress(sealer.open(data[pos:pos + length], layout.hidx_frame_aad(repo_id, chain, snap, n, last),
-                                       what), what, min(MAX_FRAME_PLAIN, MAX_HIDX_PLAIN - total))
-        total += len(plain)
-        parts.append(plain)
+        sealed = read(pos, length)
+        if len(sealed) != length:
+            raise CorruptObject(f"{what} is truncated")
         pos += length
+        plain = decompress(sealer.open(sealed, layout.hidx_frame_aad(repo_id, chain, snap, n, pos == size), what),
+                           what, min(MAX_FRAME_PLAIN, MAX_HIDX_PLAIN - total))
+        total += len(plain)
         n += 1
-    return b"".join(parts)
+        yield plain
 
 
 def hidx_pieces(repo, ref):
     """The plaintext of a snapshot's header index as an iterator of pieces of whole chunks (a
-    version 2 object is read and opened frame by frame: one frame in memory at a time), or
-    None when it has none. CorruptObject comes from the iteration."""
+    version 2 object is read and opened frame by frame: one frame in memory at a time; a
+    version 1 object is one piece), or None when it has none. CorruptObject comes from the
+    iteration, or at once for an object too large to be one."""
     name = layout.hidx_name(ref.id)
     try:
         size = repo.object_size(ref.chain, name)
     except NotFound:
         return None
-    what = f"header index {ref.chain}/{ref.id}"
     if size > MAX_HIDX:
-        raise CorruptObject(f"{what} is larger than {MAX_HIDX >> 20} MiB: damaged")
-    head = repo.read_object(ref.chain, name, 0, min(size, len(MAGIC2)))
-    if head != MAGIC2:
-        return iter([read_hidx(repo, ref)])
-
-    def frames():
-        sealer, pos, n, total = repo.keys.catalog, len(MAGIC2), 0, 0
-        if pos >= size:
-            raise CorruptObject(f"{what} has no frame")
-        while pos < size:
-            if size - pos < FRAME.size:
-                raise CorruptObject(f"{what} is truncated")
-            (length,) = FRAME.unpack(repo.read_object(ref.chain, name, pos, FRAME.size))
-            pos += FRAME.size
-            if length > MAX_FRAME or length > size - pos:
-                raise CorruptObject(f"{what}: frame {n} does not fit")
-            sealed = repo.read_object(ref.chain, name, pos, length)
-            if len(sealed) != length:
-                raise CorruptObject(f"{what} is truncated")
-            last = pos + length == size
-            plain = decompress(sealer.open(sealed, layout.hidx_frame_aad(repo.id, ref.chain, ref.id, n, last), what),
-                               what, min(MAX_FRAME_PLAIN, MAX_HIDX_PLAIN - total))
-            total += len(plain)
-            pos += length
-            n += 1
-            yield plain
-
-    return frames()
+        raise CorruptObject(f"header index {ref.chain}/{ref.id} is larger than {MAX_HIDX >> 20} MiB: damaged")
+    if repo.read_object(ref.chain, name, 0, min(size, len(MAGIC2))) == MAGIC2:
+        return _frames(lambda pos, length: repo.read_object(ref.chain, name, pos, length), size,
+                       repo.keys.catalog, repo.id, ref.chain, ref.id)
+    sealed = repo.read_object(ref.chain, name, 0, size + 1)     # +1: notice one that grew (open_hidx caps it)
+    return iter([open_hidx(sealed, repo.keys.catalog, repo.id, ref.chain, ref.id)])
 
 
 def read_hidx(repo, ref) -> bytes | None:
     """The plaintext of a snapshot's header index (either version); None when it has none."""
-    name = layout.hidx_name(ref.id)
-    try:
-        size = repo.object_size(ref.chain, name)
-        if size > MAX_HIDX:
-            raise CorruptObject(f"header index {ref.chain}/{ref.id} is larger than {MAX_HIDX >> 20} MiB: damaged")
-        sealed = repo.read_object(ref.chain, name, 0, size + 1)     # +1: notice one that grew
-    except NotFound:
-        return None
-    if sealed.startswith(MAGIC2):
-        return open_framed(sealed, repo.keys.catalog, repo.id, ref.chain, ref.id)
-    return open_hidx(sealed, repo.keys.catalog, repo.id, ref.chain, ref.id)
+    pieces = hidx_pieces(repo, ref)
+    return None if pieces is None else b"".join(pieces)
 
 
 def _checked(records: Iterator[Record], what: str) -> Iterator[Record]:

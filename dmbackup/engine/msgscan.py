@@ -16,8 +16,9 @@ validated; a delta's added entries are validated only when wanted (``Delta.wante
 ``find`` over a month of snapshots decodes the entries it reports, not every directory of
 every night. A row is a stored base page plus an inline delta (dmbackup.archive): the walker
 reduces each base page once to the entries it wants and applies deltas to that reduced page
-itself (a base page holding no wanted entry takes only the delta's wanted additions), so a directory whose page barely changes over 30 snapshots is decoded once, and a
-row seen unchanged in many snapshots is resolved once by its callers (``row_key``).
+itself (a base page holding no wanted entry takes only the delta's wanted additions), so a
+directory whose page barely changes over 30 snapshots is decoded once, and a row seen
+unchanged in many snapshots is resolved once by its callers (``row_key``).
 """
 
 from __future__ import annotations
@@ -45,11 +46,10 @@ SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\See
 BASE_CACHE_ENTRIES = 200_000        # entries of reduced base pages kept (all, when a filter keeps few)
 FEW_PRESENT = 4                     # up to this many found in a page, each is looked for alone
 SMALL_WANT = 16                     # up to this many wanted keys, a page is searched for each
-_HASH_TEXT = re.compile(r'"([0-9a-f]{64})"')
 _HASH_KEYS = re.compile(rb'"([0-9a-f]{32})[0-9a-f]{32}"')
 _NUMBERS = re.compile(rb"-?\d+(?:,-?\d+){5}")
 _HASH_FIELD = re.compile(rb'"([0-9a-f]{64})"')
-ENTRY_WINDOW = 1 << 16                # bytes of a page decoded to read one entry (a longer one: the whole page)
+ENTRY_WINDOW = 1 << 16              # bytes of a page decoded to read one entry (a longer one: the whole page)
 _DECODER = json.JSONDecoder()
 
 

@@ -186,8 +186,8 @@ class DirTarget(Target):
         self.root = os.path.abspath(path)
         self.require_mount = require_mount
         if capabilities is None:
-            capabilities = (Capabilities(max_object_size=max_object_size, concurrent=True) if max_object_size
-                            else Capabilities(concurrent=True))
+            capabilities = Capabilities(max_object_size=max_object_size or Capabilities.max_object_size,
+                                        concurrent=True)
         self.capabilities = capabilities
 
     def describe(self) -> str:

@@ -90,9 +90,9 @@ def test_the_volume_writer_thread_writes_what_the_caller_thread_writes():
         def __init__(self):
             self.n = 0
 
-        def seal(self, data, aad):
+        def seal_parts(self, data, aad):
             self.n += 1
-            return hashlib.sha256(aad + self.n.to_bytes(4, "big")).digest() + bytes(data)
+            return hashlib.sha256(aad + self.n.to_bytes(4, "big")).digest(), bytes(data)
 
     class K:
         data = None
