@@ -10,6 +10,9 @@
                  what this machine knows about each enrolled repository that the medium cannot
                  be trusted to say (dmbackup.archive.trust); for a mailbox target, the newest
                  bundle sent or seen. Nothing in it is secret.
+``dirs-<repo id>.json``  the directories of the newest mail snapshot written to that
+                 repository from here (dmbackup.engine.dirrecord): the next incremental's fast
+                 path. Nothing in it is secret; losing it costs one slower incremental.
 
 The directory is 0700 and every file 0600, whatever the umask of the caller.
 

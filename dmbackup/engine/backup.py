@@ -23,6 +23,7 @@ from dmbackup.archive import layout
 from dmbackup.archive.hidx import write_hidx
 from dmbackup.archive.catalog import Header, encode_catalog, encode_index_parts
 from dmbackup.archive.repository import Repository, SnapshotRef
+from dmbackup.engine import dirrecord
 from dmbackup.engine.capture import Capture
 from dmbackup.engine.pages import PageQueue, ParentView
 from dmbackup.engine.result import Result
@@ -96,6 +97,8 @@ class BackupRun:
         self.cap: Capture | None = None
         self.pages = PageQueue(repo, chain, snap, self.writer, parent_view, lambda: self.cap.held_blocks())
         self.cap = Capture(app, self.writer, self.pages, parent_view)
+        if parent is not None:
+            self.cap.dir_record = dirrecord.load(app.state, repo.id, parent)
         self.warnings = self.cap.warnings
         self.bundle_bytes = 0
         self.header_index: dict | None = None
@@ -131,6 +134,11 @@ class BackupRun:
             self._remove_committed()
             raise
         cap = self.cap
+        try:
+            dirrecord.save(self.app.state, self.repo.id, self.chain, self.snap, self.pages.rows, cap.msgdir_bytes,
+                           cap.subdir_mtimes, self.pages.listings)
+        except OSError as exc:      # committed: a lost record only makes the next run slower
+            self.app.log.warning("dir_record_not_saved", error=str(exc))
         return BackupResult(self.snap, self.chain, header.kind, cap.files, cap.bytes, header.stored_bytes,
                             header.time, self.target_name, warnings=self.warnings, config_bundle=bundle_name,
                             unchanged_dirs=cap.unchanged_dirs, duplicates=cap.duplicates, gone=cap.gone,

@@ -14,6 +14,7 @@ import os
 import stat
 
 from dmbackup.archive.catalog import Entry
+from dmbackup.engine import dirrecord
 from dmbackup.engine.filecapture import VANISHED, FileCapture, join
 from dmbackup.engine.folder import Folder
 from dmbackup.source import mailstore
@@ -29,12 +30,25 @@ class Capture(FileCapture):
         self.unchanged_dirs = 0               # message directories taken over from the parent
         self.mailbox = None
         self.mailboxes: dict[str, list[int]] = {}   # domain/user -> [messages, bytes, folders]
+        self.dir_record: dict | None = None   # the local record of the parent's directories (dmbackup.engine.dirrecord)
+        self.msgdir_bytes: dict[str, int] = {}  # this run's, for the next one's record
+        self.subdir_mtimes: dict[str, int] = {}  # rel of a cur/ or new/ -> its mtime in its folder's page
 
     def walk(self, root: str) -> None:
-        for scan in mailstore.walk(root, self.warn):
+        for scan in mailstore.walk(root, self.warn, quick=self.quick if self.dir_record else None):
             self.app.check_stop()
             self._directory(scan)
         self.flush_folder()
+
+    def quick(self, rel: str, st) -> int | None:
+        """How many files the message directory ``rel`` holds, when it may be listed by name
+        only: the local record says it is unchanged since the parent (dmbackup.engine.dirrecord)."""
+        got = dirrecord.unchanged_msgdir(self.dir_record, self.parent_view, rel, st)
+        return got[0].entries if got is not None else None
+
+    def recorded_msgdir(self, scan: mailstore.DirScan):
+        """(the parent's row, bytes) of a message directory listed by name only, or None."""
+        return dirrecord.unchanged_msgdir(self.dir_record, self.parent_view, scan.rel, scan.st)
 
     def held_blocks(self) -> list[int]:
         """Blocks the held folder's captured messages use (for the page queue)."""
@@ -83,8 +97,15 @@ class Capture(FileCapture):
                 scan.rel == p or scan.rel.startswith(f"{p}/") for p in held.sub_rels() + [join(held.rel, "tmp")]):
             self.flush_folder()
 
+        for name, st in scan.dirs:
+            if name in ("cur", "new"):
+                self.subdir_mtimes[join(scan.rel, name)] = st.st_mtime_ns
+        if self._same_as_recorded(scan):
+            if own_files:
+                self.flush_folder()
+            return
         parent_entries: dict[str, Entry] = {}
-        if self.parent_view is not None:
+        if self.parent_view is not None and scan.files and not scan.skip_files:
             parent_entries = {e.name: e for e in self.parent_view.entries(scan.rel)}
         self.dirs += 1
         entries = self.dir_and_link_entries(scan)
@@ -102,6 +123,22 @@ class Capture(FileCapture):
         if own_files:
             # its dovecot-uidlist has just been read: now the folder's messages can be settled
             self.flush_folder()
+
+    def _same_as_recorded(self, scan: mailstore.DirScan) -> bool:
+        """Take over the parent's page of a directory (not a message directory) whose listing is
+        the one the local record has for that page (dmbackup.engine.dirrecord): every file the
+        same size, mtime, inode, mode and owner, so capture would rebuild that very page."""
+        if self.dir_record is None or scan.skip_files or scan.links or scan.others:
+            return False
+        prow = self.parent_view.rows.get(scan.rel)
+        listing = dirrecord.listing_of_scan(scan.files, scan.dirs)
+        if not dirrecord.same_listing(self.dir_record, prow, listing):
+            return False
+        self.dirs += 1
+        self.tally(len(scan.files), sum(st.st_size for _, st in scan.files))
+        self.pages.rows.append(prow)
+        self.pages.listings[scan.rel] = listing
+        return True
 
     def dir_and_link_entries(self, scan: mailstore.DirScan) -> list[Entry]:
         entries = [Entry(name, "d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, 0)

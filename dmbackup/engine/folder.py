@@ -21,26 +21,37 @@ from dmbackup.engine.filecapture import VANISHED, join
 from dmbackup.source import mailstore
 
 
-def unchanged_row(pv, scan: mailstore.DirScan) -> PageRow | None:
-    """The parent's row for a cur/ or new/ that provably did not change since the parent.
+def same_as_parent(pv, rel: str, st) -> PageRow | None:
+    """The parent's row for the message directory ``rel`` when its mtime (``st``) says it has
+    not changed since the parent snapshot.
 
     Messages are immutable and every change to a message directory (delivery, flag
-    rename, expunge, move) changes the directory's mtime. A directory whose mtime and
-    entry count equal the parent's, with that mtime at least 2 s older than the parent's
-    start (git's "racy" rule: timestamps are coarse), is taken over without matching its
-    files one by one. Metadata-only changes of a message file (chmod) inside such a
-    directory are picked up by the next full backup.
+    rename, expunge, move) changes the directory's mtime. A directory whose mtime equals the
+    parent's, with that mtime at least 2 s older than the parent's start (git's "racy"
+    rule: timestamps are coarse), holds what the parent's page says. Metadata-only changes
+    of a message file (chmod) inside such a directory are picked up by the next full backup.
     """
+    if pv is None:
+        return None
+    prow = pv.rows.get(rel)
+    if prow is None:
+        return None
+    folder, _, name = rel.rpartition("/")
+    pdir = pv.dir_entry(folder, name)
+    if pdir is None or pdir.mtime_ns != st.st_mtime_ns:
+        return None
+    if st.st_mtime_ns >= pv.start_ns - 2_000_000_000:
+        return None
+    return prow
+
+
+def unchanged_row(pv, scan: mailstore.DirScan) -> PageRow | None:
+    """The parent's row for a cur/ or new/ that provably did not change since the parent
+    (``same_as_parent``, and it holds as many files as the parent's page), or None."""
     if pv is None or not scan.maildir_sub or scan.others or scan.dirs:
         return None
-    prow = pv.rows.get(scan.rel)
+    prow = same_as_parent(pv, scan.rel, scan.st)
     if prow is None or prow.entries != len(scan.files) + len(scan.links):
-        return None
-    folder, _, name = scan.rel.rpartition("/")
-    pdir = pv.dir_entry(folder, name)
-    if pdir is None or pdir.mtime_ns != scan.st.st_mtime_ns:
-        return None
-    if scan.st.st_mtime_ns >= pv.start_ns - 2_000_000_000:
         return None
     return prow
 
@@ -77,14 +88,23 @@ class Folder:
         self.scans[sub] = scan
         cap.dirs += 1
         if sub not in self.entries:        # nothing relocated into it yet: it may be unchanged
-            row = unchanged_row(cap.parent_view, scan)
+            if scan.names_only:
+                row, size = cap.recorded_msgdir(scan) or (None, None)
+            else:
+                row = unchanged_row(cap.parent_view, scan)
+                size = sum(st.st_size for _, st in scan.files) if row is not None else None
             if row is not None:
-                size = sum(st.st_size for _, st in scan.files)
                 cap.count(self.mbox, len(scan.files), size, sub == "cur")
                 cap.tally(len(scan.files), size)
+                cap.msgdir_bytes[scan.rel] = size
                 self.fast[sub] = row
                 cap.unchanged_dirs += 1
                 return
+        if scan.names_only:
+            # listed by name only, yet not taken over (a message was relocated into it, or the
+            # local record of its bytes does not fit): listed again with stats. A message seen
+            # in both new/ and cur/ this way is kept once by flush (_one_per_base).
+            mailstore.refill(scan)
         self.other[sub] = cap.dir_and_link_entries(scan)
         self.entries.setdefault(sub, [])
         for name, st in scan.files:
@@ -166,7 +186,9 @@ class Folder:
             if sub not in keep:
                 continue
             files = keep[sub]
-            cap.count(self.mbox, len(files), sum(e.size for e in files), sub == "cur")
+            size = sum(e.size for e in files)
+            cap.count(self.mbox, len(files), size, sub == "cur")
+            cap.msgdir_bytes[join(self.rel, sub)] = size
             names = {e.name for e in files}
             entries = files + [e for e in self.other.get(sub, []) if e.name not in names]
             # both pages are queued before blocks are released: the held folder no longer

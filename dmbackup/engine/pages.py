@@ -24,6 +24,7 @@ from dmbackup.archive.catalog import (
     tree_order,
 )
 from dmbackup.archive.contentindex import IndexBuilder
+from dmbackup.engine.dirrecord import listing_of_entries
 
 TABLE_MAX_DEPTH = 30              # a full table again after this many incremental ones
 
@@ -37,6 +38,7 @@ class ParentView:
         self.chain_snaps = chain_snaps
         self.rows: dict[str, PageRow] = {}
         self._index: list | None = None
+        self._dirs: dict[str, dict[str, Entry]] = {}    # rel -> its subdirectories in the parent
         rows, _ = repo.catalog_body(parent)
         self.table_depth = repo.table_depth(parent)
         self.start_ns = int(utctime.parse_time(parent.header.time).timestamp()) * 1_000_000_000
@@ -51,10 +53,10 @@ class ParentView:
         return self.repo.page(self.parent.chain, row)
 
     def dir_entry(self, rel: str, name: str) -> Entry | None:
-        for e in self.entries(rel):
-            if e.name == name:
-                return e if e.type == "d" else None
-        return None
+        dirs = self._dirs.get(rel)
+        if dirs is None:
+            dirs = self._dirs[rel] = {e.name: e for e in self.entries(rel) if e.type == "d"}
+        return dirs.get(name)
 
     def lookup(self, digest: str):
         if self._index is None:
@@ -80,6 +82,7 @@ class PageQueue:
         self.held_blocks = held_blocks
         self.pending: list[tuple[str, list[Entry], int, bool, int]] = []   # + oldest block used
         self.rows: list[PageRow] = []
+        self.listings: dict[str, str | None] = {}   # rel -> listing digest (dmbackup.engine.dirrecord)
         self.new_index = IndexBuilder()       # content stored by this run, compact
         # headers of the messages stored by this run, written out frame by frame as they come
         self.hidx = HidxWriter(repo, chain, snap)
@@ -147,6 +150,8 @@ class PageQueue:
         page while the accumulated changes stay small; else store a new full page."""
         plain = encode_page(entries)
         digest = hashlib.sha256(plain).hexdigest()[:32]
+        if not maildir:
+            self.listings[rel] = listing_of_entries(entries)
         prow = self.parent_view.rows.get(rel) if self.parent_view else None
         if prow is not None and prow.sha256 == digest:
             self.rows.append(prow)

@@ -22,6 +22,11 @@ that what it opened is the (device, inode) the listing showed, and never crosses
 file system. ``DirScan.fd`` is valid while the consumer handles the scan, and for message
 directories until the folder's own files have been handed out (the engine re-checks and
 re-lists ``new/`` and ``cur/`` by fd). Only per-directory lists are held in memory.
+
+A ``cur/`` or ``new/`` that the engine knows to be unchanged since the last snapshot (its
+mtime, dmbackup.engine.dirrecord) is listed by name only (``fill_names``: d_type, no stat per
+message); anything unexpected in it (another count, a symlink, a directory) and it is
+listed with stats as any other.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class DirScan:
     fd: int = -1                              # the directory, opened O_NOFOLLOW (owned by walk)
     listed_ns: int = 0                        # wall clock when the listing started
     siblings: dict = field(default_factory=dict)   # message dirs: {"new": fd, "cur": fd} of the folder
+    names_only: bool = False                  # files listed by name, stats None (see ``fill_names``)
 
 
 def _join(rel: str, name: str) -> str:
@@ -67,8 +73,8 @@ def _join(rel: str, name: str) -> str:
 
 
 class _Walker:
-    def __init__(self, root: str, warn):
-        self.root, self.warn = root, warn
+    def __init__(self, root: str, warn, quick=None):
+        self.root, self.warn, self.quick = root, warn, quick
         self.dev: int | None = None
 
     def open_dir(self, parent_fd: int | None, name: str, rel: str, expect: os.stat_result | None) -> int | None:
@@ -101,13 +107,16 @@ class _Walker:
             return None
         return fd
 
-    def list(self, parent_fd: int | None, name: str, rel: str, expect: os.stat_result | None) -> DirScan | None:
+    def list(self, parent_fd: int | None, name: str, rel: str, expect: os.stat_result | None,
+             message_dir: bool = False) -> DirScan | None:
         fd = self.open_dir(parent_fd, name, rel, expect)
         if fd is None:
             return None
         try:
             scan = DirScan(rel, os.fstat(fd), fd=fd, listed_ns=time.time_ns())
-            fill(scan)
+            want = self.quick(rel, scan.st) if message_dir and self.quick is not None else None
+            if want is None or not fill_names(scan, want):
+                fill(scan)
         except PermissionError:
             os.close(fd)
             self.warn(f"permission denied listing {rel or '/'}: skipped")
@@ -143,14 +152,54 @@ def fill(scan: DirScan) -> None:
     scan.links.sort()
 
 
+def fill_names(scan: DirScan, expect: int) -> bool:
+    """List a message directory by name only: no stat of its files (d_type says what each
+    entry is). True when it holds exactly ``expect`` regular files and nothing else; then
+    ``scan.files`` has them with None for their stats and ``scan.names_only`` is set. False
+    (the caller lists it again with ``fill``) as soon as anything else turns up.
+
+    The engine asks for this only for a cur/ or new/ whose mtime says it has not changed
+    since the parent snapshot (dmbackup.engine.folder.unchanged_row): the parent's page
+    then holds these very files, with their sizes and metadata."""
+    names: list[str] = []
+    with os.scandir(scan.fd) as it:
+        for e in it:
+            try:
+                if not e.is_file(follow_symlinks=False):
+                    return False
+            except OSError:
+                return False
+            names.append(e.name)
+    names = sorted(set(names))      # readdir under concurrent renames may repeat a name
+    if any(n.startswith(_TRANSIENT_PREFIXES) for n in names):
+        names = [n for n in names if not is_transient(n)]
+    if len(names) != expect:
+        return False
+    scan.files = [(n, None) for n in names]
+    scan.dirs, scan.links, scan.others = [], [], []
+    scan.names_only = True
+    return True
+
+
+def refill(scan: DirScan) -> None:
+    """List a directory listed by name only again, with stats (a fresh listing)."""
+    scan.st = os.fstat(scan.fd)
+    scan.listed_ns = time.time_ns()
+    fill(scan)
+    scan.names_only = False
+
+
 def is_maildir_folder(scan: DirScan) -> bool:
     names = {n for n, _ in scan.dirs}
     return "cur" in names and "new" in names
 
 
-def walk(root: str, warn) -> Iterator[DirScan]:
-    """Pre-order walk of the store, folder by folder, in capture order."""
-    w = _Walker(root, warn)
+def walk(root: str, warn, quick=None) -> Iterator[DirScan]:
+    """Pre-order walk of the store, folder by folder, in capture order.
+
+    ``quick(rel, st)``: for a folder's cur/ or new/ (fstat ``st``), the number of files it
+    holds when it may be listed by name only (``fill_names``), or None."""
+    w = _Walker(root, warn, quick)
     top = w.list(None, root, "", None)
     if top is None:
         return
@@ -176,11 +225,11 @@ def _walk(w: _Walker, scan: DirScan) -> Iterator[DirScan]:
 
         # A Maildir folder: new/ listed before cur/, messages before the folder's own files.
         subst = dict(scan.dirs)
-        new = w.list(scan.fd, "new", _join(scan.rel, "new"), subst["new"])
-        cur = w.list(scan.fd, "cur", _join(scan.rel, "cur"), subst["cur"])
+        new = w.list(scan.fd, "new", _join(scan.rel, "new"), subst["new"], message_dir=True)
+        cur = w.list(scan.fd, "cur", _join(scan.rel, "cur"), subst["cur"], message_dir=True)
         sib = {"new": new.fd if new else -1, "cur": cur.fd if cur else -1}
         try:
-            if new is not None and cur is not None:
+            if new is not None and cur is not None and new.files:
                 in_cur = {base_name(n) for n, _ in cur.files}
                 new.files = [(n, s) for n, s in new.files if base_name(n) not in in_cur]
             for sub, label in ((new, "new"), (cur, "cur")):

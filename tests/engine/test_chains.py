@@ -233,6 +233,148 @@ def test_unchanged_message_dirs_are_taken_over_and_changed_ones_are_not(sim_worl
                           {k: v for k, v in got.items() if v[0][0] != "d"}) == []
 
 
+def _msg_dirs(root: str) -> set[str]:
+    return {os.path.relpath(dp, root) for dp, _, _ in os.walk(root) if os.path.basename(dp) in ("cur", "new")}
+
+
+def _count_fills(monkeypatch) -> list[str]:
+    from dmbackup.source import mailstore
+
+    filled: list[str] = []
+    real = mailstore.fill
+
+    def fill(scan):
+        filled.append(scan.rel)
+        real(scan)
+
+    monkeypatch.setattr(mailstore, "fill", fill)
+    return filled
+
+
+def test_unchanged_message_dirs_are_listed_by_name_only(sim_world, monkeypatch):
+    """A no-change incremental does not stat the messages of an unchanged cur/ or new/: it
+    lists their names (the count must match the parent's page) and takes their bytes from
+    state_dir's record of the parent snapshot. Files, bytes and the restore are exact."""
+    w, sim = sim_world
+    _age_dirs(w.store)
+    full = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    msg_dirs = _msg_dirs(w.store)
+    filled = _count_fills(monkeypatch)
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    assert r["unchanged_dirs"] == len(msg_dirs)
+    assert not msg_dirs & set(filled), sorted(msg_dirs & set(filled))[:5]
+    assert (r["files"], r["bytes"]) == (full["files"], full["bytes"])
+    # and again on top of the incremental (its record was written from the parent's)
+    filled.clear()
+    r2 = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    assert not msg_dirs & set(filled)
+    assert (r2["files"], r2["bytes"]) == (full["files"], full["bytes"])
+    want = tree(w.store)
+    out = os.path.join(w.tmp, "names-only")
+    w.ok("restore", r2["id"], "--to", out, "--uid-gap", "0")
+    assert diff_trees({k: v for k, v in want.items() if v[0][0] != "d"},
+                      {k: v for k, v in tree(out).items() if v[0][0] != "d"}) == []
+
+
+@pytest.mark.parametrize("damage", ["missing", "other-snapshot", "other-page", "garbage"])
+def test_message_dirs_are_stat_ed_when_the_local_record_does_not_fit(sim_world, monkeypatch, damage):
+    """Without a record of the parent that fits its page table, every file is stat'ed again:
+    the fast path never guesses a directory's bytes."""
+    w, sim = sim_world
+    _age_dirs(w.store)
+    full = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    msg_dirs = _msg_dirs(w.store)
+    [path] = [os.path.join(w.state, n) for n in os.listdir(w.state) if n.startswith("dirs-")]
+    with open(path) as f:
+        rec = json.load(f)
+    if damage == "missing":
+        os.unlink(path)
+    else:
+        if damage == "other-snapshot":
+            rec["snapshot"] = "20200101T000000Z-full"
+        elif damage == "other-page":
+            for v in rec["dirs"].values():
+                v[0] = "0" * 32
+        with open(path, "w") as f:
+            f.write("{not json" if damage == "garbage" else json.dumps(rec))
+    filled = _count_fills(monkeypatch)
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    assert msg_dirs <= set(filled)
+    assert r["unchanged_dirs"] == len(msg_dirs)
+    assert (r["files"], r["bytes"]) == (full["files"], full["bytes"])
+
+
+def test_a_changed_message_dir_is_stat_ed_and_the_others_are_not(sim_world, monkeypatch):
+    w, sim = sim_world
+    _age_dirs(w.store)
+    w.ok("backup", "--target", "local")
+    msg_dirs = sorted(_msg_dirs(w.store))
+    victim = next(d for d in msg_dirs if d.endswith("/cur") and os.listdir(os.path.join(w.store, d)))
+    name = sorted(os.listdir(os.path.join(w.store, victim)))[0]
+    os.rename(os.path.join(w.store, victim, name), os.path.join(w.store, victim, name.split(":")[0] + ":2,FS"))
+    filled = _count_fills(monkeypatch)
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    assert victim in filled and not (set(msg_dirs) - {victim}) & set(filled)
+    assert r["unchanged_dirs"] == len(msg_dirs) - 1
+    want = tree(w.store)
+    out = os.path.join(w.tmp, "one-changed")
+    w.ok("restore", r["id"], "--to", out, "--uid-gap", "0")
+    assert diff_trees({k: v for k, v in want.items() if v[0][0] != "d"},
+                      {k: v for k, v in tree(out).items() if v[0][0] != "d"}) == []
+
+
+def test_a_no_change_incremental_reads_no_page_of_the_parent(sim_world, monkeypatch):
+    """With the local record of the parent's directories, an unchanged store costs a listing:
+    no page of the parent is read (message directories by mtime, the others by listing)."""
+    from dmbackup.archive.repository import Repository
+
+    w, sim = sim_world
+    _age_dirs(w.store)
+    full = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    read = []
+    real = Repository.page
+    monkeypatch.setattr(Repository, "page", lambda self, chain, row: (read.append(row.dir), real(self, chain, row))[1])
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    assert read == []
+    assert (r["files"], r["bytes"], r["unchanged_dirs"]) == (full["files"], full["bytes"], len(_msg_dirs(w.store)))
+    assert r["stored_bytes"] < 20_000
+
+
+def test_changed_dovecot_files_and_modes_are_captured_beside_recorded_dirs(sim_world):
+    """Directories other than cur/ and new/ are taken over only when every entry's size, mtime,
+    inode, mode and owner are those of the parent's page: a rewritten dovecot-uidlist, an
+    appended index log, a chmod, a new file or a removed one are all captured."""
+    w, sim = sim_world
+    _age_dirs(w.store)
+    w.ok("backup", "--target", "local")
+    # folders without subfolders: a change in one never shows in the listing of another
+    folders = sorted({os.path.dirname(d) for d in _msg_dirs(w.store)
+                      if os.path.basename(os.path.dirname(d)).startswith(".")})
+    assert len(folders) >= 4
+    a, b, c, d = (os.path.join(w.store, f) for f in folders[:4])
+    uidlist = os.path.join(a, "dovecot-uidlist")
+    with open(uidlist, "rb") as f:
+        data = f.read()
+    st = os.stat(uidlist)
+    with open(uidlist + ".new", "wb") as f:     # as Dovecot does: a new file renamed over
+        f.write(data.replace(b"V", b"W", 1))
+    os.rename(uidlist + ".new", uidlist)
+    os.utime(uidlist, ns=(st.st_atime_ns, st.st_mtime_ns))     # same size and mtime, new inode
+    with open(os.path.join(b, "dovecot.index.log"), "ab") as f:
+        f.write(b"appended")
+    os.chmod(os.path.join(c, "dovecot-uidlist"), 0o640)
+    with open(os.path.join(d, "dovecot-keywords"), "w") as f:
+        f.write("0 $Forwarded\n")
+    os.unlink(os.path.join(d, "dovecot-uidlist"))
+    want = tree(w.store)
+    r = json.loads(w.ok("backup", "--target", "local", "--json").out)
+    out = os.path.join(w.tmp, "recorded")
+    w.ok("restore", r["id"], "--to", out, "--uid-gap", "0")
+    got = tree(out)
+    assert diff_trees({k: v for k, v in want.items() if v[0][0] != "d"},
+                      {k: v for k, v in got.items() if v[0][0] != "d"}) == []
+
+
 def test_disaster_restore_into_empty_live_store_raises_next_uid(ready):
     w = ready
     w.ok("backup", "--target", "local")
