@@ -45,6 +45,17 @@ class State:
         """Atomically replace ``state_dir/name`` with ``data``."""
         self._write(name, data)
 
+    def write_cache(self, name: str, data: dict) -> None:
+        """Atomically replace ``state_dir/name`` with ``data``, compact and without fsync: for
+        what only makes a run faster (an empty file after a crash reads as missing)."""
+        self._ensure_dir()
+        write_atomic(self._path(name), json.dumps(data, separators=(",", ":")), durable=False)
+
+    def _ensure_dir(self) -> None:
+        if not os.path.isdir(self.dir):
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            os.chmod(self.dir, 0o700)          # makedirs' mode is filtered by the umask
+
     def _read(self, name: str) -> dict:
         try:
             with open(self._path(name), encoding="utf-8") as f:
@@ -54,9 +65,7 @@ class State:
             return {}
 
     def _write(self, name: str, data: dict) -> None:
-        if not os.path.isdir(self.dir):
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            os.chmod(self.dir, 0o700)          # makedirs' mode is filtered by the umask
+        self._ensure_dir()
         write_atomic(self._path(name), json.dumps(data, indent=1, sort_keys=True))
 
     # --- enrolled repositories -----------------------------------------------------------
@@ -140,16 +149,18 @@ class State:
             self._write("drills.json", data)
 
 
-def write_atomic(path: str, text: str, *, mode: int = 0o600) -> None:
+def write_atomic(path: str, text: str, *, mode: int = 0o600, durable: bool = True) -> None:
     """Replace ``path`` with ``text``: a temporary file in the same directory, fsync, rename.
-    Readers see the old file or the new one, never half of one."""
+    Readers see the old file or the new one, never half of one. ``durable=False`` (a cache):
+    no fsync, so after a power cut the file may read as empty, which callers take as missing."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

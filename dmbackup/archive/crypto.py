@@ -38,8 +38,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from dmbackup.archive import kdf
+from dmbackup.archive.kdf import MAX_SCRYPT_N, MAX_SCRYPT_P, MAX_SCRYPT_R, scrypt_cost_ok, unb64  # noqa: F401 (re-exported)
 from dmbackup.errors import CorruptObject, WrongPassphrase
 
 NONCE = 12
@@ -52,33 +53,13 @@ OVERHEAD = NONCE + TAG
 SCRYPT_N = 1 << 15
 SCRYPT_R = 8
 SCRYPT_P = 1
-# The most a key file (or a passphrase bundle) may ask for: the largest cost any dmbackup
-# release wrote (N=2^16 before 1a981e9), 64 MiB and well under a second. A medium asking for
-# more is hostile or damaged, never something we made.
-MAX_SCRYPT_N = 1 << 16
-MAX_SCRYPT_R = 8
-MAX_SCRYPT_P = 1
-
-
-def scrypt_cost_ok(n: int, r: int, p: int) -> bool:
-    """Whether (n, r, p) is a cost dmbackup could have written (and is willing to pay)."""
-    return (2 <= n <= MAX_SCRYPT_N and n & (n - 1) == 0 and 1 <= r <= MAX_SCRYPT_R
-            and 1 <= p <= MAX_SCRYPT_P)
-
-
 def b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
-def unb64(s: str) -> bytes:
-    try:
-        return base64.b64decode(s.encode("ascii"), validate=True)
-    except (UnicodeEncodeError, ValueError):
-        raise ValueError("not base64") from None
-
-
 def derive_kek(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+    """scrypt (dmbackup.archive.kdf): the result of a derivation started ahead when there is one."""
+    return kdf.derive(passphrase, salt, n, r, p)
 
 
 def hkdf(master: bytes, purpose: str, length: int = 32) -> bytes:

@@ -36,7 +36,6 @@ from dmbackup.archive import layout
 from dmbackup.archive.catalog import decompress
 from dmbackup.archive.headerindex import (HEADER_CAP, MAGIC, VERSION, HeaderIndexError, IndexWriter, Record, decode,
                                           search, search_pieces)
-from dmbackup.archive.headerparse import extract
 from dmbackup.errors import CorruptObject, DmError, NotFound, OperationFailed
 
 __all__ = ["MAX_HIDX", "MAX_HIDX_PLAIN", "LEVEL", "KEY_BYTES", "HidxExists", "key_of", "key_hex",
@@ -74,6 +73,8 @@ def index_message(writer: "IndexWriter | HidxWriter", sha256_hex: str, size: int
     block; ``HEADER_CAP`` is plenty). Never raises for what the message holds: a message that
     is not a header block is counted as skipped. True when a record was added."""
     try:
+        from dmbackup.archive.headerparse import extract      # only when messages are indexed
+
         headers = extract(head[:HEADER_CAP] if len(head) > HEADER_CAP else head)
         if headers is None:
             writer.add(b"", 0, None)          # counted as skipped

@@ -54,6 +54,11 @@ SNAP_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 # --- ids and times ------------------------------------------------------------------------
 
+def repo_root(hostname: str) -> str:
+    """Where a host's repository lives on a target."""
+    return f"dmbackup/{hostname}"
+
+
 def snap_time(t: datetime) -> str:
     """``20261128T023000Z``: the time part of snapshot, chain and bundle names (t in UTC)."""
     return t.strftime(SNAP_TIME_FORMAT)

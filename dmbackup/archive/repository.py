@@ -63,7 +63,7 @@ class Repository:
     def __init__(self, target: Target, hostname: str):
         self.raw_target = target
         self.hostname = hostname
-        self.t = _RepoView(target, f"dmbackup/{hostname}", self)
+        self.t = _RepoView(target, layout.repo_root(hostname), self)
         self.meta: dict | None = None
         self.keys: crypto.Keys | None = None
         self.meta_mac: str | None = None      # "ok" | "absent" | "mismatch" once unlocked

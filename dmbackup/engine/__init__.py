@@ -65,9 +65,21 @@ def backup(app, target_name: str, what: str = "mail", full: bool = False, job=No
         return configbundle.backup_config(app, target_name)
     if not holds_repository(app.config.target(target_name)):
         raise ConfigError(f"target {target_name!r} only takes config bundles: use --what config")
-    from dmbackup.engine.backup import backup_mail
+    target = app.target(target_name)
+    with target:
+        _derive_ahead(app, target)
+        from dmbackup.engine.backup import backup_mail_on
 
-    return backup_mail(app, target_name, full=full, job=job)
+        return backup_mail_on(app, target, target_name, full=full, job=job)
+
+
+def _derive_ahead(app, target) -> None:
+    """Start-up (issue 17): the repository key's scrypt runs in a thread while the operation's
+    code loads (dmbackup.archive.kdf); the unlock then checks everything as always."""
+    if app.config.encryption.enabled:
+        from dmbackup.archive import kdf, layout
+
+        kdf.derive_ahead_from(target, f"{layout.repo_root(app.config.hostname)}/{layout.KEY_FILE}", app.passphrase)
 
 
 def run_backup(app, target_name: str, what: str = "mail", full: bool = False) -> Result:

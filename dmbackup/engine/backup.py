@@ -107,6 +107,9 @@ class BackupRun:
         self.cap.warn(msg)
 
     def run(self) -> BackupResult:
+        from dmbackup.source.appliance import probe_ahead
+
+        probe_ahead(self.app.config.source.dovecot_config)     # for the config bundle's manifest
         root_st = self._check_root()
         self.pages.open()
         try:
@@ -253,27 +256,32 @@ class BackupRun:
 def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> BackupResult:
     target = app.target(target_name)
     with target:
-        repo = open_repository(app, target, target_name)
-        repo.lock("backup")
-        try:
-            repo.cleanup_leftovers(app.log)
-            snaps = repo.snapshots()
-            parent, start_warning = _pick_parent(repo, snaps, full, job)
-            chain, snap, seq, now = _name_snapshot(repo, snaps, parent)
-            _check_space(app, repo, parent, snaps)
-            app.log.info("backup_start", target=target_name, snapshot=snap, chain=chain,
-                         kind="full" if parent is None else "incremental")
-            run = BackupRun(app, repo, target_name, parent=parent, chain=chain, snap=snap, seq=seq,
-                            now=now, job_name=job.name if job else None, snaps=snaps)
-            for c, bad, why in repo.damaged:
-                run.warn(f"snapshot {c}/{bad} is damaged and was skipped ({why}): run `dmbackup verify`")
-            if start_warning:
-                run.warn(start_warning)
-            result = run.run()
-            app.log.info("backup_done", **result.as_dict())
-            return result
-        finally:
-            repo.unlock_repo()
+        return backup_mail_on(app, target, target_name, full=full, job=job)
+
+
+def backup_mail_on(app, target, target_name: str, *, full: bool = False, job=None) -> BackupResult:
+    """``backup_mail`` on a target already open."""
+    repo = open_repository(app, target, target_name)
+    repo.lock("backup")
+    try:
+        repo.cleanup_leftovers(app.log)
+        snaps = repo.snapshots()
+        parent, start_warning = _pick_parent(repo, snaps, full, job)
+        chain, snap, seq, now = _name_snapshot(repo, snaps, parent)
+        _check_space(app, repo, parent, snaps)
+        app.log.info("backup_start", target=target_name, snapshot=snap, chain=chain,
+                     kind="full" if parent is None else "incremental")
+        run = BackupRun(app, repo, target_name, parent=parent, chain=chain, snap=snap, seq=seq,
+                        now=now, job_name=job.name if job else None, snaps=snaps)
+        for c, bad, why in repo.damaged:
+            run.warn(f"snapshot {c}/{bad} is damaged and was skipped ({why}): run `dmbackup verify`")
+        if start_warning:
+            run.warn(start_warning)
+        result = run.run()
+        app.log.info("backup_done", **result.as_dict())
+        return result
+    finally:
+        repo.unlock_repo()
 
 
 def _pick_parent(repo, snaps: list[SnapshotRef], full: bool, job) -> tuple[SnapshotRef | None, str | None]:

@@ -42,7 +42,10 @@ def _name(repo_id: str) -> str:
 
 def load(state, repo_id: str, parent) -> dict | None:
     """The record of ``parent`` (a SnapshotRef), or None when there is none that fits."""
-    data = state.read_json(_name(repo_id))
+    try:
+        data = state.read_json(_name(repo_id))
+    except OSError:             # unreadable: as if missing (it only makes a run faster)
+        return None
     if data.get("chain") != parent.chain or data.get("snapshot") != parent.id:
         return None
     dirs = data.get("dirs")
@@ -112,4 +115,4 @@ def save(state, repo_id: str, chain: str, snap: str, rows: list[PageRow], msgdir
                 dirs[r.dir] = [r.sha256, r.entries, msgdir_bytes[r.dir], subdir_mtimes[r.dir]]
         elif listings.get(r.dir) is not None:
             dirs[r.dir] = [r.sha256, listings[r.dir]]
-    state.write_json(_name(repo_id), {"chain": chain, "snapshot": snap, "dirs": dirs})
+    state.write_cache(_name(repo_id), {"chain": chain, "snapshot": snap, "dirs": dirs})

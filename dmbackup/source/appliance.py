@@ -27,6 +27,7 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 from dataclasses import dataclass, field
 
 from dmbackup import utctime
@@ -146,8 +147,47 @@ def collect(paths) -> Collection:
     return out
 
 
+class _Probe(threading.Thread):
+    def __init__(self, argv: list[str]):
+        super().__init__(name="dmbackup-probe", daemon=True)
+        self.argv, self.result = argv, None
+
+    def run(self) -> None:
+        self.result = _run_now(self.argv)
+
+
+_probes: dict[tuple, _Probe] = {}
+_probes_lock = threading.Lock()
+
+
+def _probe_argvs(dovecot_config: str | None) -> list[list[str]]:
+    return [["postconf", "-h", "mail_version"], ["dovecot", "--version"],
+            ["doveconf"] + (["-c", dovecot_config] if dovecot_config else []) + ["-h", "mail_location"]]
+
+
+def probe_ahead(dovecot_config: str | None = None) -> None:
+    """Start the probe commands of the manifest (postconf, dovecot, doveconf) in the
+    background: a mail backup calls this when it starts and builds the manifest when its walk
+    is done, so the ~10 ms of process start-ups cost it nothing (issue 17). The next probe
+    of the same command takes the result."""
+    with _probes_lock:
+        for argv in _probe_argvs(dovecot_config):
+            if tuple(argv) not in _probes:
+                _probes[tuple(argv)] = t = _Probe(argv)
+                t.start()
+
+
 def _run(argv: list[str]) -> str | None:
     """First line of a probe command's output, or None when it is absent or fails."""
+    with _probes_lock:
+        ahead = _probes.pop(tuple(argv), None)
+    if ahead is not None:
+        ahead.join()
+        return ahead.result
+    return _run_now(argv)
+
+
+def _run_now(argv: list[str]) -> str | None:
     if shutil.which(argv[0]) is None:
         return None
     try:
@@ -162,17 +202,16 @@ def _run(argv: list[str]) -> str | None:
 
 
 def postfix_version() -> str | None:
-    return _run(["postconf", "-h", "mail_version"])
+    return _run(_probe_argvs(None)[0])
 
 
 def dovecot_version() -> str | None:
-    return _run(["dovecot", "--version"])
+    return _run(_probe_argvs(None)[1])
 
 
 def mail_location(mail_store: str, dovecot_config: str | None = None) -> tuple[str, str]:
     """(value, source): from ``doveconf -h mail_location`` or, failing that, from the config."""
-    argv = ["doveconf"] + (["-c", dovecot_config] if dovecot_config else []) + ["-h", "mail_location"]
-    value = _run(argv)
+    value = _run(_probe_argvs(dovecot_config)[2])
     if value:
         return value, "doveconf"
     return f"maildir:{mail_store}/%d/%n/Maildir", "dmbackup config"

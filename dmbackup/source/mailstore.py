@@ -161,7 +161,7 @@ def fill_names(scan: DirScan, expect: int) -> bool:
     The engine asks for this only for a cur/ or new/ whose mtime says it has not changed
     since the parent snapshot (dmbackup.engine.folder.unchanged_row): the parent's page
     then holds these very files, with their sizes and metadata."""
-    names: list[str] = []
+    names: set[str] = set()         # readdir under concurrent renames may repeat a name
     with os.scandir(scan.fd) as it:
         for e in it:
             try:
@@ -169,13 +169,12 @@ def fill_names(scan: DirScan, expect: int) -> bool:
                     return False
             except OSError:
                 return False
-            names.append(e.name)
-    names = sorted(set(names))      # readdir under concurrent renames may repeat a name
+            names.add(e.name)
     if any(n.startswith(_TRANSIENT_PREFIXES) for n in names):
-        names = [n for n in names if not is_transient(n)]
+        names = {n for n in names if not is_transient(n)}
     if len(names) != expect:
         return False
-    scan.files = [(n, None) for n in names]
+    scan.files = [(n, None) for n in names]         # unsorted: only counted, unless listed again
     scan.dirs, scan.links, scan.others = [], [], []
     scan.names_only = True
     return True

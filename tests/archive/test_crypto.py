@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from dmbackup.archive import crypto
+from dmbackup.archive import crypto, kdf
 from dmbackup.errors import CorruptObject, WrongPassphrase
 
 RID = "0123456789abcdef0123456789abcdef"
@@ -31,6 +31,41 @@ def keyfile(master) -> bytes:
 # --- the key file --------------------------------------------------------------------------
 def test_the_passphrase_unwraps_the_master_key(master, keyfile):
     assert crypto.unwrap_master(keyfile, PW, RID) == master
+
+
+def test_scrypt_is_rfc_7914():
+    """The derivation (hashlib's, which releases the GIL) is RFC 7914's scrypt: its test vector,
+    and the same key as the cryptography package's for the cost dmbackup writes."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    assert kdf.scrypt(b"password", b"NaCl", 1024, 8, 16).hex() == \
+        "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162"
+    salt = os.urandom(16)
+    assert kdf.scrypt(PW, salt, 1 << 15, 8, 1) == Scrypt(salt=salt, length=32, n=1 << 15, r=8, p=1).derive(PW)
+
+
+def test_a_key_derived_ahead_is_the_key(master, keyfile, monkeypatch):
+    """derive_ahead starts the derivation; unwrap_master takes its result (once) and opens the
+    key as without it. Another passphrase, or a key file replaced since, derives afresh."""
+    kdf._ahead.clear()
+    kdf.derive_ahead(keyfile, PW)
+    assert len(kdf._ahead) == 1
+    assert crypto.unwrap_master(keyfile, PW, RID) == master
+    assert kdf._ahead == {}
+    kdf.derive_ahead(keyfile, b"not the passphrase")
+    with pytest.raises(WrongPassphrase):
+        crypto.unwrap_master(keyfile, b"not the passphrase", RID)
+    kdf.derive_ahead(keyfile, b"not the passphrase")          # never asked for: dropped by the next
+    assert crypto.unwrap_master(crypto.wrap_master(master, PW, RID), PW, RID) == master
+    assert kdf._ahead == {}
+
+
+@pytest.mark.parametrize("bad", [b"{", b"[]", b'{"n": 4}', b'{"n": 1099511627776, "r": 8, "p": 1, "salt": "AAAAAAAAAAA="}',
+                                 b'{"n": 1024, "r": 8, "p": 1, "salt": 5}', b'{"n": 1024, "r": 8, "p": 1, "salt": "AA=="}'])
+def test_a_key_file_unwrap_would_refuse_is_not_derived_ahead(bad):
+    kdf._ahead.clear()
+    kdf.derive_ahead(bad, PW)
+    assert kdf._ahead == {}
 
 
 def test_key_file_is_the_documented_json(keyfile):

@@ -28,6 +28,42 @@ def test_wrong_passphrase_exits_6(ready):
     assert not ready.chain_files()
 
 
+def test_a_backup_derives_its_key_once_ahead_and_leaves_nothing_behind(ready, monkeypatch):
+    """The key's scrypt starts in a thread as soon as the target is open (dmbackup.archive.kdf)
+    and the unlock takes that result: one derivation per backup, none left pending, with the
+    right passphrase and with a wrong one (exit 6, as without it)."""
+    from dmbackup.archive import kdf
+
+    calls = []
+    real = kdf.scrypt
+    monkeypatch.setattr(kdf, "scrypt", lambda *a: (calls.append(a), real(*a))[1])
+    monkeypatch.setattr(kdf, "_ahead", {})
+    ready.ok("backup", "--target", "local")
+    assert len(calls) == 1 and kdf._ahead == {}
+    with open(ready.passfile, "w") as f:
+        f.write("not the passphrase\n")
+    r = ready.run("backup", "--target", "local")
+    assert r.code == 6 and "wrong passphrase" in one_line(r.err)
+    assert len(calls) == 2 and kdf._ahead == {}
+
+
+def test_a_key_file_over_the_cap_is_not_derived_ahead(ready, monkeypatch):
+    from dmbackup.archive import kdf
+
+    calls = []
+    monkeypatch.setattr(kdf, "scrypt", lambda *a: calls.append(a))
+    monkeypatch.setattr(kdf, "_ahead", {})
+    key = os.path.join(ready.repo_root, "keys", "master.json")
+    with open(key, "rb") as f:
+        doc = json.loads(f.read())
+    doc["padding"] = "x" * 70_000
+    with open(key, "w") as f:
+        json.dump(doc, f)
+    r = ready.run("backup", "--target", "local")
+    assert r.code == 4 and "larger than" in one_line(r.err)        # damage, as without it
+    assert calls == [] and kdf._ahead == {}
+
+
 def test_missing_passphrase_file_exits_2(ready):
     os.unlink(ready.passfile)
     r = ready.run("backup", "--target", "local")

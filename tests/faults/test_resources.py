@@ -190,8 +190,8 @@ def test_file_replaced_mid_scan_is_a_warning(world, monkeypatch, tmp_path, chang
     victim = os.path.join(world.store, victim_dir, "dovecot-uidlist")
     real_walk = backup_mod.mailstore.walk
 
-    def walk(root, warn):
-        for scan in real_walk(root, warn):
+    def walk(root, warn, quick=None):
+        for scan in real_walk(root, warn, quick):
             if scan.rel == victim_dir and any(n == "dovecot-uidlist" for n, _ in scan.files):
                 os.unlink(victim)
                 if change == "directory":
