@@ -299,8 +299,18 @@ class BlockWriter:
             self.vol = None
 
 
+PREFETCH_BLOCKS = 4          # blocks a reader opens ahead (4 MiB each at most)
+
+
 class BlockReader:
-    """Fetches, opens and caches blocks; counts bytes fetched from the target."""
+    """Fetches, opens and caches blocks; counts bytes fetched from the target.
+
+    ``prefetch`` (a restore calls it with the extents of the files it is about to write, in that
+    order) has a worker thread fetch, authenticate and decompress up to ``PREFETCH_BLOCKS``
+    blocks ahead while the caller writes files: zstd and the reads release the GIL. Only on a
+    target whose methods may run on two threads at once (``Capabilities.concurrent``). A block
+    is used exactly as if it had been read when asked for: the same checks, the same errors,
+    raised when it is asked for; one opened ahead and never asked for is dropped."""
 
     def __init__(self, target, repo_id: str, sealer, cache_blocks: int = 8):
         self.target, self.repo_id, self.sealer = target, repo_id, sealer
@@ -308,6 +318,12 @@ class BlockReader:
         self.cache_blocks = cache_blocks
         self.bytes_fetched = 0
         self._dctx = zstandard.ZstdDecompressor()
+        self._pool = None                           # the prefetch worker, started on first use
+        self._wdctx = None                          # its decompressor (one per thread)
+        self._pending: dict[tuple, tuple] = {}      # key -> (Future of (plain, bytes fetched), args, seq)
+        self._backlog: collections.deque = collections.deque()     # args of blocks queued, not submitted
+        self._queued: set[tuple] = set()
+        self._seq = 0
 
     def block(self, chain: str, volume: str, offset: int, length: int) -> bytes:
         key = (chain, volume, offset)
@@ -315,21 +331,29 @@ class BlockReader:
         if hit is not None:
             self.cache.move_to_end(key)
             return hit
+        fut = self._take(key, (chain, volume, offset, length)) if self._pending else None
+        if fut is not None:
+            plain, fetched = fut.result()
+        else:
+            plain, fetched = self._fetch_open(chain, volume, offset, length, self._dctx)
+        self.bytes_fetched += fetched
+        self.cache[key] = plain
+        if len(self.cache) > self.cache_blocks:
+            self.cache.popitem(last=False)
+        self._top_up()
+        return plain
+
+    def _fetch_open(self, chain: str, volume: str, offset: int, length: int, dctx) -> tuple[bytes, int]:
         try:
             sealed = self.target.get(layout.chain_object(chain, volume), offset, length)
         except NotFound:
             raise CorruptObject(f"volume {chain}/{volume} is missing from the repository") from None
-        self.bytes_fetched += len(sealed)
-        plain = self.open_block(chain, volume, offset, sealed)
-        self.cache[key] = plain
-        if len(self.cache) > self.cache_blocks:
-            self.cache.popitem(last=False)
-        return plain
+        return self.open_block(chain, volume, offset, sealed, dctx), len(sealed)
 
-    def open_block(self, chain: str, volume: str, offset: int, sealed: bytes) -> bytes:
+    def open_block(self, chain: str, volume: str, offset: int, sealed: bytes, dctx=None) -> bytes:
         what = f"block at {chain}/{volume}@{offset}"
         compressed = self.sealer.open(sealed, block_aad(self.repo_id, chain, volume, offset), what)
-        return decompress(compressed, what, BLOCK_SIZE, self._dctx)
+        return decompress(compressed, what, BLOCK_SIZE, dctx or self._dctx)
 
     def extent(self, chain: str, ext) -> bytes:
         volume, voff, vlen, boff, blen = ext
@@ -337,6 +361,60 @@ class BlockReader:
         if boff + blen > len(data):
             raise CorruptObject(f"extent {volume}@{voff}+{boff}:{blen} lies outside its block")
         return data[boff:boff + blen]
+
+    # --- reading ahead ---------------------------------------------------------------------------
+    def prefetch(self, chain: str, extents) -> None:
+        """Queue the blocks of ``extents`` (in the order they are about to be read), after what
+        is queued already, to be opened ahead on the worker (a block is queued once per reader)."""
+        if not getattr(self.target.capabilities, "concurrent", False):
+            return
+        for x in extents:
+            if len(x) == 5 and (chain, x[0], x[1]) not in self._queued:
+                self._queued.add((chain, x[0], x[1]))
+                self._backlog.append((chain, x[0], x[1], x[2]))
+        self._top_up()
+
+    def queued_ahead(self) -> int:
+        """Blocks queued or being opened ahead, not yet asked for."""
+        return len(self._pending) + len(self._backlog)
+
+    def _take(self, key: tuple, args: tuple):
+        """The block of ``key`` opened ahead (None if it was not, or for other arguments). The
+        blocks queued before it and not asked for are dropped: the caller skipped them."""
+        got = self._pending.pop(key, None)
+        if got is None:
+            return None
+        fut, fargs, seq = got
+        for k in [k for k, v in self._pending.items() if v[2] < seq]:
+            self._pending.pop(k)[0].cancel()
+        return fut if fargs == args else None
+
+    def _top_up(self) -> None:
+        while self._backlog and len(self._pending) < PREFETCH_BLOCKS:
+            args = self._backlog.popleft()
+            if args[:3] in self.cache or args[:3] in self._pending:
+                continue
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open-blocks")
+            self._seq += 1
+            self._pending[args[:3]] = (self._pool.submit(self._ahead, *args), args, self._seq)
+
+    def _ahead(self, chain: str, volume: str, offset: int, length: int) -> tuple[bytes, int]:
+        if self._wdctx is None:
+            self._wdctx = zstandard.ZstdDecompressor()
+        return self._fetch_open(chain, volume, offset, length, self._wdctx)
+
+    def close(self) -> None:
+        """Stop the worker (what it has in hand is finished and dropped)."""
+        self._backlog.clear()
+        for fut, _, _ in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def walk_volume(data: bytes):

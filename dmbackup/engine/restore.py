@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass, field
 
 from dmbackup import humanize
+from dmbackup.archive.blocks import PREFETCH_BLOCKS
 from dmbackup.archive.catalog import Entry
 from dmbackup.engine.restorewrite import EntryWriter
 from dmbackup.engine.result import Result
@@ -122,6 +123,7 @@ class TreeRestorer(EntryWriter):
         self.app = app
         self._rows_by_dir: dict[str, object] = {}
         self._drop: dict[str, set[str]] = {}        # message dir -> names not to restore (duplicates)
+        self._ahead_next = 0                        # the next selected row whose blocks are not queued
 
     def warn(self, msg: str) -> None:
         self.result.warnings.append(msg)
@@ -146,14 +148,15 @@ class TreeRestorer(EntryWriter):
             else:
                 root = self.ref.header.root
                 self.dir_meta.append(("", Entry("", "d", root[0], root[1], root[2], root[3], 0)))
-            for row in rows:
-                if not self._selected_row(row.dir):
-                    continue
+            selected = [row for row in rows if self._selected_row(row.dir)]
+            for i, row in enumerate(selected):
                 if self.app:
                     self.app.check_stop()
+                self._read_ahead(selected, i)
                 self._row(tree, row)
             self.apply_dir_meta(tree)
         finally:
+            self.reader.close()
             tree.close()
         self.result.bytes_fetched = self.repo.bytes_read
         return self.result
@@ -192,6 +195,21 @@ class TreeRestorer(EntryWriter):
             except RestoreError as exc:
                 self.fail(path_rel, str(exc), damage=False)
             fd = tree.dir_fd(row.dir)
+
+    def _read_ahead(self, rows, i: int) -> None:
+        """Keep the reader opening, on its worker, the blocks of the files about to be written
+        (of ``rows[i]`` and the directories after it, each page looked at once), while this
+        thread writes. A page that cannot be read is left to ``_row`` to report."""
+        self._ahead_next = max(self._ahead_next, i)
+        while (self._ahead_next < len(rows) and self._ahead_next <= i + 16
+               and self.reader.queued_ahead() < 2 * PREFETCH_BLOCKS):
+            row = rows[self._ahead_next]
+            self._ahead_next += 1
+            try:
+                page = self.repo.page(self.ref.chain, row)
+            except (CorruptObject, DmError):
+                continue
+            self.reader.prefetch(self.ref.chain, [x for e in page if e.type == "f" and e.extents for x in e.extents])
 
     def _entries(self, row) -> list[Entry]:
         """The row's entries, one per name, and one per base name in a Maildir folder."""

@@ -6,7 +6,7 @@ import pytest
 
 from dmbackup.archive.blocks import BlockReader, BlockWriter
 from dmbackup.archive.crypto import Keys
-from dmbackup.errors import OperationFailed
+from dmbackup.errors import CorruptObject, OperationFailed
 from dmbackup.targets.base import Capabilities
 from dmbackup.targets.memory import MemoryTarget
 
@@ -138,3 +138,68 @@ def test_an_error_on_the_volume_writer_thread_reaches_the_caller():
         w.drain()
     w.abort()
     assert w._thread is None
+
+
+# --- reading blocks ahead (restore) ----------------------------------------------------------
+def _blocks(n=12):
+    keys = Keys(os.urandom(64))
+    contents = [os.urandom(300_000) for _ in range(n)]
+    t = LocalDisk("a")
+    w = BlockWriter(t, "repo", "0001-x", "20261128T000000Z-full", keys.data, 1 << 20)
+    exts = []
+    for data in contents:
+        w.flush()                                     # one block per content
+        seq, off, length = w.add(data)
+        exts.append((seq, off, length))
+    w.finish()
+    exts = [[*w.location(seq), off, n] for seq, off, n in exts]
+    return t, keys, contents, exts
+
+
+def test_blocks_read_ahead_are_the_blocks():
+    t, keys, contents, exts = _blocks()
+    r = BlockReader(t, "repo", keys.data)
+    r.prefetch("0001-x", exts)
+    assert r._pool is not None and 0 < len(r._pending) <= 4
+    assert [r.extent("0001-x", x) for x in exts] == contents
+    assert r.bytes_fetched == sum(x[2] for x in exts)
+    r.close()
+    assert r._pool is None and not r._pending
+
+
+def test_a_damaged_block_read_ahead_fails_when_asked_for_and_not_before():
+    t, keys, contents, exts = _blocks()
+    name = "chains/0001-x/" + exts[2][0]
+    data = bytearray(t.objects[name])
+    data[exts[2][1] + 40] ^= 1                         # inside the third block's ciphertext
+    t.objects[name] = bytes(data)
+    r = BlockReader(t, "repo", keys.data)
+    r.prefetch("0001-x", exts)
+    assert [r.extent("0001-x", x) for x in exts[:2]] == contents[:2]
+    with pytest.raises(CorruptObject):
+        r.extent("0001-x", exts[2])
+    assert [r.extent("0001-x", x) for x in exts[3:]] == contents[3:]
+    r.close()
+
+
+def test_blocks_read_ahead_and_skipped_are_dropped_and_a_forged_length_is_read_again():
+    t, keys, contents, exts = _blocks()
+    r = BlockReader(t, "repo", keys.data)
+    r.prefetch("0001-x", exts)
+    assert r.extent("0001-x", exts[3]) == contents[3]          # the first three were skipped
+    assert all(k[2] > exts[3][1] for k in r._pending if k[1] == exts[3][0])
+    forged = [exts[5][0], exts[5][1], exts[5][2] - 1, exts[5][3], exts[5][4]]
+    with pytest.raises(CorruptObject):                         # not the block opened ahead
+        r.extent("0001-x", forged)
+    assert r.extent("0001-x", exts[5]) == contents[5]
+    r.close()
+
+
+def test_no_reading_ahead_on_a_target_of_one_connection():
+    t, keys, contents, exts = _blocks(4)
+    one = SingleConnection("b")
+    one.objects = t.objects
+    r = BlockReader(one, "repo", keys.data)
+    r.prefetch("0001-x", exts)
+    assert r._pool is None and not r._pending
+    assert [r.extent("0001-x", x) for x in exts] == contents
