@@ -102,6 +102,23 @@ def tree_bytes(path: str) -> int:
     return total
 
 
+def settle(max_s: float = 90.0) -> None:
+    """Flush, then wait for the disk to go quiet (Linux PSI ``some avg10`` of I/O under 1%, at
+    most ``max_s``): after gigabytes are deleted on a file system mounted with `discard`, the
+    trims go on for tens of seconds and slow whatever is measured next."""
+    os.sync()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_s:
+        try:
+            with open("/proc/pressure/io") as f:
+                some = float(f.readline().split()[1].split("=")[1])
+        except (OSError, IndexError, ValueError):
+            return
+        if some < 1.0:
+            return
+        time.sleep(1)
+
+
 def walk_lstat(root: str) -> int:
     """The floor of any incremental: visit every entry and lstat it."""
     n = 0
@@ -551,6 +568,7 @@ def run_bench(a) -> dict:
         print(f"[rep {rep + 1}/{a.repeat}] generating corpus ({a.preset})", file=sys.stderr)
         shutil.rmtree(corpus_dir, ignore_errors=True)
         info = corpus.generate(corpus_dir, p)
+        settle()                # the old corpus's deletion, before the first tool's full backup
         mailboxes = info.pop("mailboxes")
         gen_runs.append(info)
         # One user's Maildir: the median-sized mailbox, so the figure is typical.
@@ -616,21 +634,29 @@ def run_bench(a) -> dict:
 
         expected_all = digest_tree(corpus_dir) if a.check else None
         expected_user = digest_tree(os.path.join(corpus_dir, user_member)) if a.check else None
+        # each restore into a directory of its own, all deleted once the rep is measured: deleting
+        # a 1.9 GB tree on a file system mounted with `discard` slows the disk for tens of seconds,
+        # and the restore right after it (always the next tool's) paid for that
+        dests = []
         for t in list(active):
-            dest = os.path.join(work, "restore")
+            dest = os.path.join(work, f"restore-{t.name}")
             shutil.rmtree(dest, ignore_errors=True)
             os.makedirs(dest)
             probe = sorted(os.listdir(corpus_dir))[0]
             step(t, "restore_full", t.restore, dest,
                  check=(lambda d=dest, pr=probe: compare(expected_all, d, pr)) if a.check else None)
-            shutil.rmtree(dest, ignore_errors=True)
-            os.makedirs(dest)
-            step(t, "restore_user", t.restore, dest, user_member,
-                 check=(lambda d=dest: compare(expected_user, d, user_member, user_member))
+            dest_user = dest + "-user"
+            shutil.rmtree(dest_user, ignore_errors=True)
+            os.makedirs(dest_user)
+            step(t, "restore_user", t.restore, dest_user, user_member,
+                 check=(lambda d=dest_user: compare(expected_user, d, user_member, user_member))
                  if a.check else None)
-            shutil.rmtree(dest, ignore_errors=True)
+            dests += [dest, dest_user]
         for t in list(active):
             step(t, "verify", t.verify)
+        for d in dests:
+            shutil.rmtree(d, ignore_errors=True)
+        settle()
 
     finished = time.time()
     out = {
@@ -724,7 +750,7 @@ def markdown(r: dict) -> str:
                  f"expunged, {mu['moved']} moved between folders ({fmt_b(mu['moved_bytes'])}, new base "
                  f"names), {mu['rewritten']} control/index files rewritten.  ")
     L.append(f"Repetitions: {r['repeat']} (medians shown; every figure is in the JSON). Total run "
-             f"{r['duration_s'] / 60:.1f} min. Page cache warm: the corpus fits in RAM; `sync` before every step, so no tool pays for the writeback of the one before it.  ")
+             f"{r['duration_s'] / 60:.1f} min. Page cache warm: the corpus fits in RAM; `sync` before every step, each restore into a directory of its own, deleted after the rep and the disk let settle: no tool pays for the writeback or trims of another.  ")
     L.append(f"Bare `os.scandir`+`lstat` walk of the {r['walk']['entries']:,} entries: "
              f"{fmt_s(r['walk']['median_s'] or 0)} (median) — the floor for any incremental.")
     L.append("")
@@ -839,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written {stem}.md and {stem}.json", file=sys.stderr)
     if not a.keep:
         work = os.path.abspath(a.work or os.path.join(HERE, "work", f"run-{a.preset}"))
-        for sub in ("corpus", "restore", *TOOL_CLASSES):
+        for sub in ("corpus", "restore", *TOOL_CLASSES, *(f"restore-{t}{u}" for t in TOOL_CLASSES for u in ("", "-user"))):
             shutil.rmtree(os.path.join(work, sub), ignore_errors=True)
     return 0
 
