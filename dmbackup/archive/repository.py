@@ -257,8 +257,8 @@ class Repository:
         return BlockWriter(self.t, self.id, chain, snap, self.keys.data,
                            min(volume_size, self.t.capabilities.max_object_size), **kwargs)
 
-    def block_reader(self) -> BlockReader:
-        return BlockReader(self.t, self.id, self.keys.data)
+    def block_reader(self, cache_blocks: int = 8) -> BlockReader:
+        return BlockReader(self.t, self.id, self.keys.data, cache_blocks)
 
     def volume_blocks(self, chain: str, volume: str, size: int, hasher):
         """(offset, sealed block) of a volume read in windows; every byte read goes to ``hasher``."""

@@ -42,6 +42,7 @@ from dmbackup.source.mailstore import base_name, is_transient
 from dmbackup.engine.safetree import SafeTree, check_name, split_rel
 
 MAX_LISTED_FAILURES = 1000
+RESTORE_CACHE_BLOCKS = 32
 
 
 @dataclass
@@ -114,7 +115,10 @@ class TreeRestorer(EntryWriter):
                  root_fd: int | None = None):
         # uid_gap: raise next UIDs of restored uidlists by this; None: only in folders that hold
         # messages their uidlist gives no UID (dmbackup.engine.dovecot explains why)
-        super().__init__(repo.block_reader(), ref.chain, RestoreResult(ref.id, dest, selection=prefix, uid_gap=uid_gap),
+        # 32 blocks (128 MiB at most): a message moved to another folder is read from its
+        # original folder's block, which a cache of 8 had dropped before that folder's turn
+        # came (a restore from an incremental fetched 1.37 GB of a 1.04 GB repository)
+        super().__init__(repo.block_reader(cache_blocks=RESTORE_CACHE_BLOCKS), ref.chain, RestoreResult(ref.id, dest, selection=prefix, uid_gap=uid_gap),
                          chown=(os.geteuid() == 0) if chown is None else chown, resume=resume,
                          uid_gap=uid_gap, owner=owner, modes=modes)
         self.repo, self.ref, self.dest, self.prefix = repo, ref, dest, prefix
