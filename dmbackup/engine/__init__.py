@@ -68,9 +68,9 @@ def backup(app, target_name: str, what: str = "mail", full: bool = False, job=No
     target = app.target(target_name)
     with target:
         _derive_ahead(app, target)
-        from dmbackup.engine.backup import backup_mail_on
+        from dmbackup.engine.backup import backup_mail
 
-        return backup_mail_on(app, target, target_name, full=full, job=job)
+        return backup_mail(app, target, target_name, full=full, job=job)
 
 
 def _derive_ahead(app, target) -> None:

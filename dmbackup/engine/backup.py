@@ -253,14 +253,9 @@ class BackupRun:
         return layout.bundle(self.snap)
 
 
-def backup_mail(app, target_name: str, *, full: bool = False, job=None) -> BackupResult:
-    target = app.target(target_name)
-    with target:
-        return backup_mail_on(app, target, target_name, full=full, job=job)
-
-
-def backup_mail_on(app, target, target_name: str, *, full: bool = False, job=None) -> BackupResult:
-    """``backup_mail`` on a target already open."""
+def backup_mail(app, target, target_name: str, *, full: bool = False, job=None) -> BackupResult:
+    """A mail snapshot on ``target``, already open (dmbackup.engine.backup opens it and starts
+    the key derivation first)."""
     repo = open_repository(app, target, target_name)
     repo.lock("backup")
     try:

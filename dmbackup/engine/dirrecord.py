@@ -13,7 +13,7 @@ mtime, size and inode of every entry of the page, ``listing_of_entries``).
 The next incremental, whose parent is that snapshot, uses it two ways:
 
 - a message directory whose mtime says it has not changed (``unchanged_msgdir``, the rule of
-  dmbackup.engine.folder ``same_as_parent`` without reading the folder's page) is listed by
+  dmbackup.engine.folder ``unchanged_row`` without reading the folder's page) is listed by
   name only, without a stat per message (dmbackup.source.mailstore ``fill_names``): its page
   is the parent's, its bytes are here;
 - any other directory whose listing (stat of every entry, as always) has the digest recorded
@@ -55,16 +55,16 @@ def load(state, repo_id: str, parent) -> dict | None:
 def unchanged_msgdir(record: dict | None, pv, rel: str, st) -> tuple[PageRow, int] | None:
     """(the parent's row, its bytes) for the message directory ``rel`` (fstat ``st``) when the
     record says it has not changed since the parent: the record is of the parent's very page
-    and its mtime, as the parent's page of the folder has it, is the directory's now and at
-    least 2 s older than the parent's start (git's "racy" rule, as
-    dmbackup.engine.folder.same_as_parent)."""
+    and its mtime, as the parent's page of the folder has it, is the directory's now and
+    settled before the parent started (``ParentView.settled``, as
+    dmbackup.engine.folder.unchanged_row)."""
     if record is None or pv is None:
         return None
     prow = pv.rows.get(rel)
     rec = record.get(rel)
     if (prow is None or not isinstance(rec, list) or len(rec) != 4 or rec[0] != prow.sha256
             or rec[1] != prow.entries or type(rec[2]) is not int or rec[2] < 0 or rec[3] != st.st_mtime_ns
-            or st.st_mtime_ns >= pv.start_ns - 2_000_000_000):
+            or not pv.settled(st.st_mtime_ns)):
         return None
     return prow, rec[2]
 

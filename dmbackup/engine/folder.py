@@ -21,37 +21,25 @@ from dmbackup.engine.filecapture import VANISHED, join
 from dmbackup.source import mailstore
 
 
-def same_as_parent(pv, rel: str, st) -> PageRow | None:
-    """The parent's row for the message directory ``rel`` when its mtime (``st``) says it has
-    not changed since the parent snapshot.
+def unchanged_row(pv, scan: mailstore.DirScan) -> PageRow | None:
+    """The parent's row for a cur/ or new/ that provably did not change since the parent.
 
     Messages are immutable and every change to a message directory (delivery, flag
-    rename, expunge, move) changes the directory's mtime. A directory whose mtime equals the
-    parent's, with that mtime at least 2 s older than the parent's start (git's "racy"
-    rule: timestamps are coarse), holds what the parent's page says. Metadata-only changes
-    of a message file (chmod) inside such a directory are picked up by the next full backup.
+    rename, expunge, move) changes the directory's mtime. A directory whose mtime and
+    entry count equal the parent's, with that mtime settled before the parent started
+    (``ParentView.settled``: git's "racy" rule, timestamps are coarse), is taken over without
+    matching its files one by one. Metadata-only changes of a message file (chmod) inside such
+    a directory are picked up by the next full backup. (dmbackup.engine.dirrecord applies the
+    same rule from the local record, without reading the folder's page.)
     """
-    if pv is None:
-        return None
-    prow = pv.rows.get(rel)
-    if prow is None:
-        return None
-    folder, _, name = rel.rpartition("/")
-    pdir = pv.dir_entry(folder, name)
-    if pdir is None or pdir.mtime_ns != st.st_mtime_ns:
-        return None
-    if st.st_mtime_ns >= pv.start_ns - 2_000_000_000:
-        return None
-    return prow
-
-
-def unchanged_row(pv, scan: mailstore.DirScan) -> PageRow | None:
-    """The parent's row for a cur/ or new/ that provably did not change since the parent
-    (``same_as_parent``, and it holds as many files as the parent's page), or None."""
     if pv is None or not scan.maildir_sub or scan.others or scan.dirs:
         return None
-    prow = same_as_parent(pv, scan.rel, scan.st)
+    prow = pv.rows.get(scan.rel)
     if prow is None or prow.entries != len(scan.files) + len(scan.links):
+        return None
+    folder, _, name = scan.rel.rpartition("/")
+    pdir = pv.dir_entry(folder, name)
+    if pdir is None or pdir.mtime_ns != scan.st.st_mtime_ns or not pv.settled(scan.st.st_mtime_ns):
         return None
     return prow
 
@@ -90,6 +78,8 @@ class Folder:
         if sub not in self.entries:        # nothing relocated into it yet: it may be unchanged
             if scan.names_only:
                 row, size = cap.recorded_msgdir(scan) or (None, None)
+                if row is not None and row.entries != len(scan.files):   # new/ lost a name to cur/
+                    row = None
             else:
                 row = unchanged_row(cap.parent_view, scan)
                 size = sum(st.st_size for _, st in scan.files) if row is not None else None

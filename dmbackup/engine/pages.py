@@ -27,6 +27,7 @@ from dmbackup.archive.contentindex import IndexBuilder
 from dmbackup.engine.dirrecord import listing_of_entries
 
 TABLE_MAX_DEPTH = 30              # a full table again after this many incremental ones
+RACY_NS = 2_000_000_000           # git's "racy" margin for directory mtimes
 
 
 class ParentView:
@@ -44,6 +45,12 @@ class ParentView:
         self.start_ns = int(utctime.parse_time(parent.header.time).timestamp()) * 1_000_000_000
         for r in rows:
             self.rows[r.dir] = r
+
+    def settled(self, mtime_ns: int) -> bool:
+        """Whether an mtime is older than the parent's start by the "racy" margin: a directory
+        whose mtime is the parent's and settled holds what the parent recorded (timestamps are
+        coarse: a change in the same tick as the parent's listing would not move it)."""
+        return mtime_ns < self.start_ns - RACY_NS
 
     def entries(self, rel: str) -> list[Entry]:
         row = self.rows.get(rel)

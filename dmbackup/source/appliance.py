@@ -169,12 +169,12 @@ def probe_ahead(dovecot_config: str | None = None) -> None:
     """Start the probe commands of the manifest (postconf, dovecot, doveconf) in the
     background: a mail backup calls this when it starts and builds the manifest when its walk
     is done, so the ~10 ms of process start-ups cost it nothing (issue 17). The next probe
-    of the same command takes the result."""
+    of the same command takes the result; one an earlier run started and never asked for is
+    replaced (a long-lived daemon never reports a version from days ago)."""
     with _probes_lock:
         for argv in _probe_argvs(dovecot_config):
-            if tuple(argv) not in _probes:
-                _probes[tuple(argv)] = t = _Probe(argv)
-                t.start()
+            _probes[tuple(argv)] = t = _Probe(argv)
+            t.start()
 
 
 def _run(argv: list[str]) -> str | None:
