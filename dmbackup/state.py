@@ -13,6 +13,8 @@
 ``dirs-<repo id>.json``  the directories of the newest mail snapshot written to that
                  repository from here (dmbackup.engine.dirrecord): the next incremental's fast
                  path. Nothing in it is secret; losing it costs one slower incremental.
+``pagekeys/<repo id>/<chain>/<snapshot>``  which contents each stored message page lists
+                 (dmbackup.engine.pagekeys): find's shortcut. Losing it costs one slower search.
 
 The directory is 0700 and every file 0600, whatever the umask of the caller.
 
@@ -149,13 +151,13 @@ class State:
             self._write("drills.json", data)
 
 
-def write_atomic(path: str, text: str, *, mode: int = 0o600, durable: bool = True) -> None:
-    """Replace ``path`` with ``text``: a temporary file in the same directory, fsync, rename.
-    Readers see the old file or the new one, never half of one. ``durable=False`` (a cache):
-    no fsync, so after a power cut the file may read as empty, which callers take as missing."""
+def write_atomic(path: str, text: str | bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``text`` (str: UTF-8): a temporary file in the same directory, fsync,
+    rename. Readers see the old file or the new one, never half of one. ``durable=False`` (a
+    cache): no fsync, so after a power cut the file may read as empty, which callers take as missing."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
             f.write(text)
             f.flush()
             os.fchmod(f.fileno(), mode)

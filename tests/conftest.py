@@ -13,8 +13,12 @@ import time
 
 import pytest
 
-from dmbackup.archive import crypto
-from tests.world import World
+# the shared contract suites and the world helper assert too: show the values when they fail
+# (tests/targets/contract.py is no test module, so pytest would print a bare AssertionError)
+pytest.register_assert_rewrite("tests.targets.contract", "tests.world")
+
+from dmbackup.archive import crypto  # noqa: E402
+from tests.world import World  # noqa: E402
 
 # Fixture modules, registered once here (pytest reads ``pytest_plugins`` from the root conftest
 # only): their fixtures are available to every test by name, without importing them.

@@ -23,7 +23,7 @@ from dmbackup.archive import layout
 from dmbackup.archive.hidx import write_hidx
 from dmbackup.archive.catalog import Header, encode_catalog, encode_index_parts
 from dmbackup.archive.repository import Repository, SnapshotRef
-from dmbackup.engine import dirrecord
+from dmbackup.engine import dirrecord, pagekeys
 from dmbackup.engine.capture import Capture
 from dmbackup.engine.pages import PageQueue, ParentView
 from dmbackup.engine.result import Result
@@ -142,6 +142,7 @@ class BackupRun:
                            cap.subdir_mtimes, self.pages.listings)
         except OSError as exc:      # committed: a lost record only makes the next run slower
             self.app.log.warning("dir_record_not_saved", error=str(exc))
+        pagekeys.save_stored(self.app.state.dir, self.repo.id, self.chain, self.snap, self.pages.page_keys)
         return BackupResult(self.snap, self.chain, header.kind, cap.files, cap.bytes, header.stored_bytes,
                             header.time, self.target_name, warnings=self.warnings, config_bundle=bundle_name,
                             unchanged_dirs=cap.unchanged_dirs, duplicates=cap.duplicates, gone=cap.gone,

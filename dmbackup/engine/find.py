@@ -9,7 +9,9 @@ Two steps, neither reading a volume:
 2. Each snapshot's page table is walked (message directories only, limited by
    ``--mailbox``/``--folder``) for entries with a matching key. A row that is the same in
    many snapshots (same stored page, same delta) is resolved once and credited to all of them
-   (dmbackup.engine.msgscan), so 30 nights of an unchanged folder cost one page read.
+   (dmbackup.engine.msgscan), so 30 nights of an unchanged folder cost one page read. A page
+   that the local cache (dmbackup.engine.pagekeys) says lists none of the matching contents
+   is not read at all.
 
 A message is reported once per (mailbox, folder, content): with the first and the last
 snapshot that hold it there (a message deleted on Tuesday is last seen in Monday night's
@@ -116,6 +118,8 @@ class Search:
     damaged_indexes: list[str]
     warnings: list[str]
     damaged: bool = False           # a page could not be read
+    pages_read: int = 0
+    pages_skipped: int = 0          # by the local page-key cache (dmbackup.engine.pagekeys)
 
 
 def load_records(repo, snaps, query: Query | None, warnings: list[str], *, keys: set[str] | None = None):
@@ -168,7 +172,8 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
     res = Search(snaps, [], records, not_indexed, damaged_idx, warnings)
     if not records:
         return res
-    walker = MessageWalker(repo, want=set(records))
+    pagekeys = _pagekeys(app, repo)
+    walker = MessageWalker(repo, want=set(records), pagekeys=pagekeys)
     groups: dict[tuple, tuple] = {}
     for i, ref in enumerate(snaps):
         if app is not None:
@@ -209,7 +214,22 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
             if hi > h.last or (hi == h.last and md.sub == "cur" and h.md.sub != "cur"):
                 h.last, h.entry, h.md = hi, e, md
     res.hits = sorted(hits.values(), key=_order)
+    res.pages_read, res.pages_skipped = walker.pages_read, walker.pages_skipped
+    if pagekeys is not None:
+        pagekeys.save()
+        if only is None:
+            pagekeys.forget_others({(s.chain, s.id) for s in every})
     return res
+
+
+def _pagekeys(app, repo):
+    """The local cache of what each page lists (dmbackup.engine.pagekeys), when there is a state_dir."""
+    state = getattr(app, "state", None) if app is not None else None
+    if state is None:
+        return None
+    from dmbackup.engine.pagekeys import PageKeys
+
+    return PageKeys(state.dir, repo.id)
 
 
 def _order(h: Hit):
@@ -304,5 +324,6 @@ def find_messages(app, target_name: str, filters: Filters) -> FindResult:
         msgs = [describe_hit(h, s.snaps) for h in s.hits[:MAX_LISTED]]
         res = FindResult(target_name, filters.as_dict(), msgs, len(s.snaps), s.not_indexed, s.damaged_indexes,
                          truncated=len(s.hits) > MAX_LISTED, damaged=s.damaged, warnings=s.warnings)
-        app.log.info("find_done", target=target_name, count=len(msgs), not_indexed=len(s.not_indexed))
+        app.log.info("find_done", target=target_name, count=len(msgs), not_indexed=len(s.not_indexed),
+                     pages_read=s.pages_read, pages_skipped=s.pages_skipped)
         return res

@@ -39,12 +39,14 @@ from dmbackup.archive.catalog import (
     loads,
 )
 from dmbackup.archive.layout import SNAP_RE
+from dmbackup.engine.pagekeys import Wanted, prefixes_of_hex
 from dmbackup.errors import CorruptObject, UsageError
 from dmbackup.source.maildir_names import dir_folder, folder_dir
 
 SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
 BASE_CACHE_ENTRIES = 200_000        # entries of reduced base pages kept (all, when a filter keeps few)
 FEW_PRESENT = 4                     # up to this many found in a page, each is looked for alone
+FEW_CANDIDATES = 12                 # the same for the candidates the page-key cache names
 SMALL_WANT = 16                     # up to this many wanted keys, a page is searched for each
 _HASH_KEYS = re.compile(rb'"([0-9a-f]{32})[0-9a-f]{32}"')
 _NUMBERS = re.compile(rb"-?\d+(?:,-?\d+){5}")
@@ -229,9 +231,13 @@ class MessageWalker:
     ``want``: a set of 32-hex-digit content keys (``entry.hash[:32]``), or None for every file.
     Reading a page may raise CorruptObject (and the target's errors)."""
 
-    def __init__(self, repo, want: set[str] | None = None):
+    def __init__(self, repo, want: set[str] | None = None, pagekeys=None):
         self.repo = repo
         self.want = want
+        # dmbackup.engine.pagekeys.PageKeys: which pages can be skipped unread (only with ``want``)
+        self.pagekeys = pagekeys if want is not None else None
+        self._wanted_prefixes = Wanted(want) if self.pagekeys is not None else None
+        self.pages_skipped = 0
         self._base: collections.OrderedDict = collections.OrderedDict()
         self._cached = 0
         self._want_bytes: set[bytes] | None = None
@@ -246,12 +252,23 @@ class MessageWalker:
         if hit is not None:
             self._base.move_to_end(key)
             return hit
+        candidates = None
+        pk = self.pagekeys
+        if pk is not None:
+            known = pk.get(chain, row.owner, row.offset, row.length)
+            if known is not None:
+                candidates = self._wanted_prefixes.present(known)
+                if not candidates:
+                    self.pages_skipped += 1
+                    self._base[key] = {}
+                    self._cached += 1
+                    return {}
         self.pages_read += 1
         if self.want is None:
             page = self.repo.page_at(chain, row.owner, row.offset, row.length, row.dir)
             reduced = {e.name: e for e in page if self._wanted(e)}
         else:
-            reduced = self._filtered_page(chain, row)
+            reduced = self._filtered_page(chain, row, candidates)
         self._base[key] = reduced
         self._cached += len(reduced) + 1
         while self._cached > BASE_CACHE_ENTRIES and len(self._base) > 1:
@@ -259,10 +276,12 @@ class MessageWalker:
             self._cached -= len(old) + 1
         return reduced
 
-    def _filtered_page(self, chain: str, row: PageRow) -> dict[str, Entry]:
+    def _filtered_page(self, chain: str, row: PageRow, candidates: list[bytes] | None = None) -> dict[str, Entry]:
         """The wanted entries of a stored page, without decoding the rest: the page's
         plaintext is searched for the wanted content hashes first (a page without one is
-        never parsed), and only wanted entries are validated (``decode_entry``)."""
+        never parsed), and only wanted entries are validated (``decode_entry``).
+        ``candidates``: the wanted hashes (ASCII) whose key prefix the page lists, when the
+        local cache knows the page: only those are looked for."""
         what = f"page of {row.dir or '/'} in {chain}/{row.owner}@{row.offset}"
         if not SNAP_RE.match(row.owner):
             raise CorruptObject(f"{what}: bad owner name")
@@ -274,13 +293,21 @@ class MessageWalker:
         if self._want_bytes is None:
             self._want_bytes = {k.encode("ascii", "replace") for k in want}
         wb = self._want_bytes
-        if len(wb) <= SMALL_WANT:
-            present = [k for k in wb if k in plain]
+        if candidates is not None:
+            present = candidates
         else:
-            present = wb.intersection(_HASH_KEYS.findall(plain))     # one C pass over the page's hashes
+            listed = None
+            if self.pagekeys is not None:           # what the page lists, for the next search
+                listed = _HASH_KEYS.findall(plain)
+                self.pagekeys.add(chain, row.owner, row.offset, row.length, prefixes_of_hex(listed))
+            if len(wb) <= SMALL_WANT:
+                present = [k for k in wb if k in plain]
+            else:       # one C pass over the page's hashes
+                present = wb.intersection(listed if listed is not None else _HASH_KEYS.findall(plain))
         if not present:
             return {}
-        if len(present) <= FEW_PRESENT:     # each place a wanted hash is, found by its own bytes
+        if len(present) <= (FEW_CANDIDATES if candidates is not None else FEW_PRESENT):
+            # each place a wanted hash is, found by its own bytes
             hashes = []
             for k in present:
                 needle = b'"' + k

@@ -25,6 +25,7 @@ from dmbackup.archive.catalog import (
 )
 from dmbackup.archive.contentindex import IndexBuilder
 from dmbackup.engine.dirrecord import listing_of_entries
+from dmbackup.engine.pagekeys import prefixes_of_entries
 
 TABLE_MAX_DEPTH = 30              # a full table again after this many incremental ones
 RACY_NS = 2_000_000_000           # git's "racy" margin for directory mtimes
@@ -99,6 +100,8 @@ class PageQueue:
         self._headers: dict[str, object] = {}
         self.pinned: set[int] = set()
         self.out = None                       # the writer of <snap>.pages
+        # (offset, length, key prefixes) of the message-directory pages stored by this run
+        self.page_keys: list[tuple[int, int, bytes]] = []
         self.hash = hashlib.sha256()
 
     def open(self) -> None:
@@ -176,6 +179,8 @@ class PageQueue:
         self.out.write(sealed)
         self.hash.update(sealed)
         self.rows.append(PageRow(rel, self.snap, offset, len(sealed), digest, len(entries)))
+        if maildir:     # what find's local cache keeps of it (dmbackup.engine.pagekeys)
+            self.page_keys.append((offset, len(sealed), prefixes_of_entries(entries)))
 
     def commit(self) -> dict | None:
         """Commit ``<snap>.pages`` (if any page was stored): its record for the catalog header."""

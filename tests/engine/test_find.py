@@ -590,3 +590,49 @@ def test_find_across_chains(awk):
                                   "eml", "--json").out)["messages"]
     assert r["snapshot"] == ids[1]
     assert open(os.path.join(out, r["path"]), "rb").read() == (DATA / "strasse.eml").read_bytes()
+
+
+# --------------------------------------------------------------------------- the local page-key cache
+
+def _cache_files(w) -> dict[str, bytes]:
+    root = os.path.join(w.state, "pagekeys")
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(root) for f in fs}
+
+
+WEEK_QUERIES = [["--message-id", "strasse-1@example.de"], ["--message-id", "d2a@week"], ["--subject", "consegna"],
+                ["--from", "rossi"], ["--subject", "caffe"], ["--since", "2025-11-17"], ["--to", "andre@"],
+                ["--mailbox", "anna@example.it", "--subject", "consegna"]]
+
+
+def test_find_answers_the_same_with_the_page_key_cache_warm_cold_or_damaged(tmp_path):
+    """dmbackup.engine.pagekeys: the backups leave in state_dir which contents each message
+    page they stored lists; find skips the pages that list none of what it looks for. The
+    answers are the same with the cache as the backups left it, with no cache (find rebuilds
+    it), and with every cache file damaged (ignored, rebuilt)."""
+    w, ids, _ = week(tmp_path)
+    left = _cache_files(w)
+    owners = {os.path.basename(p) for p in left}
+    assert ids[0] in owners and owners <= set(ids)          # the full backup stored every folder's page
+    warm = [find(w, *q) for q in WEEK_QUERIES]
+    assert all(r["exit_code"] == 0 for r in warm) and sum(r["count"] for r in warm) > 10
+    shutil.rmtree(os.path.join(w.state, "pagekeys"))
+    assert [find(w, *q) for q in WEEK_QUERIES] == warm
+    rebuilt = _cache_files(w)
+    assert rebuilt and {os.path.basename(p) for p in rebuilt} <= set(ids)
+    for rel, data in rebuilt.items():               # one key prefix flipped in every file
+        bad = bytearray(data)
+        bad[len(data) // 2] ^= 0x10
+        with open(os.path.join(w.state, "pagekeys", rel), "wb") as f:
+            f.write(bytes(bad))
+    assert [find(w, *q) for q in WEEK_QUERIES] == warm
+    assert _cache_files(w) == rebuilt                 # ignored and written again as it was
+
+
+def test_the_page_keys_of_pruned_snapshots_are_forgotten(awk):
+    awk.ok("backup", "--target", "local", "--full")          # a second chain
+    chains = {p.split(os.sep)[1] for p in _cache_files(awk)}
+    assert len(chains) == 2
+    awk.ok("prune", "--target", "local", "--keep-chains", "1")
+    find(awk, "--subject", "caffe")
+    assert len({p.split(os.sep)[1] for p in _cache_files(awk)}) == 1

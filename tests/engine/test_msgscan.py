@@ -23,6 +23,7 @@ from dmbackup.archive.catalog import (
 from dmbackup.archive.crypto import PlainSealer
 from dmbackup.engine import msgscan
 from dmbackup.engine.msgscan import MessageWalker, Scope, message_dir
+from dmbackup.engine.pagekeys import PageKeys
 from dmbackup.errors import CorruptObject, UsageError
 
 RID = "0123456789abcdef0123456789abcdef"
@@ -50,6 +51,7 @@ class FakeRepo:
         self.keys = type("K", (), {"catalog": PlainSealer()})()
         self.objects: dict[tuple[str, int], bytes] = {}
         self.full_reads = 0
+        self.reads = 0
 
     def add_page(self, entries: list[Entry], offset: int = 0) -> PageRow:
         plain = encode_page(sorted(entries, key=lambda e: e.name))
@@ -59,6 +61,7 @@ class FakeRepo:
                        hashlib.sha256(plain).hexdigest()[:32], len(entries))
 
     def read_object(self, chain, name, offset, length):
+        self.reads += 1
         return self.objects[(layout.object_owner(name), offset)][:length]
 
     def page_at(self, chain, owner, offset, length, d=""):
@@ -183,3 +186,35 @@ def test_walker_matches_decode_and_apply_delta(files, wanted, data):
     assert {n: e.encode() for n, e in got.items()} == exp
     every = MessageWalker(repo).entries(CHAIN, row)
     assert {n: e.encode() for n, e in every.items()} == {e.name: e.encode() for e in want_entries}
+    # with the local page-key cache: the same entries when it is cold (it learns the page) and
+    # when it is warm (the page is read only if it lists a wanted content, and then only the
+    # candidates the cache names are looked for)
+    pk = PageKeys("/nonexistent-state", RID)        # never saved: the in-memory cache only
+    for _ in ("cold", "warm"):
+        repo.reads = 0
+        cached = MessageWalker(repo, want=want, pagekeys=pk).entries(CHAIN, row)
+        assert {n: e.encode() for n, e in cached.items()} == exp
+    listed = {e.hash[:8] for e in base if e.type == "f"}
+    if any(k[:8] in listed for k in want):
+        assert repo.reads == 1
+    else:       # a hostile name that is 64 hex digits may make the page a candidate: a read, no result
+        assert repo.reads <= 1
+
+
+def test_the_page_key_cache_skips_pages_without_wanted_content(tmp_path):
+    """Fifty pages, one wanted message: with the cache warm (as a backup leaves it) one page is
+    read; the cache survives the process (a file in state_dir) and a new walker uses it."""
+    repo = FakeRepo()
+    rows = [repo.add_page([f(f"m{p}-{i}", p * 100 + i) for i in range(20)], offset=p * 10_000) for p in range(50)]
+    want = {h(3 * 100 + 7)[:32]}
+    pk = PageKeys(str(tmp_path), RID)
+    w = MessageWalker(repo, want=want, pagekeys=pk)
+    cold = {n: e.encode() for r in rows for n, e in w.entries(CHAIN, r).items()}
+    assert repo.reads == 50 and w.pages_skipped == 0 and list(cold) == ["m3-7"]
+    pk.save()
+    repo.reads = 0
+    w = MessageWalker(repo, want=want, pagekeys=PageKeys(str(tmp_path), RID))
+    warm = {n: e.encode() for r in rows for n, e in w.entries(CHAIN, r).items()}
+    assert warm == cold and repo.reads == 1 and w.pages_skipped == 49
+    # without a wanted set (ls, diff, reindex) the cache is not consulted
+    assert MessageWalker(repo, pagekeys=pk).pagekeys is None
