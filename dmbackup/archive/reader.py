@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from dmbackup import gcpause
 from dmbackup.archive import CATALOG_MAGIC, layout
 from dmbackup.archive.catalog import (
     MAX_HEADER,
@@ -107,7 +108,9 @@ class CatalogReader:
             raise CorruptObject(f"catalog {chain}/{snap} is larger than {MAX_CATALOG >> 20} MiB: damaged")
         data = repo.t.get(name)
         _, start = decode_catalog_header(data, repo.keys.catalog, repo.id, chain, snap)
-        table, warnings = decode_catalog_body(data[start:], repo.keys.catalog, repo.id, chain, snap)
+        # a busy month's table is megabytes of JSON: no collection walks it while it is built
+        with gcpause.paused():
+            table, warnings = decode_catalog_body(data[start:], repo.keys.catalog, repo.id, chain, snap)
         self._warnings[key] = warnings
         self._depths[key] = table.depth
         if table.rows is not None:

@@ -402,3 +402,40 @@ def test_disaster_restore_into_empty_live_store_raises_next_uid(ready):
     r = w.run("restore", "--target", "local", "--overwrite")
     assert r.code == 3 and "not empty" in r.err
     assert tree(w.store) == got
+
+
+def test_catalog_tables_are_decoded_without_the_collector_and_it_comes_back(sim_world, monkeypatch):
+    """A month of busy tables is tens of MB of JSON: the reader decodes a table with cyclic
+    collection paused (it holds no cycles), and collection is on again afterwards, also when
+    the table does not decode."""
+    import gc
+
+    from dmbackup.archive import reader
+    from dmbackup.errors import CorruptObject
+    from tests.engine.forge import open_repo
+
+    w, sim = sim_world
+    w.ok("backup", "--target", "local")
+    mailsim.new_mail(sim, 0.05)
+    w.ok("backup", "--target", "local")
+    seen = []
+    real = reader.decode_catalog_body
+
+    def spy(*a, **k):
+        seen.append(gc.isenabled())
+        return real(*a, **k)
+
+    monkeypatch.setattr(reader, "decode_catalog_body", spy)
+    assert gc.isenabled()
+    repo = open_repo(w)
+    rows, _ = repo.catalog_body(repo.snapshots()[-1])
+    assert rows and seen and not any(seen) and gc.isenabled()
+
+    def broken(*a, **k):
+        raise CorruptObject("catalog: damaged")
+
+    monkeypatch.setattr(reader, "decode_catalog_body", broken)
+    repo = open_repo(w)
+    with pytest.raises(CorruptObject):
+        repo.catalog_body(repo.snapshots()[-1])
+    assert gc.isenabled()
