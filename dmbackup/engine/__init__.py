@@ -18,6 +18,7 @@ import sys
 import types
 from dataclasses import dataclass
 
+from dmbackup import gcpause
 from dmbackup.config import holds_repository
 from dmbackup.engine import hooks
 from dmbackup.engine.result import DictResult, Result
@@ -66,7 +67,7 @@ def backup(app, target_name: str, what: str = "mail", full: bool = False, job=No
     if not holds_repository(app.config.target(target_name)):
         raise ConfigError(f"target {target_name!r} only takes config bundles: use --what config")
     target = app.target(target_name)
-    with target:
+    with target, gcpause.relaxed():
         _derive_ahead(app, target)
         from dmbackup.engine.backup import backup_mail
 
@@ -104,7 +105,7 @@ def verify(app, target_name: str, snapshot: str | None = None, read_data: bool =
     from dmbackup.engine.verify import verify_repo
 
     target = app.target(target_name)
-    with target:
+    with target, gcpause.relaxed():
         repo = open_trusted(app, target, target_name, require_enrolled=False)
         res = verify_repo(repo, target_name, snapshot=snapshot, read_data=read_data, app=app)
         app.log.info("verify_done", **res.as_dict())
@@ -135,16 +136,17 @@ def restore(app, target_name: str, snapshot: str | None = None, *, at: str | Non
     if uid_gap is not None and not 0 <= uid_gap <= 1_000_000_000:
         raise UsageError(f"--uid-gap {uid_gap}: expected a number from 0 to 1000000000")
     selection_prefix(mailbox, folder)           # a malformed selection is a usage error, before any I/O
-    if to is None:
-        from dmbackup.engine.live import restore_live
+    with gcpause.relaxed():
+        if to is None:
+            from dmbackup.engine.live import restore_live
 
-        return restore_live(app, target_name, snapshot=snapshot, at=at, mailbox=mailbox, folder=folder,
-                            overwrite=overwrite, resume=resume, uid_gap=uid_gap)
-    from dmbackup.engine.restoredir import restore_to_dir
+            return restore_live(app, target_name, snapshot=snapshot, at=at, mailbox=mailbox, folder=folder,
+                                overwrite=overwrite, resume=resume, uid_gap=uid_gap)
+        from dmbackup.engine.restoredir import restore_to_dir
 
-    return restore_to_dir(app, target_name, snapshot, at=at, mailbox=mailbox, folder=folder, to=to,
-                          overwrite=overwrite, resume=resume, uid_gap=uid_gap, stage_fd=stage_fd, owner=owner,
-                          modes=modes)
+        return restore_to_dir(app, target_name, snapshot, at=at, mailbox=mailbox, folder=folder, to=to,
+                              overwrite=overwrite, resume=resume, uid_gap=uid_gap, stage_fd=stage_fd, owner=owner,
+                              modes=modes)
 
 
 def run_restore(app, target_name: str, snapshot: str | None = None, *, what: str = "mail", **kw) -> Result:
