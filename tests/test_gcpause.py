@@ -64,3 +64,29 @@ def test_backup_restore_and_verify_run_relaxed(ready, monkeypatch):
     ready.ok("restore", "--target", "local", "--to", os.path.join(ready.tmp, "out"))
     assert set(seen) == {"backup_mail", "restore_to_dir", "verify_repo"}
     assert all(t[0] >= 100_000 for t in seen.values()) and gc.get_threshold() == old
+
+
+def test_a_cli_process_keeps_collections_rare_and_the_daemon_puts_them_back():
+    """A one-shot command never restores the default thresholds (the next allocation would pay
+    a full collection of everything the run still holds, just before exiting); the daemon
+    runs with the interpreter's thresholds between jobs."""
+    import subprocess
+    import sys
+
+    from tests.world import ROOT
+
+    code = ("import gc, sys\nfrom dmbackup.cli.main import main\nsys.argv = ['dmbackup', '--version']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(tuple(gc.get_threshold()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=60).stdout.strip().splitlines()[-1]
+    assert out == str(gcpause.RELAXED)
+    old = gc.get_threshold()
+    try:
+        gcpause.one_shot()
+        with gcpause.relaxed():
+            pass
+        assert gc.get_threshold() == gcpause.RELAXED
+        gcpause.long_lived()
+        assert gc.get_threshold() == gcpause.DEFAULT == (700, 10, 10)
+    finally:
+        gc.set_threshold(*old)

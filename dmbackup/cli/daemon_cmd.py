@@ -15,6 +15,9 @@ def register(app: typer.Typer) -> None:
     def daemon():
         """Run jobs on their schedules (and on USB plug-in) until SIGTERM."""
         with handled():
+            from dmbackup import gcpause
+
+            gcpause.long_lived()        # collections between jobs (main() made them rare)
             a = load_app()
             from dmbackup.daemon import scheduler
             raise typer.Exit(scheduler.run_daemon(a))

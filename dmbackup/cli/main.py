@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from dmbackup import gcpause
 from dmbackup.cli import (
     backup_cmd,
     check_config_cmd,
@@ -94,6 +95,7 @@ COMPLETE_VAR = "_DMBACKUP_COMPLETE"    # set by the bash completion (packaging/b
 
 
 def main() -> None:
+    gcpause.one_shot()                  # the daemon puts the interpreter's thresholds back
     if COMPLETE_VAR in os.environ:
         # typer registers its shell classes only with add_completion, which would add
         # --install-completion to every help; register them only when a shell asks
