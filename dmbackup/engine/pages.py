@@ -31,6 +31,11 @@ TABLE_MAX_DEPTH = 30              # a full table again after this many increment
 RACY_NS = 2_000_000_000           # git's "racy" margin for directory mtimes
 
 
+def _weight(rows) -> int:
+    """What rows cost in a table: one each, plus the entries of their inline deltas."""
+    return sum(1 + (r.delta.size if r.delta else 0) for r in rows)
+
+
 class ParentView:
     """The parent snapshot's tree and the chain's content index, loaded lazily."""
 
@@ -197,7 +202,11 @@ class PageQueue:
             self.hidx.abort()
 
     def table(self, parent_id: str | None) -> dict:
-        """The page table: only the rows that differ from the parent's, unless that is most of them."""
+        """The page table: only the rows that differ from the parent's, on top of the parent's
+        table, unless they are most of the table's weight (a row weighs one plus the entries of
+        its inline delta). On a busy night nearly every folder's delta grows, and the changed
+        rows are then most of the whole table's bytes anyway: a whole table spares every reader
+        (the next backup, a restore, verify) resolving the tables back to the last whole one."""
         rows = tree_order(self.rows)
         pv = self.parent_view
         if pv is None or pv.table_depth >= TABLE_MAX_DEPTH:
@@ -205,6 +214,6 @@ class PageQueue:
         current = {r.dir for r in rows}
         changed = [r for r in rows if (p := pv.rows.get(r.dir)) is None or p.encode() != r.encode()]
         removed = sorted(d for d in pv.rows if d not in current)
-        if len(changed) + len(removed) > len(rows) // 2 + 8:
+        if _weight(changed) + len(removed) > _weight(rows) // 2 + 8:
             return {"pages": rows}
         return {"base": parent_id, "depth": pv.table_depth + 1, "changed": changed, "removed": removed}
