@@ -77,11 +77,9 @@ row when a directory is unchanged, extends the cumulative delta while it stays u
 of the directory (at least 16 changes), and stores a fresh page otherwise. The table itself is
 stored in full (``{"pages": rows}``) or, in an incremental, as changes to its parent's table
 (``{"base": parent id, "depth": n, "changed": rows, "removed": dirs}``); a full table is
-written again after 30 levels or when the changed rows are most of the table's weight (a row
-weighing one plus the entries of its inline delta: on a busy night nearly every folder's
-delta grows, and a table of changes would then be nearly the whole table's size while making
-every reader resolve the tables back to the last full one). So a night of flag renames costs
-a few dozen bytes per renamed message, not a rewrite of every folder's page.
+written again after 7 levels (a reader resolves the tables back to the last full one; before
+2026-12-02, 30) or when most rows changed. So a night of flag renames costs a few dozen bytes
+per renamed message, not a rewrite of the catalog.
 
 Catalog. ``<snap>.catalog`` is ``b"DMCAT1\n" | u32 header length | sealed header |
 sealed body``. The header (JSON, AD ``repo id | "cat-head" | chain | snap``) holds id, chain,
