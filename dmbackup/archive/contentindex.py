@@ -10,8 +10,9 @@ Content that spans several blocks (files over 4 MiB, few) is in ``big``. A milli
 cost 38 MB in memory, held as one bytes object and searched by bisection: memory does not
 grow with Python objects per file. A lookup first narrows the records to those sharing the
 key's first two bytes: those of every record, copied out once with strided copies (2 bytes a
-record), are bisected in C, which leaves about n/65,536 records to compare (an incremental that stores new mail looks each new message up in every index
-of its chain: 30 nights, 4,600 messages, 138,000 lookups, 4.4 us each before, about 1 now).
+record), are bisected in C, which leaves about n/65,536 records to compare. (An incremental
+that stores new mail looks each new message up in every index of its chain: 30 nights, 4,600
+messages, 138,000 lookups; a miss in 116,000 records took 4.4 us before, 2.0 us now.)
 """
 
 from __future__ import annotations

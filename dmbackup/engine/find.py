@@ -224,7 +224,7 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
 
 def _pagekeys(app, repo):
     """The local cache of what each page lists (dmbackup.engine.pagekeys), when there is a state_dir."""
-    state = getattr(app, "state", None) if app is not None else None
+    state = getattr(app, "state", None)
     if state is None:
         return None
     from dmbackup.engine.pagekeys import PageKeys

@@ -103,13 +103,12 @@ def decode(data: bytes) -> dict[tuple[int, int], bytes] | None:
     return pages
 
 
-def _private_dirs(base: str, rel: str) -> None:
-    """Create ``base/rel`` level by level, each directory 0700 whatever the umask (makedirs
-    applies its mode to the last level only, and through the umask)."""
-    paths = [base]
-    for part in rel.split(os.sep):
-        paths.append(os.path.join(paths[-1], part))
-    for path in paths:
+def _private_dirs(*levels: str) -> None:
+    """Create the directory ``os.path.join(*levels)`` level by level, each new one 0700
+    whatever the umask (makedirs applies its mode to the last level only, and through the umask)."""
+    path = ""
+    for part in levels:
+        path = os.path.join(path, part)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -152,7 +151,7 @@ class PageKeys:
     it is silent: it only ever makes a search faster."""
 
     def __init__(self, state_dir: str, repo_id: str) -> None:
-        self.state_dir = state_dir
+        self.state_dir, self.repo_id = state_dir, repo_id
         self.root = os.path.join(state_dir, "pagekeys", repo_id) if _REPO_RE.fullmatch(repo_id) else None
         self._files: dict[tuple[str, str], dict[tuple[int, int], bytes]] = {}
         self._dirty: set[tuple[str, str]] = set()
@@ -197,7 +196,7 @@ class PageKeys:
             if path is None:
                 continue
             try:
-                _private_dirs(self.state_dir, os.path.relpath(os.path.dirname(path), self.state_dir))
+                _private_dirs(self.state_dir, "pagekeys", self.repo_id, chain)
                 write_atomic(path, encode(self._files[(chain, owner)]), durable=False)
             except OSError:
                 pass

@@ -42,6 +42,9 @@ from dmbackup.source.mailstore import base_name, is_transient
 from dmbackup.engine.safetree import SafeTree, check_name, split_rel
 
 MAX_LISTED_FAILURES = 1000
+# blocks a restore keeps (128 MiB at most): a message moved to another folder is read from its
+# original folder's block, which a cache of 8 had dropped before that folder's turn came (a
+# restore from an incremental fetched 1.37 GB of a 1.04 GB repository)
 RESTORE_CACHE_BLOCKS = 32
 
 
@@ -115,10 +118,8 @@ class TreeRestorer(EntryWriter):
                  root_fd: int | None = None):
         # uid_gap: raise next UIDs of restored uidlists by this; None: only in folders that hold
         # messages their uidlist gives no UID (dmbackup.engine.dovecot explains why)
-        # 32 blocks (128 MiB at most): a message moved to another folder is read from its
-        # original folder's block, which a cache of 8 had dropped before that folder's turn
-        # came (a restore from an incremental fetched 1.37 GB of a 1.04 GB repository)
-        super().__init__(repo.block_reader(cache_blocks=RESTORE_CACHE_BLOCKS), ref.chain, RestoreResult(ref.id, dest, selection=prefix, uid_gap=uid_gap),
+        super().__init__(repo.block_reader(cache_blocks=RESTORE_CACHE_BLOCKS), ref.chain,
+                         RestoreResult(ref.id, dest, selection=prefix, uid_gap=uid_gap),
                          chown=(os.geteuid() == 0) if chown is None else chown, resume=resume,
                          uid_gap=uid_gap, owner=owner, modes=modes)
         self.repo, self.ref, self.dest, self.prefix = repo, ref, dest, prefix
