@@ -15,6 +15,9 @@
                  path. Nothing in it is secret; losing it costs one slower incremental.
 ``pagekeys/<repo id>/<chain>/<snapshot>``  which contents each stored message page lists
                  (dmbackup.engine.pagekeys): find's shortcut. Losing it costs one slower search.
+``tables/<repo id>/<chain>/<snapshot>``  catalog bodies as parsed, for the catalog bytes they
+                 were parsed from (dmbackup.archive.tablecache): every reader's shortcut past
+                 the JSON. Losing it costs one slower read of each catalog.
 
 The directory is 0700 and every file 0600, whatever the umask of the caller.
 
@@ -149,6 +152,19 @@ class State:
                 jobs[job] = record
                 data["jobs"] = jobs
             self._write("drills.json", data)
+
+
+def private_dirs(*levels: str) -> None:
+    """Create the directory ``os.path.join(*levels)`` level by level, each new one 0700
+    whatever the umask (makedirs applies its mode to the last level only, and through the umask)."""
+    path = ""
+    for part in levels:
+        path = os.path.join(path, part)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)
 
 
 def write_atomic(path: str, text: str | bytes, *, mode: int = 0o600, durable: bool = True) -> None:

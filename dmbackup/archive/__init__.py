@@ -87,7 +87,9 @@ seq (0 for the full), parent, kind, what, time, hostname, counts (files, dirs, b
 bytes), the root directory's metadata, the volumes, pages and index objects this snapshot
 wrote with their sizes and SHA-256, and the config bundle it carries. The body (zstd JSON,
 AD ``... "cat-body" ...``) holds the page table and the snapshot's warnings. Listing
-snapshots reads only headers.
+snapshots reads only headers. (A machine may keep the parsed body of a catalog in its
+state_dir, dmbackup.archive.tablecache, used only for the very sealed bytes it was parsed
+from; nothing of it is on the medium.)
 
 Content index. ``<snap>.index`` (sealed zstd JSON, AD ``... "index" ...``) maps the first
 128 bits (hex) of the SHA-256 of each content this snapshot stored to its extents. It is

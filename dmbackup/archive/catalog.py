@@ -460,8 +460,18 @@ class Table:
 
 def decode_catalog_body(data: bytes, sealer, repo_id: str, chain: str, snap: str) -> tuple[Table, list]:
     what = f"catalog {chain}/{snap}"
-    plain = decompress(sealer.open(data, body_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN)
-    obj = loads(plain, what)
+    return table_of_body(open_catalog_body(data, sealer, repo_id, chain, snap), what)
+
+
+def open_catalog_body(data: bytes, sealer, repo_id: str, chain: str, snap: str):
+    """The sealed body of catalog ``chain/snap`` authenticated, inflated and parsed (the JSON
+    value, not yet checked: ``table_of_body``)."""
+    what = f"catalog {chain}/{snap}"
+    return loads(decompress(sealer.open(data, body_aad(repo_id, chain, snap), what), what, MAX_BODY_PLAIN), what)
+
+
+def table_of_body(obj, what: str) -> tuple[Table, list]:
+    """The page table and warnings of a parsed catalog body, every part checked."""
     if not isinstance(obj, dict):
         raise CorruptObject(f"{what}: body is not an object")
     warnings = obj.get("warnings") or []

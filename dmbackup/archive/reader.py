@@ -20,11 +20,12 @@ from dmbackup.archive.catalog import (
     Header,
     PageRow,
     apply_delta,
-    decode_catalog_body,
     decode_catalog_header,
     decode_index,
     decode_page_list,
     decompress,
+    open_catalog_body,
+    table_of_body,
     tree_order,
 )
 from dmbackup.archive.layout import SNAP_RE
@@ -68,6 +69,7 @@ class CatalogReader:
         self._warnings: dict = {}
         self._depths: dict = {}
         self._pages: dict = {}
+        self.cache = None           # dmbackup.archive.tablecache.TableCache, set by whoever knows state_dir
 
     def header(self, chain: str, snap: str) -> Header:
         repo = self.repo
@@ -110,7 +112,8 @@ class CatalogReader:
         _, start = decode_catalog_header(data, repo.keys.catalog, repo.id, chain, snap)
         # a busy month's table is megabytes of JSON: no collection walks it while it is built
         with gcpause.paused():
-            table, warnings = decode_catalog_body(data[start:], repo.keys.catalog, repo.id, chain, snap)
+            table, warnings = table_of_body(self._body(chain, snap, data[start:]),
+                                            f"catalog {chain}/{snap}")
         self._warnings[key] = warnings
         self._depths[key] = table.depth
         if table.rows is not None:
@@ -130,6 +133,21 @@ class CatalogReader:
         if len(self._tables) > TABLES_CACHED:
             self._tables.pop(next(iter(self._tables)))
         return rows
+
+    def _body(self, chain: str, snap: str, sealed):
+        """The parsed body of a catalog: from the local cache (dmbackup.archive.tablecache) when
+        it holds these very sealed bytes, else authenticated and parsed (and then remembered)."""
+        repo, cache = self.repo, self.cache
+        if cache is None:
+            return open_catalog_body(sealed, repo.keys.catalog, repo.id, chain, snap)
+        from dmbackup.archive.tablecache import body_digest
+
+        digest = body_digest(sealed)
+        obj = cache.get(chain, snap, digest)
+        if obj is None:
+            obj = open_catalog_body(sealed, repo.keys.catalog, repo.id, chain, snap)
+            cache.put(chain, snap, digest, obj)
+        return obj
 
     def content_index(self, ref: SnapshotRef):
         if not ref.header.index:

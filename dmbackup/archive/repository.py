@@ -284,6 +284,14 @@ class Repository:
         self.t.delete(layout.bundle(bid))
 
     # --- snapshots -----------------------------------------------------------------------------
+    def use_table_cache(self, cache) -> None:
+        """Keep parsed catalog bodies in ``cache`` (dmbackup.archive.tablecache.TableCache)."""
+        self._reader.cache = cache
+
+    @property
+    def table_cache(self):
+        return self._reader.cache
+
     def catalog_header(self, chain: str, snap: str) -> Header:
         return self._reader.header(chain, snap)
 

@@ -66,6 +66,7 @@ def open_trusted(app, target, target_name: str, *, require_enrolled: bool = True
             "put the encryption settings back, or start a new repository with `dmbackup init` on an "
             "empty target")
     repo.unlock(app.passphrase, encrypted=app.config.encryption.enabled)
+    use_table_cache(app, repo)
     if repo.id not in enrolled:
         return repo                     # a reader on a repository this machine never enrolled
     fp = repo.keys.fingerprint
@@ -99,6 +100,16 @@ def open_trusted(app, target, target_name: str, *, require_enrolled: bool = True
         rec = _record(app, target_name, repo.id, **updates) or {**(rec or {}), **updates}
     _arm(app, repo, target_name, rec or {}, fatal=require_enrolled)
     return repo
+
+
+def use_table_cache(app, repo: Repository) -> None:
+    """Let the repository's catalog reader keep parsed catalogs in state_dir
+    (dmbackup.archive.tablecache); a machine without a state_dir reads them as before."""
+    state = getattr(app, "state", None)
+    if state is not None and getattr(state, "dir", None):
+        from dmbackup.archive.tablecache import TableCache
+
+        repo.use_table_cache(TableCache(state.dir, repo.id))
 
 
 def enrol(app, repo: Repository, target_name: str, *, created: bool) -> dict:

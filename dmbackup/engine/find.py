@@ -170,6 +170,8 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
     indexed = [s for s in every if s.header.seq <= last_seq.get(s.chain, -1)]
     records, not_indexed, damaged_idx = load_records(repo, indexed, query, warnings)
     res = Search(snaps, [], records, not_indexed, damaged_idx, warnings)
+    if only is None and repo.table_cache is not None:       # parsed catalogs of pruned snapshots
+        repo.table_cache.forget_others({(s.chain, s.id) for s in every})
     if not records:
         return res
     pagekeys = _pagekeys(app, repo)

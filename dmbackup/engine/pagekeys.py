@@ -38,7 +38,7 @@ import struct
 import sys
 
 from dmbackup.archive.layout import CHAIN_RE, SNAP_RE
-from dmbackup.state import write_atomic
+from dmbackup.state import private_dirs, write_atomic
 
 MAGIC = b"DMPK\x01\n"
 _REC = struct.Struct("<QII")
@@ -101,19 +101,6 @@ def decode(data: bytes) -> dict[tuple[int, int], bytes] | None:
         pages[(offset, length)] = body[i:i + 4 * count]
         i += 4 * count
     return pages
-
-
-def _private_dirs(*levels: str) -> None:
-    """Create the directory ``os.path.join(*levels)`` level by level, each new one 0700
-    whatever the umask (makedirs applies its mode to the last level only, and through the umask)."""
-    path = ""
-    for part in levels:
-        path = os.path.join(path, part)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(path, 0o700)
 
 
 class Wanted:
@@ -196,7 +183,7 @@ class PageKeys:
             if path is None:
                 continue
             try:
-                _private_dirs(self.state_dir, "pagekeys", self.repo_id, chain)
+                private_dirs(self.state_dir, "pagekeys", self.repo_id, chain)
                 write_atomic(path, encode(self._files[(chain, owner)]), durable=False)
             except OSError:
                 pass

@@ -419,13 +419,13 @@ def test_catalog_tables_are_decoded_without_the_collector_and_it_comes_back(sim_
     mailsim.new_mail(sim, 0.05)
     w.ok("backup", "--target", "local")
     seen = []
-    real = reader.decode_catalog_body
+    real = reader.open_catalog_body
 
     def spy(*a, **k):
         seen.append(gc.isenabled())
         return real(*a, **k)
 
-    monkeypatch.setattr(reader, "decode_catalog_body", spy)
+    monkeypatch.setattr(reader, "open_catalog_body", spy)
     assert gc.isenabled()
     repo = open_repo(w)
     rows, _ = repo.catalog_body(repo.snapshots()[-1])
@@ -434,7 +434,7 @@ def test_catalog_tables_are_decoded_without_the_collector_and_it_comes_back(sim_
     def broken(*a, **k):
         raise CorruptObject("catalog: damaged")
 
-    monkeypatch.setattr(reader, "decode_catalog_body", broken)
+    monkeypatch.setattr(reader, "open_catalog_body", broken)
     repo = open_repo(w)
     with pytest.raises(CorruptObject):
         repo.catalog_body(repo.snapshots()[-1])
@@ -468,8 +468,8 @@ def test_tables_of_changes_are_resolved_through_at_most_a_week_of_parents(sim_wo
         w.ok("backup", "--target", "local")
     assert _depths(w) == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
     parsed = []
-    real = reader.decode_catalog_body
-    monkeypatch.setattr(reader, "decode_catalog_body", lambda *a, **k: parsed.append(a[-1]) or real(*a, **k))
+    real = reader.table_of_body         # a parsed body, from the catalog or the local cache
+    monkeypatch.setattr(reader, "table_of_body", lambda *a, **k: parsed.append(a[-1]) or real(*a, **k))
     mailsim.flag_renames(sim, 0.05)
     w.ok("backup", "--target", "local")
     assert len(parsed) == 2             # the parent's table and the whole one it builds on
