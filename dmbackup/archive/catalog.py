@@ -370,7 +370,7 @@ def decode_header(data: Any, what: str) -> Header:
     return Header(**{k: v for k, v in data.items() if k in known})
 
 
-@dataclass
+@dataclass(slots=True)
 class PageRow:
     dir: str
     owner: str
@@ -389,12 +389,17 @@ def decode_rows(raw: Any, what: str) -> list[PageRow]:
     if not isinstance(raw, list):
         raise CorruptObject(f"{what}: page table is not a list")
     rows = []
-    for r in raw:
-        if (not isinstance(r, list) or len(r) != 7 or not isinstance(r[0], str)
-                or not isinstance(r[1], str) or not isinstance(r[4], str)):
+    append, top = rows.append, 1 << 63
+    for r in raw:       # a month of tables is 100,000 rows: the checks of _int, inline
+        if type(r) is not list or len(r) != 7:
             raise CorruptObject(f"{what}: malformed page table row")
-        rows.append(PageRow(r[0], r[1], _int(r[2], what), _int(r[3], what, 1, MAX_PAGE_PLAIN),
-                            r[4], _int(r[5], what), decode_delta(r[6], what)))
+        d, owner, offset, length, sha, entries, delta = r
+        if type(d) is not str or type(owner) is not str or type(sha) is not str:
+            raise CorruptObject(f"{what}: malformed page table row")
+        if not (type(offset) is int and 0 <= offset <= top and type(length) is int and 1 <= length <= MAX_PAGE_PLAIN
+                and type(entries) is int and 0 <= entries <= top):
+            _int(offset, what), _int(length, what, 1, MAX_PAGE_PLAIN), _int(entries, what)    # raises
+        append(PageRow(d, owner, offset, length, sha, entries, None if delta is None else decode_delta(delta, what)))
     return rows
 
 

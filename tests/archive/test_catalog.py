@@ -284,3 +284,26 @@ def test_decompress_caps_a_frame_that_declares_no_size():
 def test_decompress_garbage_is_corrupt(data):
     with pytest.raises(CorruptObject):
         catalog.decompress(data, "x", 1 << 20)
+
+
+def test_page_table_rows_are_checked_field_by_field():
+    """decode_rows checks inline what _int checks: every number a non-bool int in its range."""
+    from dmbackup.archive.catalog import MAX_PAGE_PLAIN, decode_rows
+
+    good = ["a/cur", "20261128T023000Z-full", 0, 1, "ab" * 16, 0, None]
+    assert decode_rows([good], "t")[0].encode() == good
+    edge = ["a/cur", "20261128T023000Z-full", 1 << 63, MAX_PAGE_PLAIN, "ab" * 16, 1 << 63,
+            {"del": [], "ren": [], "put": []}]
+    assert decode_rows([edge], "t")[0].offset == 1 << 63
+    bad_values = {2: [-1, True, 1.0, "0", None, (1 << 63) + 1], 3: [0, True, -1, MAX_PAGE_PLAIN + 1, 2.0],
+                  5: [-1, False, "3", (1 << 63) + 1], 0: [None, 1, b"x"], 1: [None, 2], 4: [None, 3],
+                  6: [[], "x", 1]}
+    for i, values in bad_values.items():
+        for v in values:
+            row = list(good)
+            row[i] = v
+            with pytest.raises(CorruptObject):
+                decode_rows([row], "t")
+    for shape in ([good[:6]], [good + [None]], [tuple(good)], ["row"], {"a": good}):
+        with pytest.raises(CorruptObject):
+            decode_rows(shape, "t")
