@@ -104,6 +104,7 @@ def _int(v: Any, what: str, lo: int = 0, hi: int = 1 << 63) -> int:
 
 
 _I = int
+_VOLUMES_SEEN: set = set()      # volume names already matched by VOLUME_RE (str only)
 
 
 def decode_entry(raw: Any, what: str) -> Entry:
@@ -126,15 +127,25 @@ def decode_entry(raw: Any, what: str) -> Entry:
             raise CorruptObject(f"{what}: file entry without hash or extents")
         total = 0
         for ext in tail:
-            if (not isinstance(ext, list) or len(ext) != 5 or not isinstance(ext[0], str)
-                    or not VOLUME_RE.match(ext[0])):
+            if type(ext) is not list or len(ext) != 5:
                 raise CorruptObject(f"{what}: malformed extent")
-            for v in ext[1:]:
-                _int(v, what, 0, 1 << 40)
-            # bounded here, so no later read or slice trusts a length from the medium
-            if ext[2] > MAX_SEALED_BLOCK or ext[3] + ext[4] > BLOCK_SIZE:
-                raise CorruptObject(f"{what}: extent larger than a block")
-            total += ext[4]
+            vol, voff, vlen, boff, blen = ext
+            if type(vol) is not str or vol not in _VOLUMES_SEEN:
+                if type(vol) is not str or not VOLUME_RE.match(vol):
+                    raise CorruptObject(f"{what}: malformed extent")
+                if len(_VOLUMES_SEEN) > 4096:
+                    _VOLUMES_SEEN.clear()
+                _VOLUMES_SEEN.add(vol)
+            # bounded here, so no later read or slice trusts a length from the medium (the
+            # usual case in one test, the checks one by one only to say what is wrong)
+            if not (type(voff) is _I and type(vlen) is _I and type(boff) is _I and type(blen) is _I
+                    and 0 <= voff <= 1 << 40 and 0 <= vlen <= MAX_SEALED_BLOCK and 0 <= boff
+                    and 0 <= blen and boff + blen <= BLOCK_SIZE):
+                for v in ext[1:]:
+                    _int(v, what, 0, 1 << 40)
+                if vlen > MAX_SEALED_BLOCK or boff + blen > BLOCK_SIZE:
+                    raise CorruptObject(f"{what}: extent larger than a block")
+            total += blen
         if total != e.size:
             raise CorruptObject(f"{what}: extents do not add up to the file size")
         e.hash, e.extents = h, tail
