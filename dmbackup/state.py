@@ -167,6 +167,50 @@ def private_dirs(*levels: str) -> None:
         os.chmod(path, 0o700)
 
 
+def read_cache_file(path: str, cap: int) -> bytes | None:
+    """A cache file's bytes, or None when it is missing, unreadable, a symlink (never
+    followed) or longer than ``cap``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(cap + 1)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return data if len(data) <= cap else None
+
+
+def forget_snapshot_files(root: str | None, live: set[tuple[str, str]], ours) -> None:
+    """In a per-snapshot cache ``root/<chain>/<snapshot>``, remove the files of snapshots not
+    in ``live`` (only names ``ours(name)`` accepts) and the chain directories left without a
+    live one. Silent: a cache only ever makes a run faster."""
+    if root is None:
+        return
+    try:
+        chains = os.listdir(root)
+    except OSError:
+        return
+    for chain in chains:
+        cdir = os.path.join(root, chain)
+        try:
+            names = os.listdir(cdir)
+        except OSError:
+            continue
+        for name in names:
+            if (chain, name) not in live and ours(name):
+                try:
+                    os.unlink(os.path.join(cdir, name))
+                except OSError:
+                    pass
+        if not any((chain, n) in live for n in names):
+            try:
+                os.rmdir(cdir)
+            except OSError:
+                pass
+
+
 def write_atomic(path: str, text: str | bytes, *, mode: int = 0o600, durable: bool = True) -> None:
     """Replace ``path`` with ``text`` (str: UTF-8): a temporary file in the same directory, fsync,
     rename. Readers see the old file or the new one, never half of one. ``durable=False`` (a

@@ -38,7 +38,7 @@ import re
 import zstandard
 
 from dmbackup.archive.layout import CHAIN_RE, SNAP_RE
-from dmbackup.state import private_dirs, write_atomic
+from dmbackup.state import forget_snapshot_files, private_dirs, read_cache_file, write_atomic
 
 MAGIC = b"DMTC\x01\n"
 _DIGEST = 32
@@ -94,17 +94,9 @@ class TableCache:
         path = self._path(chain, snap)
         body = None
         if path is not None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    with os.fdopen(fd, "rb", closefd=False) as f:
-                        data = f.read(MAX_FILE + 1)
-                finally:
-                    os.close(fd)
-                if len(data) <= MAX_FILE:
-                    body = decode(data, digest)
-            except OSError:
-                pass
+            data = read_cache_file(path, MAX_FILE)
+            if data is not None:
+                body = decode(data, digest)
         if body is None:
             self.misses += 1
         else:
@@ -129,27 +121,6 @@ class TableCache:
             pass
 
     def forget_others(self, live: set[tuple[str, str]]) -> None:
-        """Remove the files of snapshots that are no longer in the repository (pruned)."""
-        if self.root is None:
-            return
-        try:
-            chains = os.listdir(self.root)
-        except OSError:
-            return
-        for chain in chains:
-            cdir = os.path.join(self.root, chain)
-            try:
-                names = os.listdir(cdir)
-            except OSError:
-                continue
-            for snap in names:
-                if (chain, snap) not in live and (SNAP_RE.fullmatch(snap) or ".tmp" in snap):
-                    try:
-                        os.unlink(os.path.join(cdir, snap))
-                    except OSError:
-                        pass
-            if not any((chain, s) in live for s in names):
-                try:
-                    os.rmdir(cdir)
-                except OSError:
-                    pass
+        """Remove the files of snapshots that are no longer in the repository (pruned), and
+        leftovers of a write cut short."""
+        forget_snapshot_files(self.root, live, lambda n: SNAP_RE.fullmatch(n) or ".tmp" in n)

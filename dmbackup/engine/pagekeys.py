@@ -38,7 +38,7 @@ import struct
 import sys
 
 from dmbackup.archive.layout import CHAIN_RE, SNAP_RE
-from dmbackup.state import private_dirs, write_atomic
+from dmbackup.state import forget_snapshot_files, private_dirs, read_cache_file, write_atomic
 
 MAGIC = b"DMPK\x01\n"
 _REC = struct.Struct("<QII")
@@ -154,16 +154,8 @@ class PageKeys:
             got = {}
             path = self._path(chain, owner)
             if path is not None:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    try:
-                        with os.fdopen(fd, "rb", closefd=False) as f:
-                            data = f.read(MAX_FILE + 1)
-                    finally:
-                        os.close(fd)
-                    got = (decode(data) if len(data) <= MAX_FILE else None) or {}
-                except OSError:
-                    pass
+                data = read_cache_file(path, MAX_FILE)
+                got = (decode(data) if data is not None else None) or {}
             self._files[(chain, owner)] = got
         return got
 
@@ -191,26 +183,4 @@ class PageKeys:
 
     def forget_others(self, live: set[tuple[str, str]]) -> None:
         """Remove the files of snapshots that are no longer in the repository (pruned)."""
-        if self.root is None:
-            return
-        try:
-            chains = os.listdir(self.root)
-        except OSError:
-            return
-        for chain in chains:
-            cdir = os.path.join(self.root, chain)
-            try:
-                names = os.listdir(cdir)
-            except OSError:
-                continue
-            for owner in names:
-                if (chain, owner) not in live and SNAP_RE.match(owner):
-                    try:
-                        os.unlink(os.path.join(cdir, owner))
-                    except OSError:
-                        pass
-            if not any((chain, o) in live for o in names):
-                try:
-                    os.rmdir(cdir)
-                except OSError:
-                    pass
+        forget_snapshot_files(self.root, live, SNAP_RE.match)
