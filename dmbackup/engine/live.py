@@ -133,7 +133,7 @@ def restore_live(app, target_name, *, snapshot=None, at=None, mailbox=None, fold
 
 def _restore_into_mailbox(app, target_name, md_fd, uid, gid, *, snapshot, at, mailbox, folder, store,
                           fill_stage=None):
-    from dmbackup.engine.restoredir import restore_to_dir
+    from dmbackup.engine.restoredir import restore_to_dir, written_back
 
     user, domain = mailbox.split("@", 1)
     stage_name = f"dmbackup-stage-{secrets.token_hex(8)}"      # no leading dot: not a Maildir++ folder
@@ -146,6 +146,7 @@ def _restore_into_mailbox(app, target_name, md_fd, uid, gid, *, snapshot, at, ma
         if fill_stage is not None:
             res = fill_stage(os.path.join(store, domain, user, "Maildir", stage_name), stage_fd, (uid, gid),
                              (0o700, 0o600))
+            written_back(os.path.join(store, domain, user, "Maildir", stage_name), stage_fd)
         else:
             res = restore_to_dir(app, target_name, snapshot, at=at, mailbox=mailbox, folder=folder,
                                  to=os.path.join(store, domain, user, "Maildir", stage_name), stage_fd=stage_fd,

@@ -20,7 +20,10 @@ at most one partial file per worker, and directories without their final metadat
 with ``--resume`` into the same destination, it skips every file whose size and mtime already
 match the catalog, rewrites the rest, and applies directory metadata at the end. Nothing is
 fsynced file by file: a power cut during a restore is handled the same way, by ``--resume``
-(or by restoring again).
+(or by restoring again). Once everything is written, one syncfs(2) of the destination's file
+system (dmbackup.engine.restoredir.written_back; for a live restore, before anything is moved
+into a mailbox) puts it on the disk before the restore reports success; a write-back error
+there fails the restore (exit 3).
 
 What is restored and in which order is here; how an entry is written is
 dmbackup.engine.restorewrite.

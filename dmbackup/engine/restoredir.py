@@ -52,5 +52,27 @@ def restore_to_dir(app, target_name: str, snapshot: str | None = None, *, at: st
         app.log.info("restore_start", target=target_name, snapshot=ref.id, selection=prefix or "/", to=dest)
         res = TreeRestorer(repo, ref, dest, prefix=prefix, only_dir_files=inbox_only, app=app, resume=resume,
                            uid_gap=uid_gap, owner=owner, modes=modes, root_fd=stage_fd).run(rows)
+        written_back(dest, stage_fd)
         app.log.info("restore_done", **res.as_dict())
         return res
+
+
+def written_back(dest: str, fd: int | None = None) -> None:
+    """One syncfs(2) of the destination's file system once everything is written: a restore
+    that reports success has put the mail on the disk, not only in the page cache (files are
+    never fsynced one by one; dmbackup.engine.restore). A write-back error is a failed restore."""
+    from dmbackup.system.fssync import syncfs
+
+    own = fd is None
+    try:
+        if own:
+            fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            syncfs(fd)
+        finally:
+            if own:
+                os.close(fd)
+    except OSError as exc:
+        raise RestoreError(f"the restored files could not be written to the disk of {dest} "
+                           f"({exc.strerror or exc}): they may not survive a power cut; check that disk "
+                           "(dmesg) and run the same restore again") from None
