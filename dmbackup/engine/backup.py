@@ -274,8 +274,7 @@ def backup_mail(app, target, target_name: str, *, full: bool = False, job=None) 
         if start_warning:
             run.warn(start_warning)
         result = run.run()
-        if repo.table_cache is not None:          # parsed catalogs of pruned snapshots
-            repo.table_cache.forget_others({(s.chain, s.id) for s in snaps} | {(chain, snap)})
+        pagekeys.forget_pruned(app, repo, {(s.chain, s.id) for s in snaps} | {(chain, snap)})
         app.log.info("backup_done", **result.as_dict())
         return result
     finally:

@@ -24,7 +24,8 @@ Who writes it: a mail backup, for the message-directory pages it stores (it has 
 at hand), and ``find`` for every page it had to read (the page's hashes are found by the one
 pass that searches it). A machine whose state_dir is new (an appliance rebuilt after a
 disaster) builds it by searching once. A file that does not parse or whose digest does not
-match is ignored and rebuilt; one of a snapshot that is gone is removed by the next ``find``.
+match is ignored and rebuilt; one of a snapshot that is gone is removed by the next backup,
+``prune`` or ``find`` (``forget_pruned``).
 The cache lives in root's state_dir, never on the medium, and holds nothing secret (32 bits
 of content hashes the catalog lists in full). Losing it costs one slower search.
 """
@@ -184,3 +185,15 @@ class PageKeys:
     def forget_others(self, live: set[tuple[str, str]]) -> None:
         """Remove the files of snapshots that are no longer in the repository (pruned)."""
         forget_snapshot_files(self.root, live, SNAP_RE.match)
+
+
+def forget_pruned(app, repo, live: set[tuple[str, str]]) -> None:
+    """After a backup or a prune: drop what this machine remembers of snapshots no longer in the
+    repository (``live``: (chain, snapshot id) of those that are): their parsed catalogs
+    (dmbackup.archive.tablecache) and their page keys (this module). Both only ever make a
+    reader faster, so nothing here fails the run."""
+    if repo.table_cache is not None:
+        repo.table_cache.forget_others(live)
+    state = getattr(app, "state", None)
+    if state is not None:
+        PageKeys(state.dir, repo.id).forget_others(live)

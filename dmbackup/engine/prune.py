@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dmbackup.archive import layout
+from dmbackup.engine import pagekeys
 from dmbackup.engine.backup import open_repository
 from dmbackup.engine.result import Result
 from dmbackup.errors import DmError
@@ -99,8 +100,7 @@ def _prune(app, repo, target_name: str, keep_chains: int, dry_run: bool) -> Prun
     res.deleted_bundles = _prune_config_bundles(repo, snaps, keep, dry_run)
     if not dry_run and res.deleted:
         _remove_empty_dirs(repo, res.deleted)
-        if repo.table_cache is not None:      # the parsed catalogs kept in state_dir
-            repo.table_cache.forget_others({(s.chain, s.id) for s in snaps if s.chain in keep})
+        pagekeys.forget_pruned(app, repo, {(s.chain, s.id) for s in snaps if s.chain in keep})
     return res
 
 

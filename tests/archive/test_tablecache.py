@@ -162,15 +162,17 @@ def test_the_cache_never_vouches_for_bytes_the_medium_does_not_have(chain_world)
     assert r.code == 4 and ref.id in r.out + r.err
 
 
-def test_backups_and_find_forget_pruned_snapshots(chain_world):
+def test_backups_prune_and_find_forget_pruned_snapshots(chain_world):
     w, sim = chain_world
     ids = {r["id"] for r in json.loads(w.ok("snapshots", "--json").out) if r["kind"] != "config"}
     root = os.path.join(w.state, "tables")
+    keys_root = os.path.join(w.state, "pagekeys")        # dmbackup.engine.pagekeys: backups write one a night
 
-    def cached():
-        return {f for _, _, fs in os.walk(root) for f in fs}
+    def cached(top=root):
+        return {f for _, _, fs in os.walk(top) for f in fs}
 
     assert cached() and cached() <= ids
+    assert cached(keys_root) and cached(keys_root) <= ids
     w.ok("backup", "--target", "local", "--full")         # a second chain
     mailsim.day(sim)
     w.ok("backup", "--target", "local")
@@ -178,14 +180,20 @@ def test_backups_and_find_forget_pruned_snapshots(chain_world):
     left = {r["id"] for r in json.loads(w.ok("snapshots", "--json").out) if r["kind"] != "config"}
     assert not left & ids
     assert cached() <= left and cached()                # prune forgot the chain it deleted
+    assert cached(keys_root) <= left and cached(keys_root)      # and its page keys, with no find run
     stale = os.path.join(root, open_repo(w).id, sorted(os.listdir(os.path.join(root, open_repo(w).id)))[0],
                          sorted(ids)[0])
     with open(stale, "wb") as f:                        # one left over (a prune run elsewhere)
         f.write(b"x")
     w.ok("find", "--target", "local", "--subject", "zzzz-nothing")
     assert cached() <= left
-    with open(stale, "wb") as f:
-        f.write(b"x")
+    keys_stale = os.path.join(keys_root, os.path.relpath(stale, root))
+    for path in (stale, keys_stale):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"x")
     mailsim.day(sim)
     w.ok("backup", "--target", "local")
-    assert cached() <= left | {r["id"] for r in json.loads(w.ok("snapshots", "--json").out)}
+    now = {r["id"] for r in json.loads(w.ok("snapshots", "--json").out)}
+    assert cached() <= left | now
+    assert cached(keys_root) <= left | now
