@@ -98,6 +98,9 @@ KEY_WIDTH = 16                  # the key width dmbackup writes (hidx.KEY_BYTES)
 _FLAG_BYTES = bytes((0, F_ATTACH, F_DATE, F_ATTACH | F_DATE))
 
 
+_VARINT = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]")
+
+
 @functools.lru_cache(maxsize=64)
 def _varints(count: int) -> "re.Pattern":
     """Matches ``count`` varints of at most 10 bytes each (one C pass instead of a loop)."""
@@ -375,16 +378,18 @@ class _Chunk:
     expression match each) and the five text columns (Message-ID, From, To, Cc, Subject).
     Every length is checked when the chunk is opened."""
 
-    __slots__ = ("body", "c", "_at", "_keys", "_sizes", "_dates", "flags", "_starts", "_texts")
+    __slots__ = ("body", "c", "_at", "_keys", "_sizes", "_dates", "flags", "_starts", "_texts", "_fixed")
 
     def __init__(self, body: bytes, c: int):
         self.body, self.c = body, c
         n = len(body)
         i = 0
+        self._fixed = False
         if c and body[0] == KEY_WIDTH and body[0:c * (KEY_WIDTH + 1):KEY_WIDTH + 1] == bytes((KEY_WIDTH,)) * c:
             i = c * (KEY_WIDTH + 1)           # the usual case: every key 16 bytes
             if i > n:
                 raise HeaderIndexError("header index: key length does not fit")
+            self._fixed = True
         else:
             for _ in range(c):
                 ln = body[i]
@@ -470,7 +475,10 @@ class _Chunk:
                       t(0)[k], t(1)[k], t(2)[k], t(3)[k], t(4)[k])
 
     def records(self, idx: list[int]) -> list[Record]:
-        """The records at ``idx`` (ascending); a few are decoded alone, not their whole columns."""
+        """The records at ``idx`` (ascending); a few are decoded alone, not their whole columns
+        (the dates, delta-coded, as far as the last one asked for)."""
+        if not idx:
+            return []
         if len(idx) * 8 >= self.c:
             return [self.record(k) for k in idx]
         cols = []
@@ -478,9 +486,32 @@ class _Chunk:
             t = self._texts[col]
             cols.append([t[k] for k in idx] if t is not None
                         else _decode_texts(self.body, self._starts[col], self.c, idx))
-        keys, sizes, dates, flags = self.keys, self.sizes, self.dates, self.flags
-        return [Record(keys[k], sizes[k], dates[k], bool(flags[k] & F_ATTACH),
+        keys, sizes, dates, flags = self._keys_at(idx), self._sizes_at(idx), self.dates, self.flags
+        return [Record(keys[j], sizes[j], dates[k], bool(flags[k] & F_ATTACH),
                        cols[0][j], cols[1][j], cols[2][j], cols[3][j], cols[4][j]) for j, k in enumerate(idx)]
+
+    def _keys_at(self, idx: list[int]) -> list[bytes]:
+        if self._keys is not None or not self._fixed:
+            ks = self.keys
+            return [ks[k] for k in idx]
+        body, w = self.body, KEY_WIDTH + 1
+        return [body[k * w + 1:k * w + w] for k in idx]
+
+    def _sizes_at(self, idx: list[int]) -> list[int]:
+        if self._sizes is not None:
+            return [self._sizes[k] for k in idx]
+        # the column's varints, split in one C pass (their count and lengths were checked when
+        # the chunk was opened); only those asked for are decoded
+        parts = _VARINT.findall(self.body, self._at[0], self._at[1] - self.c)
+        out = []
+        for k in idx:
+            v = 0
+            for shift, b in enumerate(parts[k]):
+                v |= (b & 0x7F) << (7 * shift)
+            if v >= SIZE_LIMIT:
+                raise HeaderIndexError("header index: size out of range")
+            out.append(v)
+        return out
 
 
 def _chunks(data: bytes, first: bool = True, last: bool = True) -> Iterator[_Chunk]:

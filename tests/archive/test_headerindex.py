@@ -423,6 +423,27 @@ def test_search_is_filter_of_decode(recs, text, field, chunk):
     assert list(hx.search(data, q)) == list(q.filter(decode(data)))
 
 
+def test_search_of_a_few_in_a_full_chunk_decodes_exactly_those():
+    """A filter that matches a few records of a full chunk of 16-byte keys (what backups
+    write): only their keys and sizes are decoded, and they are those of ``decode``."""
+    import random
+
+    rnd = random.Random(5)
+    recs = []
+    for i in range(hx.CHUNK_RECORDS + 300):
+        size = rnd.choice([0, 1, 127, 128, 16383, 16384, rnd.randrange(1 << 40), (1 << 63) - 1])
+        date = rnd.choice([None, rnd.randrange(-(1 << 39), 1 << 39), 1764483513 + i])
+        subject = "Fattura n. %d" % i if i % 397 == 0 else "riunione %d" % i
+        recs.append(Record(rnd.randbytes(16), size, date, i % 3 == 0, f"<{i}@x>", "a@b", "", "", subject))
+    data = encode(recs)
+    for q in (Query(subject="fattura"), Query(message_id="<4095@x>"), Query(subject="nothing at all"),
+              Query(subject="fattura", since=1764483513 + 400)):
+        got = list(hx.search(data, q))
+        assert got == list(q.filter(decode(data)))
+        assert got == [r for r in recs if q.matches(r)]
+    assert len(list(hx.search(data, Query(subject="fattura")))) == 12
+
+
 def test_search_raises_on_garbage_it_reads():
     data = encode([Record(b"k" * 16, 1, None, False, "id", "from", "to", "cc", "subject")])
     with pytest.raises(HeaderIndexError):
