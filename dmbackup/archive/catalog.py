@@ -8,6 +8,7 @@ bytes are (the parsers are fuzzed in tests/faults/test_parsers_fuzz.py).
 from __future__ import annotations
 
 import json
+import marshal
 import re
 import struct
 from dataclasses import dataclass, field
@@ -178,10 +179,13 @@ class Delta:
     entries (``puts``) entry by entry (``decode_entry``) when first used: the catalog is
     authenticated before it is parsed, and a search over a month of snapshots (``find``) then
     validates only the entries it uses (``wanted_puts``) instead of every entry added to every
-    busy folder every night. Nothing gets an entry that has not been validated.
+    busy folder every night. Nothing gets an entry that has not been validated. A delta from
+    the local cache of parsed catalogs (``Delta.packed``, dmbackup.archive.tablecache) is
+    not even unpacked until used, and answers ``may_put``/``may_touch`` from what the cache
+    kept beside it.
     """
 
-    __slots__ = ("_dels", "_rens", "_checked", "_puts", "_raw", "_what")
+    __slots__ = ("_dels", "_rens", "_checked", "_puts", "_raw", "_what", "_packed", "_size", "_keys")
 
     def __init__(self, dels: list[str], rens: list[list], puts: "list[Entry] | None" = None, *,
                  raw_puts: list | None = None, what: str = "delta"):
@@ -190,8 +194,54 @@ class Delta:
         self._puts, self._raw, self._what = puts, raw_puts, what
         if puts is None and raw_puts is None:
             self._puts = []
+        self._packed = self._keys = None
+
+    @classmethod
+    def packed(cls, blob: bytes, size: int, keys: bytes, what: str) -> "Delta":
+        """A delta from the local cache of parsed catalogs (dmbackup.archive.tablecache): the
+        marshal bytes of its parsed JSON value, unpacked and checked as ``decode_delta`` does
+        when first used; ``size`` and ``keys`` (the 4-byte key prefixes of its added files,
+        ``may_put``) were taken from the same value when the cache file was written."""
+        d = cls([], [], raw_puts=[], what=what)
+        d._packed, d._size, d._keys = blob, size, keys
+        return d
+
+    def _unpack(self) -> None:
+        blob, what = self._packed, self._what
+        try:
+            raw = marshal.loads(blob)
+        except (ValueError, EOFError, TypeError):
+            raise CorruptObject(f"{what}: malformed delta") from None
+        d = decode_delta(raw, what)
+        if d is None:
+            raise CorruptObject(f"{what}: malformed delta")
+        self._dels, self._rens, self._raw = d._dels, d._rens, d._raw
+        self._packed = self._keys = None
+
+    def may_put(self, prefixes: set[int]) -> bool:
+        """False when no file this delta adds has a content key whose first 4 bytes (as a
+        native ``int``, pagekeys-style) are in ``prefixes``: only a packed delta knows, any
+        other answers True."""
+        keys = self._keys
+        return keys is None or not prefixes.isdisjoint(memoryview(keys).cast("I"))
+
+    def may_touch(self, names) -> bool:
+        """False when this delta deletes, renames and replaces none of ``names`` (and renames
+        nothing onto one): only a packed delta knows, by looking for each name's Maildir base
+        name (the part before ``:``, which a rename keeps) in its marshal bytes, where every
+        string of it is written out as UTF-8 (a name that is not there cannot be in it); any
+        other answers True."""
+        blob = self._packed
+        if blob is None:
+            return True
+        for n in names:
+            if n.split(":", 1)[0].encode("utf-8", "surrogatepass") in blob:
+                return True
+        return False
 
     def _check(self) -> None:
+        if self._packed is not None:
+            self._unpack()
         what = self._what
         if not all(type(d) is str for d in self._dels):
             raise CorruptObject(f"{what}: malformed delta")
@@ -216,6 +266,8 @@ class Delta:
 
     @property
     def puts(self) -> list[Entry]:
+        if self._packed is not None:
+            self._unpack()
         if self._puts is None:
             what = self._what
             self._puts = [decode_entry(e, what) for e in self._raw]
@@ -226,6 +278,8 @@ class Delta:
         """(validated file entries among the puts whose content key, the first 32 hex digits
         of their SHA-256, is in ``want``; the names of the other puts), validating only the
         former."""
+        if self._packed is not None:
+            self._unpack()
         if self._raw is None:
             keep, other = [], []
             for e in self._puts:
@@ -247,6 +301,8 @@ class Delta:
 
     @property
     def size(self) -> int:
+        if self._packed is not None:
+            return self._size
         return len(self._dels) + len(self._rens) + len(self._raw if self._puts is None else self._puts)
 
     def encode(self) -> dict:
@@ -262,6 +318,11 @@ class Delta:
 def decode_delta(raw, what: str) -> "Delta | None":
     if raw is None:
         return None
+    if type(raw) is tuple:          # packed by the local cache (JSON never makes a tuple)
+        if not (len(raw) == 3 and type(raw[0]) is bytes and type(raw[1]) is int and raw[1] >= 0
+                and type(raw[2]) is bytes and len(raw[2]) % 4 == 0):
+            raise CorruptObject(f"{what}: malformed delta")
+        return Delta.packed(raw[0], raw[1], raw[2], what)
     if not isinstance(raw, dict):
         raise CorruptObject(f"{what}: malformed delta")
     dels, rens, puts = raw.get("del"), raw.get("ren"), raw.get("put")

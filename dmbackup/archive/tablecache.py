@@ -10,10 +10,21 @@ structure about five times faster than ``json``.
 ``state_dir/tables/<repository id>/<chain>/<snapshot>``, one file per catalog read or written
 here:
 
-    MAGIC ("DMTC\\x01\\n") | marshal format version (1 byte)
+    MAGIC ("DMTC\\x02\\n") | marshal format version (1 byte)
     | SHA-256 of the catalog's sealed body as stored on the medium (32 bytes)
-    | zstd frame (level 1) of marshal.dumps(the decoded body: the JSON value, as parsed)
+    | zstd frame (level 1) of marshal.dumps(the decoded body: the JSON value, as parsed,
+      with each page table row's delta packed, see below)
     | SHA-256 of everything above (32 bytes)
+
+A packed delta is the tuple ``(marshal.dumps(the delta's JSON value), its size (deletions +
+renames + added entries), the 4-byte key prefixes of the files it adds, joined)``: loading a
+month of tables then costs one bytes object per changed directory instead of a Python
+object per entry every busy folder gained, and ``catalog.Delta`` unpacks it (and checks it,
+as a parsed delta is checked) only when it is used. A search answers from the prefixes
+whether a delta can add a wanted message (``Delta.may_put``) and from its bytes whether it
+names a wanted one at all (``Delta.may_touch``), without unpacking it. A value that is not a
+well-formed delta is kept as parsed, so it fails where the parsed body fails. (Version 1
+files, with the deltas as parsed, read as missing and are written again.)
 
 What it stands for: the body is used only when the medium's sealed body has exactly the
 recorded SHA-256, i.e. the very bytes that were authenticated (AES-GCM) and parsed when the
@@ -40,23 +51,56 @@ import zstandard
 from dmbackup.archive.layout import CHAIN_RE, SNAP_RE
 from dmbackup.state import forget_snapshot_files, private_dirs, read_cache_file, write_atomic
 
-MAGIC = b"DMTC\x01\n"
+MAGIC = b"DMTC\x02\n"
 _DIGEST = 32
 _HEAD = len(MAGIC) + 1 + _DIGEST
 MAX_FILE = 256 << 20                # no catalog body is larger (dmbackup.archive.reader.MAX_CATALOG)
 MAX_PLAIN = 1 << 30                 # nor inflates further (catalog.MAX_BODY_PLAIN)
 _REPO_RE = re.compile(r"[0-9a-f]{32}")
+_HEX8 = re.compile(r"[0-9a-f]{8}")
 
 
 def body_digest(sealed_body: bytes | memoryview) -> bytes:
     return hashlib.sha256(sealed_body).digest()
 
 
+def _pack_delta(delta):
+    """A row's delta as the cache keeps it: ``(marshal bytes of the JSON value, its size, the
+    4-byte key prefixes of the files it adds)``; a value that is not a well-formed delta is
+    kept as it is, to fail where the parse of the catalog fails."""
+    if type(delta) is not dict:
+        return delta
+    dels, rens, puts = delta.get("del"), delta.get("ren"), delta.get("put")
+    if type(dels) is not list or type(rens) is not list or type(puts) is not list:
+        return delta
+    keys = []
+    for p in puts:
+        if type(p) is not list or len(p) != 10 or type(p[0]) is not str:
+            return delta
+        h = p[8]
+        if p[1] == "f" and type(h) is str and _HEX8.match(h):
+            keys.append(h[:8])
+    return (marshal.dumps(delta), len(dels) + len(rens) + len(puts), bytes.fromhex("".join(keys)))
+
+
+def _packed(body):
+    """``body`` with the delta of every page table row packed (``_pack_delta``); a new value."""
+    if type(body) is not dict:
+        return body
+    out = dict(body)
+    for k in ("pages", "changed"):
+        rows = out.get(k)
+        if type(rows) is list:
+            out[k] = [r[:6] + [_pack_delta(r[6])] if type(r) is list and len(r) == 7 and r[6] is not None else r
+                      for r in rows]
+    return out
+
+
 def encode(digest: bytes, body) -> bytes:
     out = bytearray(MAGIC)
     out.append(marshal.version)
     out += digest
-    out += zstandard.ZstdCompressor(level=1).compress(marshal.dumps(body))
+    out += zstandard.ZstdCompressor(level=1).compress(marshal.dumps(_packed(body)))
     out += hashlib.sha256(out).digest()
     return bytes(out)
 

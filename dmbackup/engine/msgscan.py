@@ -27,6 +27,7 @@ import collections
 import functools
 import json
 import re
+import sys
 from dataclasses import dataclass
 
 from dmbackup.archive import layout
@@ -225,6 +226,18 @@ def message_rows(rows, scope: Scope | None = None) -> list[tuple[PageRow, MsgDir
     return out
 
 
+def _prefix_ints(keys) -> set[int]:
+    """The first 4 bytes of each hex content key as a native int (``Delta.may_put``); a key
+    that is not hex cannot be found anyway."""
+    out = set()
+    for k in keys:
+        try:
+            out.add(int.from_bytes(bytes.fromhex(k[:8]), sys.byteorder))
+        except (ValueError, TypeError):
+            pass
+    return out
+
+
 class MessageWalker:
     """The message entries of page table rows, optionally only those with wanted content.
 
@@ -241,6 +254,7 @@ class MessageWalker:
         self._base: collections.OrderedDict = collections.OrderedDict()
         self._cached = 0
         self._want_bytes: set[bytes] | None = None
+        self._want_ints = _prefix_ints(want) if want is not None else set()
         self.pages_read = 0
 
     def _wanted(self, e: Entry) -> bool:
@@ -341,9 +355,13 @@ class MessageWalker:
         delta = row.delta
         if delta is None:
             return d
-        if not d and self.want is not None:
-            # nothing wanted in the base page (the usual case): deletions and renames cannot
-            # touch a wanted entry, only the added entries can bring one
+        if self.want is not None and (not d or not delta.may_touch(d)):
+            # nothing wanted in the base page (the usual case), or nothing the delta changes
+            # among what is: only the added entries can bring a wanted one (and a delta from
+            # the local cache of catalogs knows, without being unpacked, the key prefixes of
+            # the files it adds, and whether it names any of the wanted entries at all)
+            if not delta.may_put(self._want_ints):
+                return d
             for e in delta.wanted_puts(self.want)[0]:
                 d[e.name] = e
             return d

@@ -15,7 +15,8 @@ import stat
 import pytest
 
 from dmbackup.archive import reader
-from dmbackup.archive.tablecache import MAGIC, TableCache, body_digest, decode, encode
+from dmbackup.archive import catalog
+from dmbackup.archive.tablecache import MAGIC, TableCache, _packed, body_digest, decode, encode
 from dmbackup.errors import CorruptObject
 from tests.engine import mailsim
 from tests.engine.forge import open_repo
@@ -27,10 +28,67 @@ BODY = {"base": "20261127T023000Z-full", "depth": 2, "removed": ["a/b"], "warnin
         "changed": [["d/cur", SNAP, 10, 20, "ab" * 16, 3, {"del": ["x"], "ren": [["y", ":2,S", None]], "put": []}]]}
 
 
+PACKED = _packed(BODY)
+H1, H2 = "0a1b2c3d" + "e" * 56, "ffeeddcc" + "1" * 56
+BUSY = {"base": SNAP, "depth": 1, "removed": [], "warnings": [], "changed": [
+    ["u/Maildir/cur", SNAP, 0, 9, "cd" * 16, 2, {
+        "del": ["1700000001.M1P1.h:2,S"], "ren": [["1700000002.M2P2.h:2,", ":2,S", None]],
+        "put": [["1700000003.M3P3.h:2,", "f", 384, 0, 0, 5, 3, 7, H1, [["%s.v0001" % SNAP, 0, 3, 0, 3]]],
+                ["1700000004.M4P4.h:2,F", "f", 384, 0, 0, 5, 3, 8, H2, [["%s.v0001" % SNAP, 3, 3, 0, 3]]],
+                ["sub", "d", 448, 0, 0, 5, 0, 0, None, None]]}],
+    ["u/Maildir/new", SNAP, 9, 9, "ef" * 16, 0, None]]}
+
+
+def _ints(*hexes):
+    import sys
+    return {int.from_bytes(bytes.fromhex(h[:8]), sys.byteorder) for h in hexes}
+
+
+def test_packed_deltas_read_as_the_parsed_ones_and_know_what_they_add():
+    """The cache keeps each row's delta as marshal bytes with its size and the key prefixes of
+    the files it adds: it decodes to the very table the parsed body gives, and answers
+    ``may_put``/``may_touch`` without being unpacked."""
+    packed = decode(encode(body_digest(b"s"), BUSY), body_digest(b"s"))
+    assert type(packed["changed"][0][6]) is tuple and packed["changed"][1][6] is None
+    want, got = catalog.table_of_body(BUSY, "t")[0], catalog.table_of_body(packed, "t")[0]
+    d = got.changed[0].delta
+    assert d.size == 5 and d._packed is not None                # known without unpacking
+    assert not d.may_put(_ints("12345678")) and d.may_put(_ints(H2)) and d.may_put(_ints("12345678", H1))
+    assert d._packed is not None
+    assert not d.may_touch(["1700000009.M9P9.h:2,S", "1700000099.M1P1.h"])
+    for name in ("1700000001.M1P1.h:2,S", "1700000002.M2P2.h:2,S", "1700000002.M2P2.h:2,F",   # deleted, renamed
+                 "1700000003.M3P3.h:2,", "1700000004.M4P4.h:2,"):                             # replaced
+        assert d.may_touch([name]), name
+    assert d._packed is not None
+    assert got == want                                          # unpacks: every field the same
+    assert d.dels == ["1700000001.M1P1.h:2,S"] and [e.hash for e in d.puts if e.hash] == [H1, H2]
+    assert d.wanted_puts({H2[:32]})[0][0].name == "1700000004.M4P4.h:2,F"
+    unpacked = catalog.table_of_body(BUSY, "t")[0].changed[0].delta
+    assert unpacked.may_put(set()) and unpacked.may_touch([])   # a parsed delta always says maybe
+
+
+def test_malformed_deltas_fail_as_they_do_unpacked():
+    for bad in ({"del": "x", "ren": [], "put": []}, {"del": [], "ren": [], "put": [["short"]]},
+                {"del": [3], "ren": [], "put": []}, {"del": [], "ren": [["a"]], "put": []}):
+        body = json.loads(json.dumps(BUSY))
+        body["changed"][0][6] = bad
+        packed = decode(encode(body_digest(b"s"), body), body_digest(b"s"))
+        for form in (body, packed):
+            with pytest.raises(CorruptObject):
+                t = catalog.table_of_body(form, "t")[0]
+                dl = t.changed[0].delta
+                dl.dels, dl.rens, dl.puts
+    for bad in ((b"x", 1), (b"x", -1, b""), ("x", 1, b""), (b"x", 1, b"abc"), (b"\xff", 1, b"")):
+        body = dict(PACKED, changed=[PACKED["changed"][0][:6] + [bad]])
+        with pytest.raises(CorruptObject):
+            t = catalog.table_of_body(body, "t")[0]
+            t.changed[0].delta.dels
+
+
 def test_encode_decode_and_every_damage_reads_as_missing():
     digest = body_digest(b"sealed body")
     data = encode(digest, BODY)
-    assert data.startswith(MAGIC) and decode(data, digest) == BODY
+    assert data.startswith(MAGIC) and decode(data, digest) == PACKED
     assert decode(data, body_digest(b"other sealed bytes")) is None     # made from other bytes
     for i in range(len(data)):                      # any flipped byte
         bad = bytearray(data)
@@ -50,7 +108,7 @@ def test_put_get_forget_and_private_modes(tmp_path):
     digest = body_digest(b"x")
     assert tc.get(CHAIN, SNAP, digest) is None and tc.misses == 1
     tc.put(CHAIN, SNAP, digest, BODY)
-    assert tc.get(CHAIN, SNAP, digest) == BODY and tc.hits == 1
+    assert tc.get(CHAIN, SNAP, digest) == PACKED and tc.hits == 1
     path = tmp_path / "state" / "tables" / RID / CHAIN / SNAP
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     for level in (tmp_path / "state", tmp_path / "state" / "tables", path.parent.parent, path.parent):
@@ -74,7 +132,7 @@ def test_links_and_names_that_are_not_ids(tmp_path):
     assert tc.get(CHAIN, SNAP, digest) is None                  # never followed
     tc.put(CHAIN, SNAP, digest, {"pages": []})                  # replaces the link, not its target
     assert not os.path.islink(state / "tables" / RID / CHAIN / SNAP)
-    assert decode(secret.read_bytes(), digest) == BODY
+    assert decode(secret.read_bytes(), digest) == PACKED
     for chain, snap in (("../x", SNAP), (CHAIN, "../../x"), (CHAIN, SNAP + "/x")):
         tc.put(chain, snap, digest, BODY)
         assert tc.get(chain, snap, digest) is None
