@@ -13,6 +13,11 @@ Two steps, neither reading a volume:
    that the local cache (dmbackup.engine.pagekeys) says lists none of the matching contents
    is not read at all.
 
+The rows of step 2 are split in two by stored page and resolved on two processors, the
+second half in a forked child (dmbackup.engine.forkpair; only on a target read through the
+file system, and the answer is the same without it). Each half merges what it finds, then
+the halves are merged by the same rule.
+
 A message is reported once per (mailbox, folder, content): with the first and the last
 snapshot that hold it there (a message deleted on Tuesday is last seen in Monday night's
 snapshot; a message moved to Trash shows up twice, in its old folder up to the move and in
@@ -33,8 +38,9 @@ from dmbackup import gcpause, humanize, utctime
 from dmbackup.archive.catalog import Entry
 from dmbackup.archive.headerindex import Query, Record
 from dmbackup.archive.hidx import hidx_pieces, search_pieces_hidx
+from dmbackup.engine import forkpair
 from dmbackup.engine.msgscan import MessageWalker, MsgDir, Scope, flag_names, imap_folder, keyword_letters, \
-    maildir_flags, message_rows, row_key
+    maildir_flags, message_dir, row_key
 from dmbackup.engine.result import Result
 from dmbackup.errors import CorruptObject, DmError, EXIT_DAMAGE, UsageError
 
@@ -101,7 +107,7 @@ class Hit:
     record: Record | None
     first: int                      # indices into Search.snaps
     last: int
-    seen: set = field(default_factory=set)
+    seen: int = 0                   # bit i: snaps[i] holds it there
     entry: Entry | None = None      # as in the last snapshot (name, flags, extents)
 
     @property
@@ -177,6 +183,10 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
     pagekeys = _pagekeys(app, repo)
     walker = MessageWalker(repo, want=set(records), pagekeys=pagekeys)
     groups: dict[tuple, tuple] = {}
+    # A row a snapshot's table inherits unchanged from its parent's is the same object in both
+    # (dmbackup.archive.reader): it is looked at once, by identity (``by_obj`` holds the row,
+    # so its id stays its own), and only rows new to a table are classified and keyed.
+    by_obj: dict[int, tuple] = {}
     for i, ref in enumerate(snaps):
         if app is not None:
             app.check_stop()
@@ -186,42 +196,110 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
             warnings.append(f"snapshot {ref.chain}/{ref.id} cannot be read ({exc}): not searched")
             res.damaged = True
             continue
-        for row, md in message_rows(rows, scope):
-            k = row_key(ref.chain, row)
-            g = groups.get(k)
-            if g is None:
-                groups[k] = (ref.chain, row, md, [i])
-            else:
-                g[3].append(i)
-    hits: dict[tuple, Hit] = {}
-    for chain, row, md, idxs in groups.values():
-        if app is not None:
-            app.check_stop()
-        try:
-            entries = walker.entries(chain, row)
-        except (CorruptObject, DmError) as exc:
-            warnings.append(f"the page of {row.dir} in {chain} cannot be read ({exc}): not searched")
-            res.damaged = True
-            continue
-        lo, hi = idxs[0], idxs[-1]
-        for e in entries.values():
-            key = e.hash[:32]
-            hk = (md.mailbox, md.folder_dir, key)
-            h = hits.get(hk)
-            if h is None:
-                h = hits[hk] = Hit(md, key, records.get(key), lo, hi, set(idxs), e)
+        for row in rows:
+            seen = by_obj.get(id(row))
+            if seen is not None and seen[0] is row:
+                if seen[1] is not None and seen[1][3][-1] != i:
+                    seen[1][3].append(i)
                 continue
-            h.seen.update(idxs)
-            h.first = min(h.first, lo)
-            if hi > h.last or (hi == h.last and md.sub == "cur" and h.md.sub != "cur"):
-                h.last, h.entry, h.md = hi, e, md
-    res.hits = sorted(hits.values(), key=_order)
+            g = None
+            md = message_dir(row.dir)
+            if md is not None and scope.wants(md):
+                k = row_key(ref.chain, row)
+                g = groups.get(k)
+                if g is None:
+                    g = groups[k] = (ref.chain, row, md, [i])
+                elif g[3][-1] != i:
+                    g[3].append(i)
+            by_obj[id(row)] = (row, g)
+    glist = list(groups.values())
+    found, errors = _resolve(walker, glist, app, allowed=repo.t.capabilities.concurrent)
+    for gi in sorted(errors):
+        chain, row = glist[gi][0], glist[gi][1]
+        warnings.append(f"the page of {row.dir} in {chain} cannot be read ({errors[gi]}): not searched")
+        res.damaged = True
+    hits = [Hit(h[4], hk[2], records.get(hk[2]), h[0], h[1], h[2], h[3]) for hk, h in found.items()]
+    res.hits = sorted(hits, key=_order)
     res.pages_read, res.pages_skipped = walker.pages_read, walker.pages_skipped
     if pagekeys is not None:
         pagekeys.save()
         if only is None:
             pagekeys.forget_others({(s.chain, s.id) for s in every})
     return res
+
+
+def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple[dict, dict]:
+    """The messages the groups' rows hold, merged: ``({(mailbox, folder dir, key): [first,
+    last, seen, entry, MsgDir, group index, in cur/]}, {group index: message of the error
+    that kept its page from being read})``. ``seen`` has bit i set when ``snaps[i]`` holds the
+    message there; the entry and MsgDir are those of the last snapshot (``_merge``).
+
+    The rows are split in two by their stored base page (every other page: a page is read by
+    one process only), each half resolved and merged on a processor of its own
+    (dmbackup.engine.forkpair), then the halves merged; the child's page counts and the page
+    keys it learned come back with its result."""
+    by_page: dict[tuple, list[int]] = {}
+    for gi, (chain, row, _, _) in enumerate(glist):
+        by_page.setdefault((chain, row.owner, row.offset), []).append(gi)
+    halves: tuple[list[int], list[int]] = ([], [])
+    for gis in by_page.values():                # balanced by rows, each page in one half
+        halves[len(halves[0]) > len(halves[1])].extend(gis)
+    for h in halves:
+        h.sort()
+
+    def work(part: list[int]):
+        read0, skipped0 = walker.pages_read, walker.pages_skipped
+        learned0 = len(walker.pagekeys.added) if walker.pagekeys is not None else 0
+        found: dict[tuple, list] = {}
+        errors: dict[int, str] = {}
+        for gi in part:
+            if app is not None:
+                app.check_stop()
+            chain, row, md, idxs = glist[gi]
+            try:
+                entries = walker.entries(chain, row)
+            except (CorruptObject, DmError) as exc:
+                errors[gi] = str(exc)
+                continue
+            if not entries:
+                continue
+            lo, hi, cur = idxs[0], idxs[-1], md.sub == "cur"
+            mask = 0
+            for i in idxs:
+                mask |= 1 << i
+            for e in entries.values():
+                _merge(found, (md.mailbox, md.folder_dir, e.hash[:32]), [lo, hi, mask, e, md, gi, cur])
+        learned = walker.pagekeys.added[learned0:] if walker.pagekeys is not None else []
+        return found, errors, walker.pages_read - read0, walker.pages_skipped - skipped0, learned
+
+    read0, skipped0 = walker.pages_read, walker.pages_skipped
+    mine, theirs = forkpair.in_two(work, halves[0], halves[1], allowed=allowed, items=len(by_page))
+    walker.pages_read = read0 + mine[2] + theirs[2]
+    walker.pages_skipped = skipped0 + mine[3] + theirs[3]
+    if walker.pagekeys is not None:
+        for learned in theirs[4]:           # (already there when this process did that half)
+            walker.pagekeys.add(*learned)
+    found, errors = mine[0], mine[1]
+    for hk, h in theirs[0].items():
+        _merge(found, hk, h)
+    errors.update(theirs[1])
+    return found, errors
+
+
+def _merge(found: dict, hk: tuple, h: list) -> None:
+    """Add what one row (or one half) knows of a message to ``found``: the first and last
+    snapshot, the snapshots, and the entry of the last snapshot; of two rows that reach the
+    same last snapshot (a message in new/ and cur/ during a move), the one in cur/, then the
+    one met first (the lower group index: the answer does not depend on the split)."""
+    old = found.get(hk)
+    if old is None:
+        found[hk] = h
+        return
+    old[2] |= h[2]
+    if h[0] < old[0]:
+        old[0] = h[0]
+    if (h[1], h[6], -h[5]) > (old[1], old[6], -old[5]):
+        old[1], old[3], old[4], old[5], old[6] = h[1], h[3], h[4], h[5], h[6]
 
 
 def _pagekeys(app, repo):
@@ -237,7 +315,7 @@ def _pagekeys(app, repo):
 def _order(h: Hit):
     r = h.record
     return (r.date if r and r.date is not None else float("inf"), h.md.mailbox, h.md.folder_dir,
-            h.entry.name if h.entry else "")
+            h.entry.name if h.entry else "", h.key)
 
 
 def describe_hit(h: Hit, snaps) -> dict:
@@ -252,7 +330,7 @@ def describe_hit(h: Hit, snaps) -> dict:
         "size": h.entry.size if h.entry else (r.size if r else 0),
         "flags": flag_names(letters), "keywords": keyword_letters(letters), "maildir_flags": letters,
         "new": h.md.sub == "new",
-        "first_seen": snaps[h.first].id, "last_seen": snaps[h.last].id, "snapshots": len(h.seen),
+        "first_seen": snaps[h.first].id, "last_seen": snaps[h.last].id, "snapshots": h.seen.bit_count(),
         "in_newest": h.last == len(snaps) - 1,
         "name": h.entry.name if h.entry else None, "sha256": h.key,
     }

@@ -143,6 +143,7 @@ class PageKeys:
         self.root = os.path.join(state_dir, "pagekeys", repo_id) if _REPO_RE.fullmatch(repo_id) else None
         self._files: dict[tuple[str, str], dict[tuple[int, int], bytes]] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self.added: list[tuple] = []        # (chain, owner, offset, length, keys) learned, in order
 
     def _path(self, chain: str, owner: str) -> str | None:
         if self.root is None or not CHAIN_RE.match(chain) or not SNAP_RE.match(owner):
@@ -169,6 +170,7 @@ class PageKeys:
         if f.get((offset, length)) != keys:
             f[(offset, length)] = keys
             self._dirty.add((chain, owner))
+            self.added.append((chain, owner, offset, length, keys))
 
     def save(self) -> None:
         for chain, owner in sorted(self._dirty):

@@ -636,3 +636,65 @@ def test_the_page_keys_of_pruned_snapshots_are_forgotten(awk):
     awk.ok("prune", "--target", "local", "--keep-chains", "1")
     find(awk, "--subject", "caffe")
     assert len({p.split(os.sep)[1] for p in _cache_files(awk)}) == 1
+
+
+def test_find_answers_the_same_on_one_or_two_processors(tmp_path, monkeypatch):
+    """dmbackup.engine.forkpair: find resolves half of the rows in a forked child. Every
+    answer, the page counts, the page keys the child learned (kept by the parent) and the
+    warnings about a damaged page are those of a search in one process."""
+    from dmbackup.engine import find as find_mod, forkpair
+
+    w, ids, _ = week(tmp_path)
+    forks = []
+    real_fork = os.fork
+
+    def fork():
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    logged = []
+    real_search = find_mod.search
+
+    def search(*a, **k):
+        s = real_search(*a, **k)
+        logged.append((s.pages_read, s.pages_skipped))
+        return s
+
+    monkeypatch.setattr(find_mod, "search", search)
+
+    real_in_two = forkpair.in_two
+
+    def whole(work, first, second, **_):            # one process, one pass over every row
+        return work(sorted(first + second)), ({}, {}, 0, 0, [])
+
+    def answers(two: bool):
+        monkeypatch.setattr(forkpair, "MIN_ITEMS", 1)
+        monkeypatch.setattr(forkpair, "in_two", real_in_two if two else whole)
+        shutil.rmtree(os.path.join(w.state, "pagekeys"), ignore_errors=True)
+        logged.clear()
+        out = []
+        for q in WEEK_QUERIES:
+            r = w.run("find", "--json", *q)
+            out.append((r.code, json.loads(r.out), r.err.splitlines()[1:]))    # (not the log line)
+        return out, list(logged), _cache_files(w)
+
+    one = answers(False)
+    assert not forks
+    two = answers(True)
+    assert forks                                    # (each search with rows of pages to resolve)
+    assert two == one
+    assert all(c == 0 for c, _, _ in one[0]) and sum(r["count"] for _, r, _ in one[0]) > 10
+    assert sum(p for p, _ in one[1]) > 0
+    # a damaged page: the same warning and exit code from the child's half as from one process
+    pages = os.path.join(w.repo_dir, "dmbackup", "mx.test", "chains")
+    victim = sorted(os.path.join(d, f) for d, _, fs in os.walk(pages) for f in fs if f.endswith(".pages"))[0]
+    data = bytearray(open(victim, "rb").read())
+    for i in range(len(data) // 2, len(data), 256):     # the pages of the second half of the full
+        data[i] ^= 0x01
+    with open(victim, "wb") as f:
+        f.write(bytes(data))
+    bad_one, bad_two = answers(False)[0], answers(True)[0]
+    assert bad_two == bad_one and any(c == 4 for c, _, _ in bad_one), [(c, e) for c, _, e in bad_one]
+    assert any("cannot be read" in x for _, r, _ in bad_one for x in r["warnings"])
