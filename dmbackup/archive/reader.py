@@ -65,7 +65,8 @@ class CatalogReader:
 
     def __init__(self, repo):
         self.repo = repo
-        self._tables: dict = {}
+        self._tables: dict = {}                 # resolved rows, in no particular order
+        self._sorted: dict = {}                 # the same in tree order (``body``)
         self._warnings: dict = {}
         self._depths: dict = {}
         self._pages: dict = {}
@@ -91,7 +92,18 @@ class CatalogReader:
 
     def body(self, ref: SnapshotRef):
         """(page rows in tree order, warnings) of a snapshot, its table resolved through its parents."""
-        return self.table(ref.chain, ref.id, 0), self._warnings.get((ref.chain, ref.id), [])
+        key = (ref.chain, ref.id)
+        rows = self._sorted.get(key)
+        if rows is None:
+            rows = self._sorted[key] = tree_order(self.table(ref.chain, ref.id, 0))
+            if len(self._sorted) > TABLES_CACHED:
+                self._sorted.pop(next(iter(self._sorted)))
+        return rows, self._warnings.get(key, [])
+
+    def rows(self, ref: SnapshotRef) -> list[PageRow]:
+        """The page rows of a snapshot in no particular order (``body`` without the sort: for
+        a reader that looks at every row anyway, such as ``find``)."""
+        return self.table(ref.chain, ref.id, 0)
 
     def depth(self, ref: SnapshotRef) -> int:
         self.table(ref.chain, ref.id, 0)
@@ -117,7 +129,7 @@ class CatalogReader:
         self._warnings[key] = warnings
         self._depths[key] = table.depth
         if table.rows is not None:
-            rows = tree_order(table.rows)
+            rows = table.rows
         else:
             try:
                 base = {r.dir: r for r in self.table(chain, table.base, depth + 1)}
@@ -128,7 +140,7 @@ class CatalogReader:
                 base.pop(d, None)
             for r in table.changed:
                 base[r.dir] = r
-            rows = tree_order(base.values())
+            rows = list(base.values())
         self._tables[key] = rows
         if len(self._tables) > TABLES_CACHED:
             self._tables.pop(next(iter(self._tables)))

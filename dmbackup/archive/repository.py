@@ -334,6 +334,10 @@ class Repository:
         """(page rows in tree order, warnings) of a snapshot, its table resolved through its parents."""
         return self._reader.body(ref)
 
+    def catalog_rows(self, ref: SnapshotRef):
+        """The page rows of a snapshot in no particular order (``catalog_body`` without its sort)."""
+        return self._reader.rows(ref)
+
     def table_depth(self, ref: SnapshotRef) -> int:
         """How many parent tables a snapshot's table builds on (0: a full table)."""
         return self._reader.depth(ref)

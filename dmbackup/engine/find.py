@@ -13,10 +13,11 @@ Two steps, neither reading a volume:
    that the local cache (dmbackup.engine.pagekeys) says lists none of the matching contents
    is not read at all.
 
-The rows of step 2 are split in two by stored page and resolved on two processors, the
-second half in a forked child (dmbackup.engine.forkpair; only on a target read through the
-file system, and the answer is the same without it). Each half merges what it finds, then
-the halves are merged by the same rule.
+Two processors are used where there are two (dmbackup.engine.forkpair: a forked child; only
+on a target read through the file system, and the answer is the same without it): step 1
+runs in the child while this process reads the catalogs and groups their rows, and the rows
+of step 2 are split in two by stored page, each half resolved and merged on its own
+processor, then the halves merged by the same rule.
 
 A message is reported once per (mailbox, folder, content): with the first and the last
 snapshot that hold it there (a message deleted on Tuesday is last seen in Monday night's
@@ -174,27 +175,93 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
     for s in snaps:
         last_seq[s.chain] = max(last_seq.get(s.chain, -1), s.header.seq)
     indexed = [s for s in every if s.header.seq <= last_seq.get(s.chain, -1)]
-    records, not_indexed, damaged_idx = load_records(repo, indexed, query, warnings)
+    allowed = repo.t.capabilities.concurrent
+
+    def part(which: str, peer=None):
+        if which == "records":
+            found_warnings: list[str] = []
+            return load_records(repo, indexed, query, found_warnings) + (found_warnings,)
+
+        def nothing_found() -> bool:        # the child's indexes matched nothing: no row is needed
+            got = peer.finished() if peer is not None else None
+            return got is not None and not got[0]
+
+        return _group_rows(repo, snaps, scope, app, nothing_found)
+
+    # the header indexes are searched in a forked child while this process reads the catalogs
+    # and groups their rows (dmbackup.engine.forkpair; the same answer without the child);
+    # in one process the catalogs are read only when some message matches
+    weight = _hidx_weight(repo, indexed) if forkpair.usable(allowed, forkpair.MIN_ITEMS) else 0
+    grouped = None
+    if forkpair.usable(allowed, weight):
+        grouped, found = forkpair.in_two(part, "tables", "records", allowed=allowed, items=weight, peer=True)
+    else:
+        found = part("records")
+    records, not_indexed, damaged_idx, idx_warnings = found
+    warnings += idx_warnings
     res = Search(snaps, [], records, not_indexed, damaged_idx, warnings)
     if only is None and repo.table_cache is not None:       # parsed catalogs of pruned snapshots
         repo.table_cache.forget_others({(s.chain, s.id) for s in every})
     if not records:
         return res
+    groups, table_warnings = grouped if grouped is not None and grouped[0] is not None else part("tables")
+    if table_warnings:
+        warnings += table_warnings
+        res.damaged = True
     pagekeys = _pagekeys(app, repo)
     walker = MessageWalker(repo, want=set(records), pagekeys=pagekeys)
+    glist = list(groups.values())
+    found, errors = _resolve(walker, glist, app, allowed=allowed)
+    for gi in sorted(errors):
+        chain, row = glist[gi][0], glist[gi][1]
+        warnings.append(f"the page of {row.dir} in {chain} cannot be read ({errors[gi]}): not searched")
+        res.damaged = True
+    hits = [Hit(h[4], hk[2], records.get(hk[2]), h[0], h[1], h[2], h[3]) for hk, h in found.items()]
+    res.hits = sorted(hits, key=_order)
+    res.pages_read, res.pages_skipped = walker.pages_read, walker.pages_skipped
+    if pagekeys is not None:
+        pagekeys.save()
+        if only is None:
+            pagekeys.forget_others({(s.chain, s.id) for s in every})
+    return res
+
+
+def _hidx_weight(repo, refs) -> int:
+    """How much header index there is to search, in ``forkpair`` items (16 KiB sealed, about
+    300 records, each; any index at all is at least one)."""
+    from dmbackup.archive import layout
+    from dmbackup.errors import NotFound
+
+    total = 0
+    for ref in refs:
+        try:
+            total += repo.object_size(ref.chain, layout.hidx_name(ref.id))
+        except (NotFound, DmError):
+            pass
+    return max(1, total >> 14) if total else 0
+
+
+def _group_rows(repo, snaps, scope, app, give_up=None) -> tuple[dict | None, list[str]]:
+    """The message rows of ``snaps`` in ``scope``, grouped: ``{row_key: (chain, row, MsgDir,
+    [indices of the snapshots that have it])}``, and a warning for each snapshot whose
+    catalog cannot be read; ``(None, [])`` as soon as ``give_up()`` says so (asked before
+    each catalog).
+
+    A row a snapshot's table inherits unchanged from its parent's is the same object in both
+    (dmbackup.archive.reader): it is looked at once, by identity (``by_obj`` holds the row, so
+    its id stays its own), and only rows new to a table are classified and keyed."""
     groups: dict[tuple, tuple] = {}
-    # A row a snapshot's table inherits unchanged from its parent's is the same object in both
-    # (dmbackup.archive.reader): it is looked at once, by identity (``by_obj`` holds the row,
-    # so its id stays its own), and only rows new to a table are classified and keyed.
+    warnings: list[str] = []
     by_obj: dict[int, tuple] = {}
     for i, ref in enumerate(snaps):
         if app is not None:
             app.check_stop()
+        if give_up is not None and give_up():
+            return None, []
         try:
-            rows, _ = repo.catalog_body(ref)
+            rows = repo.catalog_rows(ref)
         except CorruptObject as exc:
             warnings.append(f"snapshot {ref.chain}/{ref.id} cannot be read ({exc}): not searched")
-            res.damaged = True
             continue
         for row in rows:
             seen = by_obj.get(id(row))
@@ -212,20 +279,7 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
                 elif g[3][-1] != i:
                     g[3].append(i)
             by_obj[id(row)] = (row, g)
-    glist = list(groups.values())
-    found, errors = _resolve(walker, glist, app, allowed=repo.t.capabilities.concurrent)
-    for gi in sorted(errors):
-        chain, row = glist[gi][0], glist[gi][1]
-        warnings.append(f"the page of {row.dir} in {chain} cannot be read ({errors[gi]}): not searched")
-        res.damaged = True
-    hits = [Hit(h[4], hk[2], records.get(hk[2]), h[0], h[1], h[2], h[3]) for hk, h in found.items()]
-    res.hits = sorted(hits, key=_order)
-    res.pages_read, res.pages_skipped = walker.pages_read, walker.pages_skipped
-    if pagekeys is not None:
-        pagekeys.save()
-        if only is None:
-            pagekeys.forget_others({(s.chain, s.id) for s in every})
-    return res
+    return groups, warnings
 
 
 def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple[dict, dict]:

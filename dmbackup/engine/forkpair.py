@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import threading
 from typing import Callable, TypeVar
@@ -46,17 +47,23 @@ def usable(allowed: bool, items: int) -> bool:
             and threading.active_count() == 1)
 
 
-def in_two(work: Callable[[T], R], first: T, second: T, *, allowed: bool, items: int = MIN_ITEMS) -> tuple[R, R]:
-    """``(work(first), work(second))``, the second in a forked child when ``usable``."""
+def in_two(work: Callable[..., R], first: T, second: T, *, allowed: bool, items: int = MIN_ITEMS,
+           peer: bool = False) -> tuple[R, R]:
+    """``(work(first), work(second))``, the second in a forked child when ``usable``.
+
+    ``peer``: the parent calls ``work(first, p)``, where ``p`` is a ``Peer`` (or None when
+    there is no child) whose ``finished()`` gives the child's result as soon as it is there,
+    so the parent's half can stop early when the child's answer makes it useless; the child
+    and the fallback call ``work(second)``."""
     if not usable(allowed, items):
-        return work(first), work(second)
+        return (work(first, None) if peer else work(first)), work(second)
     r, w = os.pipe()
     try:
         pid = os.fork()
     except OSError:
         os.close(r)
         os.close(w)
-        return work(first), work(second)
+        return (work(first, None) if peer else work(first)), work(second)
     if pid == 0:                                    # the child
         code = 1
         try:
@@ -73,25 +80,49 @@ def in_two(work: Callable[[T], R], first: T, second: T, *, allowed: bool, items:
         finally:
             os._exit(code)
     os.close(w)
-    done = False
+    p = Peer(r, pid)
     try:
-        mine = work(first)
-        chunks = []
-        while True:
-            piece = os.read(r, 1 << 20)
-            if not piece:
-                break
-            chunks.append(piece)
-        _, status = os.waitpid(pid, 0)
-        done = True
-        theirs = _result(b"".join(chunks), status)
+        mine = work(first, p) if peer else work(first)
+        theirs = p.collect()
     finally:
         os.close(r)
-        if not done:
+        if p.value is None:
             _reap(pid)
     if theirs is _FAILED:
         theirs = work(second)
     return mine, theirs
+
+
+class Peer:
+    """The child, as the parent sees it while it computes its own half."""
+
+    def __init__(self, fd: int, pid: int):
+        self.fd, self.pid = fd, pid
+        self.value = None                           # the child's result (or _FAILED) once collected
+
+    def finished(self):
+        """The child's result if it is there, else None (also when the child failed: the
+        parent then does that half itself, later). Never waits for a child still working:
+        it writes its result only once it has it."""
+        if self.value is None:
+            ready, _, _ = select.select([self.fd], [], [], 0)
+            if not ready:
+                return None
+            self.collect()
+        return None if self.value is _FAILED else self.value
+
+    def collect(self):
+        """Wait for the child's result (``_FAILED`` when it has none)."""
+        if self.value is None:
+            chunks = []
+            while True:
+                piece = os.read(self.fd, 1 << 20)
+                if not piece:
+                    break
+                chunks.append(piece)
+            _, status = os.waitpid(self.pid, 0)
+            self.value = _result(b"".join(chunks), status)
+        return self.value
 
 
 _FAILED = object()
