@@ -66,10 +66,14 @@ def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
     name, a JSON string, whose opening quote is the first quote before it that is preceded
     by an even number of backslashes (a quote inside a JSON string is always escaped; and in
     UTF-8 the bytes of ``"`` and ``\\`` never occur inside another character, so this works
-    on the bytes). The entry is then decoded from there (at most ``ENTRY_WINDOW`` bytes of
-    the page are turned into text) by the JSON decoder and must carry that very hash."""
+    on the bytes). The entry is then decoded from there by the JSON decoder (an ASCII page is
+    turned into text once; another one ``ENTRY_WINDOW`` bytes at a time, from the entry) and
+    must carry that very hash."""
     out = {}
     n = len(plain)
+    # an ASCII page (the usual one: Maildir names are ASCII) is turned into text once, and each
+    # entry decoded where it starts; another page a window at a time
+    text = plain.decode("ascii") if plain.isascii() else None
     for m in hashes:
         pos = m.start()
         if plain[pos - 1:pos] != b",":
@@ -89,11 +93,14 @@ def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
                 break
         if plain[k - 1] != 0x5B:
             return None
-        cut = min(n, k - 1 + ENTRY_WINDOW)
-        while cut < n and cut > k and (plain[cut] & 0xC0) == 0x80:
-            cut -= 1                         # end the window on a character boundary
         try:
-            raw, _ = _DECODER.raw_decode(plain[k - 1:cut].decode("utf-8", "surrogatepass"))
+            if text is not None:
+                raw, _ = _DECODER.raw_decode(text, k - 1)
+            else:
+                cut = min(n, k - 1 + ENTRY_WINDOW)
+                while cut < n and cut > k and (plain[cut] & 0xC0) == 0x80:
+                    cut -= 1                 # end the window on a character boundary
+                raw, _ = _DECODER.raw_decode(plain[k - 1:cut].decode("utf-8", "surrogatepass"))
         except (ValueError, RecursionError):   # (UnicodeDecodeError is a ValueError)
             return None
         if type(raw) is not list or len(raw) != 10 or raw[8] != m.group(1).decode("ascii"):

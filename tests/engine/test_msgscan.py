@@ -122,6 +122,17 @@ def test_picked_entries_equal_the_parsed_ones_with_hostile_names():
     check(entries, {"0" * 32})
 
 
+def test_picked_entries_of_an_ascii_page_equal_the_parsed_ones():
+    """A page of ASCII names is turned into text once and each entry decoded where it starts."""
+    names = [n for n in HOSTILE if n.isascii()] + [f"17644{i:05d}.M{i}P1.h,S={i}:2,S" for i in range(300)]
+    entries = [f(n, i, size=i % 3 * 10) for i, n in enumerate(names)]
+    assert len(names) > 300 and any('"' in n or "\\" in n for n in names)
+    keys = [e.hash[:32] for e in entries]
+    for want in ({keys[0]}, {keys[-1]}, set(keys[::7]), set(keys)):
+        repo = check(entries, want)
+        assert repo.full_reads == 0
+
+
 def test_a_page_without_wanted_content_is_not_parsed():
     repo = FakeRepo()
     row = repo.add_page([f(f"m{i}", i) for i in range(50)])
