@@ -644,16 +644,10 @@ def test_find_answers_the_same_on_one_or_two_processors(tmp_path, monkeypatch):
     warnings about a damaged page are those of a search in one process."""
     from dmbackup.engine import find as find_mod, forkpair
 
+    from tests.engine.test_forkpair import count_forks
+
     w, ids, _ = week(tmp_path)
-    forks = []
-    real_fork = os.fork
-
-    def fork():
-        forks.append(1)
-        return real_fork()
-
-    monkeypatch.setattr(os, "fork", fork)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    forks = count_forks(monkeypatch)
     logged = []
     real_search = find_mod.search
 

@@ -18,10 +18,9 @@ from dmbackup.engine import forkpair
 PARENT = os.getpid()
 
 
-@pytest.fixture
-def forks(monkeypatch):
-    """Counts the forks; forkpair forks for any number of items."""
-    n = []
+def count_forks(monkeypatch) -> list:
+    """A list that gets an item at each fork; the machine is said to have two processors."""
+    n: list = []
     real = os.fork
 
     def fork():
@@ -29,9 +28,15 @@ def forks(monkeypatch):
         return real()
 
     monkeypatch.setattr(os, "fork", fork)
-    monkeypatch.setattr(forkpair, "MIN_ITEMS", 1)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     return n
+
+
+@pytest.fixture
+def forks(monkeypatch):
+    """Counts the forks; forkpair forks for any number of items."""
+    monkeypatch.setattr(forkpair, "MIN_ITEMS", 1)
+    return count_forks(monkeypatch)
 
 
 def test_the_second_half_runs_in_a_child_and_comes_back(forks):
