@@ -218,7 +218,7 @@ class Delta:
         self._dels, self._rens, self._raw = d._dels, d._rens, d._raw
         self._packed = self._keys = None
 
-    def may_put(self, prefixes: set[int]) -> bool:
+    def may_put(self, prefixes) -> bool:
         """False when no file this delta adds has a content key whose first 4 bytes (as a
         native ``int``, pagekeys-style) are in ``prefixes``: only a packed delta knows, any
         other answers True."""

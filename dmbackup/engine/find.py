@@ -40,6 +40,7 @@ from dmbackup.archive.catalog import Entry
 from dmbackup.archive.headerindex import Query, Record
 from dmbackup.archive.hidx import hidx_pieces, search_pieces_hidx
 from dmbackup.engine import forkpair
+from dmbackup.engine.pagekeys import forget_pruned
 from dmbackup.engine.msgscan import MessageWalker, MsgDir, Scope, flag_names, imap_folder, keyword_letters, \
     maildir_flags, message_dir, row_key
 from dmbackup.engine.result import Result
@@ -200,8 +201,8 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
     records, not_indexed, damaged_idx, idx_warnings = found
     warnings += idx_warnings
     res = Search(snaps, [], records, not_indexed, damaged_idx, warnings)
-    if only is None and repo.table_cache is not None:       # parsed catalogs of pruned snapshots
-        repo.table_cache.forget_others({(s.chain, s.id) for s in every})
+    if only is None:                    # what this machine keeps of pruned snapshots
+        forget_pruned(app, repo, {(s.chain, s.id) for s in every})
     if not records:
         return res
     groups, table_warnings = grouped if grouped is not None and grouped[0] is not None else part("tables")
@@ -221,8 +222,6 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
     res.pages_read, res.pages_skipped = walker.pages_read, walker.pages_skipped
     if pagekeys is not None:
         pagekeys.save()
-        if only is None:
-            pagekeys.forget_others({(s.chain, s.id) for s in every})
     return res
 
 

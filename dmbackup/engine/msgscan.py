@@ -27,7 +27,6 @@ import collections
 import functools
 import json
 import re
-import sys
 from dataclasses import dataclass
 
 from dmbackup.archive import layout
@@ -233,18 +232,6 @@ def message_rows(rows, scope: Scope | None = None) -> list[tuple[PageRow, MsgDir
     return out
 
 
-def _prefix_ints(keys) -> set[int]:
-    """The first 4 bytes of each hex content key as a native int (``Delta.may_put``); a key
-    that is not hex cannot be found anyway."""
-    out = set()
-    for k in keys:
-        try:
-            out.add(int.from_bytes(bytes.fromhex(k[:8]), sys.byteorder))
-        except (ValueError, TypeError):
-            pass
-    return out
-
-
 class MessageWalker:
     """The message entries of page table rows, optionally only those with wanted content.
 
@@ -256,12 +243,12 @@ class MessageWalker:
         self.want = want
         # dmbackup.engine.pagekeys.PageKeys: which pages can be skipped unread (only with ``want``)
         self.pagekeys = pagekeys if want is not None else None
-        self._wanted_prefixes = Wanted(want) if self.pagekeys is not None else None
+        self._wanted_prefixes = Wanted(want) if want is not None else None
         self.pages_skipped = 0
         self._base: collections.OrderedDict = collections.OrderedDict()
         self._cached = 0
         self._want_bytes: set[bytes] | None = None
-        self._want_ints = _prefix_ints(want) if want is not None else set()
+        self._want_ints = self._wanted_prefixes.ints if want is not None else frozenset()
         self.pages_read = 0
 
     def _wanted(self, e: Entry) -> bool:

@@ -112,6 +112,9 @@ class Wanted:
         self.by_prefix: dict[bytes, list[bytes]] = {}
         for k in keys:
             self.by_prefix.setdefault(prefix(k), []).append(k.encode("ascii"))
+        # the prefixes as native ints, as ``memoryview(keys).cast("I")`` gives a page's (and
+        # catalog.Delta.may_put a packed delta's)
+        self.ints = frozenset(int.from_bytes(p, sys.byteorder) for p in self.by_prefix)
         self._by_int = None
         if len(self.by_prefix) > SMALL:
             self._by_int = {int.from_bytes(p, sys.byteorder): ks for p, ks in self.by_prefix.items()}
