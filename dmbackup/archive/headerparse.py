@@ -1,11 +1,11 @@
 """Reading a message's header block for the header index (dmbackup.archive.headerindex).
 
 Extraction. ``extract(data)`` reads only the header block: the bytes before the first empty
-line, and never more than ``HEADER_CAP`` (64 KiB) of them. One regular expression over a
-lower-cased copy of the block finds the wanted fields with their continuation lines (no
-per-line Python loop, no ``email.message_from_bytes``: about 11 us of CPU for a 1.7 KB
-header block on the shared 2-core machine, against about 72 us for ``BytesHeaderParser``; see
-``bench/headerindex_speed.py``);
+line, and never more than ``HEADER_CAP`` (64 KiB) of them. One ``findall`` of one regular
+expression, case-insensitive, finds the wanted fields with their continuation lines and stops
+at the empty line (no per-line Python loop, no ``email.message_from_bytes``: about 9 us of
+CPU for a 1.7 KB header block on the shared 2-core machine, against about 72 us for
+``BytesHeaderParser``; see ``bench/headerindex_speed.py``);
 the *first* occurrence of each field counts. The value is decoded, and splitting it on white
 space both unfolds it and collapses runs of white space to one space.
 Decoding: raw bytes are ASCII, else UTF-8, else Windows-1252, else Latin-1 (raw 8-bit
@@ -18,7 +18,8 @@ does not decode stays as written. Control characters become spaces (``find`` pri
 strings on a terminal). From/To/Cc stay display text, ``Name <addr>``: quoted display names
 are unquoted, comments kept, nothing else parsed. Message-ID: the text between the first
 ``<`` and the next ``>`` (or the whole value), white space removed, case kept. Date: the
-usual ``[Day,] D Mon YYYY HH:MM[:SS] +ZZZZ`` by a fast path, else ``email.utils.parsedate_tz``
+usual ``[Day,] D Mon YYYY HH:MM[:SS] +ZZZZ`` by a fast path (which remembers the days and
+offsets it has seen), else ``email.utils.parsedate_tz``
 (RFC 5322 and its obsolete forms: zone names, two-digit years), else ISO 8601, checked
 field by field (no 30 February, offsets under 24 h) and turned into a UTC epoch; a missing
 or malformed Date gives ``None``. Each text field is cut to ``MAX_TEXT`` characters.
@@ -76,14 +77,46 @@ _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 _ISO_DATE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?")
 _ESC_JP = (b"\x1b$B", b"\x1b$@", b"\x1b(J", b"\x1b(B")
 
-# One pass over the header block, case-insensitive, stopping at its end: each match is either a
-# wanted field at a line start (name, optional white space before the colon -- obsolete
-# syntax --, and the value with its continuation lines) or the empty line that ends the block.
+# One pass over the header block, case-insensitive, by ``findall`` (no Python per line): each
+# match is either a wanted field at a line start (name, optional white space before the colon --
+# obsolete syntax --, and the value with its continuation lines) or the empty line that ends the
+# block, which also takes everything after it (``(?s:.*)`` costs nothing: the engine jumps to
+# the end), so the search stops there. The look-ahead lets most lines fail on one character.
 _NAMES = rb"message-id|date|from|to|cc|subject|content-type|content-disposition"
 _VALUE = rb"([ \t]*):([^\n]*(?:\n[ \t][^\n]*)*)"
-_FIELD = re.compile(rb"\n(?:(" + _NAMES + rb")" + _VALUE + rb"|\r?\n)", re.I)
+_FIELDS = re.compile(rb"\n(?=[mdftcs\r\n])(?:(" + _NAMES + rb")" + _VALUE + rb"|\r?\n(?s:.*))", re.I)
 _FIELD_AT0 = re.compile(rb"(" + _NAMES + rb")" + _VALUE, re.I)
 _INITIALS = frozenset(b"mdftcs")          # first letters of the wanted names, lower case
+_NONE = ("", 0)                           # a field that is absent: empty, no problem
+
+
+def _fields(data: bytes, start: int, limit: int) -> tuple[dict[bytes, bytes], int]:
+    """The first occurrence of each wanted field in the header block of data[start:limit]:
+    {lower-case name: raw value with its line breaks}, and the P_NO_END and P_OBSOLETE bits."""
+    found = _FIELDS.findall(data, start, limit)
+    if found and not found[-1][0]:       # the empty line: the header block ended
+        found.pop()
+        prob = 0
+    else:
+        prob = P_NO_END
+    if limit > start and (data[start] | 32) in _INITIALS:
+        m = _FIELD_AT0.match(data, start, limit)
+        if m is not None:
+            found.insert(0, m.groups())
+    if not found:
+        return {}, prob
+    names, spaces, values = zip(*found)
+    if not any(spaces):
+        # reversed: the first occurrence of a name is the last one stored, so it stays
+        return dict(zip(map(bytes.lower, reversed(names)), reversed(values))), prob
+    vals: dict[bytes, bytes] = {}
+    for name, ws, value in found:        # obsolete syntax somewhere: which occurrences count
+        name = name.lower()
+        if name not in vals:
+            vals[name] = value
+            if ws:
+                prob |= P_OBSOLETE
+    return vals, prob
 
 
 def _bytes_text(raw: bytes) -> tuple[str, int]:
@@ -173,14 +206,25 @@ def _decode_words(s: str) -> tuple[str, int]:
 
 
 def _clean(s: str) -> str:
-    if not s.isprintable():
-        s = "".join(c if c.isprintable() else " " for c in s)
+    # white space first (a folded value's line breaks are not printable: no per-character
+    # loop for them), then any control character left becomes a space as well
     s = " ".join(s.split())
+    if not s.isprintable():
+        s = " ".join("".join(c if c.isprintable() else " " for c in s).split())
     return s[:MAX_TEXT] if len(s) > MAX_TEXT else s
 
 
+def _ascii_text(raw: bytes) -> tuple[str, int]:
+    """``_bytes_text`` with the common case (ASCII, no escape sequence) first."""
+    try:
+        s = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return _bytes_text(raw)
+    return (s, 0) if "\x1b" not in s else _bytes_text(raw)
+
+
 def _text(raw: bytes) -> tuple[str, int]:
-    s, prob = _bytes_text(raw)
+    s, prob = _ascii_text(raw)
     if "=?" in s:
         s, p = _decode_words(s)
         prob |= p
@@ -194,19 +238,22 @@ def _unquote(m: re.Match) -> str:
 
 
 def _address(raw: bytes) -> tuple[str, int]:
-    s, prob = _bytes_text(raw)
+    s, prob = _ascii_text(raw)
     if "=?" in s:
         s, p = _decode_words(s)
         prob |= p
     if '"' in s:
-        s = _QUOTED.sub(_unquote, s)
+        if "\\" not in s and not s.count('"') & 1:
+            s = s.replace('"', "")        # every quote closes: what the expression below does
+        else:
+            s = _QUOTED.sub(_unquote, s)
     if "\ufffd" in s:
         prob |= P_BAD_ENCODING
     return _clean(s), prob
 
 
 def _message_id(raw: bytes) -> str:
-    s, _ = _bytes_text(raw)
+    s, _ = _ascii_text(raw)
     i = s.find("<")
     if i >= 0:
         j = s.find(">", i + 1)
@@ -221,8 +268,14 @@ _DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _MONTHS = {m: i for i, m in enumerate((b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul",
                                         b"aug", b"sep", b"oct", b"nov", b"dec"), 1)}
 # The form nearly every Date has: [Day,] D Mon YYYY HH:MM[:SS] +ZZZZ [comment]
-_DATE_FAST = re.compile(rb"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+"
+_DATE_FAST = re.compile(rb"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2}\s+[A-Za-z]{3}\s+\d{4})\s+"
                         rb"(\d\d):(\d\d)(?::(\d\d))?\s*([+-]\d{4})(?:\s|\(|$)")
+# The fast path's days since 1970 of each "D Mon YYYY" seen (False: not a valid day), and the
+# offsets in seconds east of each "+ZZZZ" (False: 24 hours or more): a night's mail has a few
+# hundred of each. Cleared when full; one dict operation at a time, so threads may share them.
+_DAY_OF: dict[bytes, int | bool] = {}
+_ZONE_OF: dict[bytes, int | bool] = {}
+_MEMO_MAX = 4096
 _parsedate_tz = None
 
 
@@ -245,12 +298,30 @@ def _epoch_of(y: int, mo: int, d: int, h: int, mi: int, sec: int, tz: int) -> in
 def _date(raw: bytes) -> int | None:
     m = _DATE_FAST.match(raw)
     if m is not None:
-        d, mon, y, h, mi, sec, zone = m.groups()
-        mo = _MONTHS.get(mon.lower())
-        if mo is not None:
-            tz = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
-            return _epoch_of(int(y), mo, int(d), int(h), int(mi), int(sec) if sec else 0,
-                             -tz if zone[0] == 45 else tz)       # 45: "-"
+        day, h, mi, sec, zone = m.groups()
+        days = _DAY_OF.get(day)
+        if days is None:
+            d, mon, y = day.split()
+            mo = _MONTHS.get(mon.lower())
+            if mo is not None:
+                # the epoch of that day at 00:00 UTC, or None when the day does not exist
+                t = _epoch_of(int(y), mo, int(d), 0, 0, 0, 0)
+                days = False if t is None else t // 86400
+                if len(_DAY_OF) >= _MEMO_MAX:
+                    _DAY_OF.clear()
+                _DAY_OF[day] = days
+        if days is not None:          # else an unknown month name: the general parser below
+            tz = _ZONE_OF.get(zone)
+            if tz is None:
+                tz = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
+                tz = (-tz if zone[0] == 45 else tz) if tz < 86400 else False     # 45: "-"
+                if len(_ZONE_OF) >= _MEMO_MAX:
+                    _ZONE_OF.clear()
+                _ZONE_OF[zone] = tz
+            h, mi, sec = int(h), int(mi), int(sec) if sec else 0
+            if days is False or tz is False or h > 23 or mi > 59 or sec > 60:
+                return None
+            return days * 86400 + h * 3600 + mi * 60 + min(sec, 59) - tz
     global _parsedate_tz
     if _parsedate_tz is None:              # email.utils costs ~6 ms to import: only when needed
         from email.utils import parsedate_tz as _parsedate_tz
@@ -305,23 +376,7 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     limit = min(end, len(data), start + cap)
     if limit <= start or _FIRST_LINE.match(data, start, limit) is None:
         return None
-    prob = P_NO_END
-    vals: dict[bytes, bytes] = {}
-    m = _FIELD_AT0.match(data, start, limit) if (data[start] | 32) in _INITIALS else None
-    if m is not None:
-        vals[m.group(1).lower()] = m.group(3)
-        if m.group(2):
-            prob |= P_OBSOLETE
-    for m in _FIELD.finditer(data, start, limit):
-        name, ws, value = m.groups()
-        if name is None:                 # the empty line: end of the header block
-            prob = prob & ~P_NO_END
-            break
-        name = name.lower()
-        if name not in vals:
-            vals[name] = value           # with its line breaks: the converters split on white space
-            if ws:
-                prob |= P_OBSOLETE
+    vals, prob = _fields(data, start, limit)
     raw = vals.get
 
     v = raw(b"message-id")
@@ -337,15 +392,18 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
         if when is None or not -DATE_LIMIT < when < DATE_LIMIT:
             when = None
             prob |= P_BAD_DATE
-    fields = []
-    for name, conv in ((b"from", _address), (b"to", _address), (b"cc", _address), (b"subject", _text)):
-        v = raw(name)
-        if v is None:
-            fields.append("")
-        else:
-            text, p = conv(v)
-            prob |= p
-            fields.append(text)
+    v = raw(b"from")
+    from_, p = _address(v) if v is not None else _NONE
+    prob |= p
+    v = raw(b"to")
+    to, p = _address(v) if v is not None else _NONE
+    prob |= p
+    v = raw(b"cc")
+    cc, p = _address(v) if v is not None else _NONE
+    prob |= p
+    v = raw(b"subject")
+    subject, p = _text(v) if v is not None else _NONE
+    prob |= p
 
     v = raw(b"content-type")
     ctype = v.split(b";", 1)[0].strip().lower() if v is not None else b""
@@ -357,4 +415,4 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     else:
         v = raw(b"content-disposition")
         attach = v is not None and v.strip().lower().startswith(b"attachment")
-    return Headers(mid, when, fields[0], fields[1], fields[2], fields[3], attach, prob)
+    return Headers(mid, when, from_, to, cc, subject, attach, prob)

@@ -172,6 +172,102 @@ def test_extract_survives_damaged_mail(name, data):
     assert h is None or isinstance(h, Headers)
 
 
+WANTED = (b"message-id", b"date", b"from", b"to", b"cc", b"subject", b"content-type", b"content-disposition")
+
+
+def fields_by_lines(data: bytes, start: int, limit: int) -> tuple[dict[bytes, bytes], int]:
+    """What ``headerparse._fields`` must return, read line by line: an independent statement
+    of the rule. The block ends at the first empty line after a line break (``\\n\\n`` or
+    ``\\n\\r\\n``); a field is a wanted name at a line start, in any case, optional blanks,
+    a colon, and the rest of the line with each following line that begins with a blank; the
+    first occurrence counts, and blanks before its colon are obsolete syntax."""
+    lines = data[start:limit].split(b"\n")
+    prob = hx.P_NO_END
+    for k in range(1, len(lines) - 1):
+        if lines[k] in (b"", b"\r"):
+            lines, prob = lines[:k], 0
+            break
+    vals: dict[bytes, bytes] = {}
+    for k, line in enumerate(lines):
+        low = line.lower()
+        name = next((n for n in WANTED if low.startswith(n) and low[len(n):].lstrip(b" \t")[:1] == b":"), None)
+        if name is None or name in vals:
+            continue
+        rest = line[len(name):]
+        blanks = len(rest) - len(rest.lstrip(b" \t"))
+        value = [rest[blanks + 1:]]
+        for more in lines[k + 1:]:
+            if more[:1] not in (b" ", b"\t"):
+                break
+            value.append(more)
+        vals[name] = b"\n".join(value)
+        if blanks:
+            prob |= hx.P_OBSOLETE
+    return vals, prob
+
+
+HEADERISH = st.lists(st.sampled_from([
+    b"\n", b"\r\n", b"\n\n", b"\n\r\n", b"\r", b" ", b"\t", b":", b" :", b"x", b"X-Foo", b"token",
+    b"Subject", b"SUBJECT", b"to", b"To", b"cc", b"From", b"from ", b"Date", b"Message-Id", b"content-type",
+    b"Content-Disposition", b"=?utf-8?q?a?=", b"\xe9", b"<a@b>", b'"', b"\\",
+]), max_size=50).map(b"".join)
+
+
+@SETTINGS
+@given(st.one_of(HEADERISH, st.binary(max_size=300)), st.integers(0, 3), st.integers(0, 400))
+def test_fields_follow_the_line_rule(data, start, limit):
+    start, limit = min(start, len(data)), min(max(start, limit), len(data))
+    assert headerparse._fields(data, start, limit) == fields_by_lines(data, start, limit)
+
+
+def test_fields_of_a_folded_block_with_repeats_and_obsolete_syntax():
+    block = (b"Subject : first\n\tfolded\nsubject: second\nTO:a\n  b\nX-To: no\n"
+             b"Tokens: no\nDate:\r\n\r\nFrom: body\n")
+    vals, prob = headerparse._fields(block, 0, len(block))
+    assert vals == {b"subject": b" first\n\tfolded", b"to": b"a\n  b", b"date": b"\r"}
+    assert prob == hx.P_OBSOLETE
+    vals, prob = headerparse._fields(block, 0, 20)          # cut inside the block: no end
+    assert vals == {b"subject": b" first\n\tfol"} and prob == hx.P_NO_END | hx.P_OBSOLETE
+
+
+def test_dates_are_the_same_with_the_day_and_zone_memos_cleared_or_full(monkeypatch):
+    dates = [b" Tue, 07 Jan 2025 10:05:32 +0100", b" 29 Feb 2024 23:59:60 -1130", b"1 jan 1970 00:00 +0000",
+             b" 31 Feb 2021 10:00:00 +0100", b" 29 Feb 2023 10:00 +0000", b" 1 Jan 2020 24:00 +0000",
+             b" 1 Jan 2020 10:00 +2400", b" 1 Jan 0000 10:00 +0000", b" 3 Sept 2020 10:00 +0000",
+             b" 3 Foo 2020 10:00:00 +0000", b" 7 Jan 2025 10:05:32 +0100 (CET)"]
+    fresh = []
+    for d in dates:
+        headerparse._DAY_OF.clear()
+        headerparse._ZONE_OF.clear()
+        fresh.append(headerparse._date(d))
+    assert fresh[:3] == [utc("2025-01-07T09:05:32Z"), utc("2024-03-01T11:29:59Z"), 0]
+    assert fresh[3:8] == [None] * 5                     # no such day, hour, offset or year
+    assert fresh[9] is None and fresh[10] == fresh[0]
+    assert [headerparse._date(d) for d in dates] == fresh           # from the memos
+    monkeypatch.setattr(headerparse, "_MEMO_MAX", 2)                # cleared again and again
+    headerparse._DAY_OF.clear()
+    headerparse._ZONE_OF.clear()
+    assert [headerparse._date(d) for d in dates * 2] == fresh * 2
+    assert len(headerparse._DAY_OF) <= 2 and len(headerparse._ZONE_OF) <= 2
+
+
+@pytest.mark.parametrize("raw, text", [
+    (b"a\n b\t\tc ", "a b c"), (b"a \x00 b", "a b"), (b"a\x00b\x7f", "a b"), ("a\u00a0\u2028b".encode(), "a b"),
+    (b" ", ""), (b"\x01", ""),
+])
+def test_clean_turns_white_space_and_control_characters_into_single_spaces(raw, text):
+    assert headerparse._text(raw) == (text, hx.P_8BIT if not raw.isascii() else 0)
+
+
+@pytest.mark.parametrize("raw, text", [
+    (b'"Rossi, Mario" <m@r.it>', "Rossi, Mario <m@r.it>"), (b'"a" "b" <x>', "a b <x>"),
+    (b'"a\\"b" <x>', 'a"b <x>'), (b'"a <x>', '"a <x>'), (b'"a" "b <x>', 'a "b <x>'),
+    (b'" spaced  out " <x>', "spaced out <x>"),
+])
+def test_quoted_display_names_are_unquoted(raw, text):
+    assert headerparse._address(raw) == (text, 0)
+
+
 # --------------------------------------------------------------------------- codec
 
 texts = st.text(st.characters(exclude_categories=()), max_size=40)   # surrogates included
