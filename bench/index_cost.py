@@ -1,0 +1,144 @@
+"""What the header index costs a full backup (issue 15: at most 5% of its time).
+
+Runs full backups of one bench corpus (bench/corpus.py) in pairs: the CLI as shipped, and
+the same CLI with the header index switched off (this module, started as the child
+``python3 -m bench.index_cost --child without -- ARGS``, makes ``FileCapture._store`` treat
+every file as not a message: no header extraction in the block workers, no record added, an
+empty index written). Both variants start through that same child, so start-up is the
+same. The order within a pair alternates; each backup goes into a fresh repository and
+state directory after a ``sync``; wall time and the child's CPU time (user + system) are
+measured. The machine is shared and its speed moves by tens of percent within minutes, so
+what is reported is the median of the per-pair differences, not a difference of medians.
+
+    python3 -m bench.index_cost [--pairs 12] [--preset default] [--dir DIR] [--json OUT]
+
+Timing belongs here, not in tests/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+PASSPHRASE = "bench index cost passphrase"
+
+
+def child(variant: str, args: list[str]) -> None:
+    """Run the dmbackup CLI in this process, with the header index off for ``without``."""
+    if variant == "without":
+        from dmbackup.engine import filecapture
+
+        store = filecapture.FileCapture._store
+
+        def store_no_index(self, fd, fst, name, message=False):
+            return store(self, fd, fst, name, False)
+
+        filecapture.FileCapture._store = store_no_index
+    sys.argv = ["dmbackup", *args]
+    from dmbackup.cli.main import main as cli_main
+
+    cli_main()
+
+
+def run_one(variant: str, work: str, config: str) -> tuple[float, float]:
+    """One full backup into a fresh repository: (wall seconds, CPU seconds of the child)."""
+    for d in ("target", "state"):
+        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+        os.makedirs(os.path.join(work, d))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMBACKUP_")}
+    env["DMBACKUP_PASSPHRASE"] = PASSPHRASE
+    env["PYTHONPATH"] = ROOT
+    base = [sys.executable, "-m", "bench.index_cost", "--child", variant, "--", "--config", config]
+    p = subprocess.run(base + ["init", "bench"], capture_output=True, text=True, env=env, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"dmbackup init failed (exit {p.returncode}): {p.stderr[-1000:]}")
+    os.sync()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(base + ["backup", "--target", "bench", "--what", "mail", "--full", "--json"],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        raise SystemExit(f"dmbackup backup failed (exit {p.returncode}): {p.stderr[-1000:]}")
+    indexed = json.loads(p.stdout)["header_index"]["messages"]
+    if (indexed > 0) != (variant == "with"):
+        raise SystemExit(f"the backup {variant} the index indexed {indexed} messages")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", default=os.path.join(HERE, "work", "index-cost"))
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--pairs", type=int, default=12)
+    ap.add_argument("--json", help="also write the results to this file")
+    a = ap.parse_args(argv)
+
+    sys.path.insert(0, ROOT)
+    from bench import corpus
+
+    work = os.path.abspath(a.dir)
+    store = os.path.join(work, "store")
+    if not os.path.isdir(store):
+        print(f"building the {a.preset} corpus in {store} ...", flush=True)
+        corpus.generate(store, corpus.params_for(a.preset))
+    etc = os.path.join(work, "etc")
+    os.makedirs(os.path.join(etc, "postfix"), exist_ok=True)
+    with open(os.path.join(etc, "postfix", "main.cf"), "w") as fh:
+        fh.write("myhostname = mx1.example.it\n")
+    config = os.path.join(work, "dmbackup.toml")
+    with open(config, "w") as fh:
+        fh.write(f'hostname = "bench"\nstate_dir = {json.dumps(os.path.join(work, "state"))}\n\n'
+                 f'[source]\nmail_store = {json.dumps(store)}\nconfig_paths = [{json.dumps(etc)}]\n\n'
+                 f'[targets.bench]\ntype = "dir"\npath = {json.dumps(os.path.join(work, "target"))}\n')
+
+    run_one("with", work, config)                 # warm the page cache; not counted
+    pairs = []
+    for i in range(a.pairs):
+        order = ("with", "without") if i % 2 == 0 else ("without", "with")
+        got = {v: run_one(v, work, config) for v in order}
+        pairs.append({"order": list(order), "with": got["with"], "without": got["without"],
+                      "load": os.getloadavg()[0]})
+        w, wo = got["with"], got["without"]
+        print(f"pair {i + 1}: with {w[0]:.2f} s ({w[1]:.2f} s CPU), without {wo[0]:.2f} s "
+              f"({wo[1]:.2f} s CPU), difference {w[0] - wo[0]:+.2f} s", flush=True)
+
+    def summary(k: int) -> dict:
+        base = statistics.median(p["without"][k] for p in pairs)
+        diff = statistics.median(p["with"][k] - p["without"][k] for p in pairs)
+        return {"without_median": round(base, 3), "with_median": round(statistics.median(p["with"][k] for p in pairs), 3),
+                "paired_difference_median": round(diff, 3), "percent": round(100 * diff / base, 2)}
+
+    result = {"preset": a.preset, "pairs": len(pairs), "wall": summary(0), "cpu": summary(1),
+              "runs": pairs, "commit": subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h"],
+                                                    capture_output=True, text=True).stdout.strip(),
+              "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    for k in ("wall", "cpu"):
+        s = result[k]
+        print(f"{k}: without {s['without_median']:.2f} s, with {s['with_median']:.2f} s; "
+              f"median paired difference {s['paired_difference_median']:+.2f} s = {s['percent']:+.1f}% "
+              f"(goal: at most +5%)")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
