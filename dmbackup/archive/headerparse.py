@@ -276,6 +276,7 @@ _DATE_FAST = re.compile(rb"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2}\s+[A-Za-z]{3}\s+\d{4}
 _DAY_OF: dict[bytes, int | bool] = {}
 _ZONE_OF: dict[bytes, int | bool] = {}
 _MEMO_MAX = 4096
+_MEMO_KEY = 16                           # "D Mon YYYY" is 10 or 11 bytes; longer ones are not kept
 _parsedate_tz = None
 
 
@@ -307,9 +308,10 @@ def _date(raw: bytes) -> int | None:
                 # the epoch of that day at 00:00 UTC, or None when the day does not exist
                 t = _epoch_of(int(y), mo, int(d), 0, 0, 0, 0)
                 days = False if t is None else t // 86400
-                if len(_DAY_OF) >= _MEMO_MAX:
-                    _DAY_OF.clear()
-                _DAY_OF[day] = days
+                if len(day) <= _MEMO_KEY:          # white space in a hostile Date is not kept
+                    if len(_DAY_OF) >= _MEMO_MAX:
+                        _DAY_OF.clear()
+                    _DAY_OF[day] = days
         if days is not None:          # else an unknown month name: the general parser below
             tz = _ZONE_OF.get(zone)
             if tz is None:

@@ -251,6 +251,13 @@ def test_dates_are_the_same_with_the_day_and_zone_memos_cleared_or_full(monkeypa
     assert len(headerparse._DAY_OF) <= 2 and len(headerparse._ZONE_OF) <= 2
 
 
+def test_a_hostile_date_does_not_grow_the_day_memo():
+    headerparse._DAY_OF.clear()
+    spaced = [b" 7 " + b" " * (1000 + i) + b"Jan 2025 10:05:32 +0100" for i in range(50)]
+    assert {headerparse._date(d) for d in spaced} == {utc("2025-01-07T09:05:32Z")}
+    assert headerparse._DAY_OF == {}
+
+
 @pytest.mark.parametrize("raw, text", [
     (b"a\n b\t\tc ", "a b c"), (b"a \x00 b", "a b"), (b"a\x00b\x7f", "a b"), ("a\u00a0\u2028b".encode(), "a b"),
     (b" ", ""), (b"\x01", ""),
