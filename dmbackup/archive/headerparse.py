@@ -103,19 +103,20 @@ def _fields(data: bytes, start: int, limit: int) -> tuple[dict[bytes, bytes], in
         m = _FIELD_AT0.match(data, start, limit)
         if m is not None:
             found.insert(0, m.groups())
-    if not found:
-        return {}, prob
-    names, spaces, values = zip(*found)
-    if not any(spaces):
-        # reversed: the first occurrence of a name is the last one stored, so it stays
-        return dict(zip(map(bytes.lower, reversed(names)), reversed(values))), prob
     vals: dict[bytes, bytes] = {}
-    for name, ws, value in found:        # obsolete syntax somewhere: which occurrences count
-        name = name.lower()
-        if name not in vals:
-            vals[name] = value
-            if ws:
-                prob |= P_OBSOLETE
+    obsolete = False
+    for name, ws, value in reversed(found):   # the first occurrence of a name is stored last
+        vals[name.lower()] = value
+        if ws:
+            obsolete = True
+    if obsolete:                               # which occurrences count decides the bit
+        seen = set()
+        for name, ws, value in found:
+            name = name.lower()
+            if name not in seen:
+                seen.add(name)
+                if ws:
+                    prob |= P_OBSOLETE
     return vals, prob
 
 
