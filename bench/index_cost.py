@@ -11,6 +11,11 @@ measured. The machine is shared and its speed moves by tens of percent within mi
 what is reported is the median of the per-pair differences, not a difference of medians.
 
     python3 -m bench.index_cost [--pairs 12] [--preset default] [--dir DIR] [--json OUT]
+                                [--also CHECKOUT]
+
+``--also`` adds a third backup to each round: with the index, from another checkout (a
+``git worktree`` of an earlier commit, which needs this file too), so a change to the
+extraction is measured before and after in the same minutes.
 
 Timing belongs here, not in tests/.
 """
@@ -50,23 +55,24 @@ def child(variant: str, args: list[str]) -> None:
     cli_main()
 
 
-def run_one(variant: str, work: str, config: str) -> tuple[float, float]:
-    """One full backup into a fresh repository: (wall seconds, CPU seconds of the child)."""
+def run_one(variant: str, work: str, config: str, root: str = ROOT) -> tuple[float, float]:
+    """One full backup into a fresh repository with the code in ``root``: (wall seconds, CPU
+    seconds of the child)."""
     for d in ("target", "state"):
         shutil.rmtree(os.path.join(work, d), ignore_errors=True)
         os.makedirs(os.path.join(work, d))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMBACKUP_")}
     env["DMBACKUP_PASSPHRASE"] = PASSPHRASE
-    env["PYTHONPATH"] = ROOT
+    env["PYTHONPATH"] = root
     base = [sys.executable, "-m", "bench.index_cost", "--child", variant, "--", "--config", config]
-    p = subprocess.run(base + ["init", "bench"], capture_output=True, text=True, env=env, cwd=ROOT)
+    p = subprocess.run(base + ["init", "bench"], capture_output=True, text=True, env=env, cwd=root)
     if p.returncode != 0:
         raise SystemExit(f"dmbackup init failed (exit {p.returncode}): {p.stderr[-1000:]}")
     os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(base + ["backup", "--target", "bench", "--what", "mail", "--full", "--json"],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
+                       capture_output=True, text=True, env=env, cwd=root)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
@@ -86,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", default=os.path.join(HERE, "work", "index-cost"))
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--pairs", type=int, default=12)
+    ap.add_argument("--pairs", type=int, default=12, help="rounds (a backup with and one without the index each)")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--also", help="a checkout of another commit: also back up with its index in each round")
     a = ap.parse_args(argv)
+    also = os.path.abspath(a.also) if a.also else None
+    if also and not os.path.isfile(os.path.join(also, "bench", "index_cost.py")):
+        raise SystemExit(f"{also} has no bench/index_cost.py: copy this file there")
 
     sys.path.insert(0, ROOT)
     from bench import corpus
@@ -109,31 +119,35 @@ def main(argv: list[str] | None = None) -> int:
                  f'[targets.bench]\ntype = "dir"\npath = {json.dumps(os.path.join(work, "target"))}\n')
 
     run_one("with", work, config)                 # warm the page cache; not counted
+    variants = [("with", ROOT), ("without", ROOT)] + ([("also", also)] if also else [])
     pairs = []
     for i in range(a.pairs):
-        order = ("with", "without") if i % 2 == 0 else ("without", "with")
-        got = {v: run_one(v, work, config) for v in order}
-        pairs.append({"order": list(order), "with": got["with"], "without": got["without"],
-                      "load": os.getloadavg()[0]})
-        w, wo = got["with"], got["without"]
-        print(f"pair {i + 1}: with {w[0]:.2f} s ({w[1]:.2f} s CPU), without {wo[0]:.2f} s "
-              f"({wo[1]:.2f} s CPU), difference {w[0] - wo[0]:+.2f} s", flush=True)
+        order = variants[i % len(variants):] + variants[:i % len(variants)]   # rotated each round
+        got = {v: run_one("without" if v == "without" else "with", work, config, root) for v, root in order}
+        pairs.append({"order": [v for v, _ in order], **got, "load": os.getloadavg()[0]})
+        print(f"round {i + 1}: " + ", ".join(f"{v} {got[v][0]:.2f} s ({got[v][1]:.2f} s CPU)" for v, _ in variants),
+              flush=True)
 
-    def summary(k: int) -> dict:
+    def summary(v: str, k: int) -> dict:
         base = statistics.median(p["without"][k] for p in pairs)
-        diff = statistics.median(p["with"][k] - p["without"][k] for p in pairs)
-        return {"without_median": round(base, 3), "with_median": round(statistics.median(p["with"][k] for p in pairs), 3),
+        diff = statistics.median(p[v][k] - p["without"][k] for p in pairs)
+        return {"without_median": round(base, 3), "with_median": round(statistics.median(p[v][k] for p in pairs), 3),
                 "paired_difference_median": round(diff, 3), "percent": round(100 * diff / base, 2)}
 
-    result = {"preset": a.preset, "pairs": len(pairs), "wall": summary(0), "cpu": summary(1),
-              "runs": pairs, "commit": subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h"],
-                                                    capture_output=True, text=True).stdout.strip(),
-              "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-    for k in ("wall", "cpu"):
-        s = result[k]
-        print(f"{k}: without {s['without_median']:.2f} s, with {s['with_median']:.2f} s; "
-              f"median paired difference {s['paired_difference_median']:+.2f} s = {s['percent']:+.1f}% "
-              f"(goal: at most +5%)")
+    def commit(root: str) -> str:
+        return subprocess.run(["git", "-C", root, "log", "-1", "--format=%h"], capture_output=True,
+                              text=True).stdout.strip()
+
+    result = {"preset": a.preset, "rounds": len(pairs), "wall": summary("with", 0), "cpu": summary("with", 1),
+              "runs": pairs, "commit": commit(ROOT), "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    if also:
+        result["also"] = {"commit": commit(also), "wall": summary("also", 0), "cpu": summary("also", 1)}
+    for name, res in [(result["commit"], result)] + ([(result["also"]["commit"], result["also"])] if also else []):
+        for k in ("wall", "cpu"):
+            s = res[k]
+            print(f"{name} {k}: without {s['without_median']:.2f} s, with {s['with_median']:.2f} s; "
+                  f"median paired difference {s['paired_difference_median']:+.2f} s = {s['percent']:+.1f}% "
+                  f"(goal: at most +5%)")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(result, fh, indent=1)
