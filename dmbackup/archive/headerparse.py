@@ -3,7 +3,7 @@
 Extraction. ``extract(data)`` reads only the header block: the bytes before the first empty
 line, and never more than ``HEADER_CAP`` (64 KiB) of them. One ``findall`` of one regular
 expression, case-insensitive, finds the wanted fields with their continuation lines and stops
-at the empty line (no per-line Python loop, no ``email.message_from_bytes``: about 9 us of
+at the empty line (no per-line Python loop, no ``email.message_from_bytes``: about 8 us of
 CPU for a 1.7 KB header block on the shared 2-core machine, against about 72 us for
 ``BytesHeaderParser``; see ``bench/headerindex_speed.py``);
 the *first* occurrence of each field counts. The value is decoded, and splitting it on white
