@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from bench import corpus, mutate  # noqa: E402
+from bench import corpus, dmconfig, mutate  # noqa: E402
 
 PASSPHRASE = "bench find speed passphrase"
 
@@ -60,16 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(work):
         shutil.rmtree(work)
     store, target, state = (os.path.join(work, d) for d in ("vmail", "target", "state"))
-    etc = os.path.join(work, "etc")
-    os.makedirs(os.path.join(etc, "postfix"))
     os.makedirs(target)
-    with open(os.path.join(etc, "postfix", "main.cf"), "w") as f:
-        f.write("myhostname = mx1.example.it\n")
-    cfg = os.path.join(work, "dmbackup.toml")
-    with open(cfg, "w") as f:
-        f.write(f'hostname = "bench"\nstate_dir = {json.dumps(state)}\n\n[source]\nmail_store = {json.dumps(store)}\n'
-                f'config_paths = [{json.dumps(etc)}]\n\n[targets.bench]\ntype = "dir"\n'
-                f'path = {json.dumps(target)}\n')
+    cfg = dmconfig.write_config(os.path.join(work, "dmbackup.toml"), store=store, target=target, state=state,
+                                etc=os.path.join(work, "etc"))
     env = dict(os.environ, DMBACKUP_PASSPHRASE=PASSPHRASE, PYTHONPATH=ROOT)
     exe = [sys.executable, "-m", "dmbackup", "--config", cfg, "--quiet"]
     out: dict = {"snapshots": a.snapshots}

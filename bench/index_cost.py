@@ -101,22 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{also} has no bench/index_cost.py: copy this file there")
 
     sys.path.insert(0, ROOT)
-    from bench import corpus
+    from bench import corpus, dmconfig
 
     work = os.path.abspath(a.dir)
     store = os.path.join(work, "store")
     if not os.path.isdir(store):
         print(f"building the {a.preset} corpus in {store} ...", flush=True)
         corpus.generate(store, corpus.params_for(a.preset))
-    etc = os.path.join(work, "etc")
-    os.makedirs(os.path.join(etc, "postfix"), exist_ok=True)
-    with open(os.path.join(etc, "postfix", "main.cf"), "w") as fh:
-        fh.write("myhostname = mx1.example.it\n")
-    config = os.path.join(work, "dmbackup.toml")
-    with open(config, "w") as fh:
-        fh.write(f'hostname = "bench"\nstate_dir = {json.dumps(os.path.join(work, "state"))}\n\n'
-                 f'[source]\nmail_store = {json.dumps(store)}\nconfig_paths = [{json.dumps(etc)}]\n\n'
-                 f'[targets.bench]\ntype = "dir"\npath = {json.dumps(os.path.join(work, "target"))}\n')
+    config = dmconfig.write_config(os.path.join(work, "dmbackup.toml"), store=store, etc=os.path.join(work, "etc"),
+                                   target=os.path.join(work, "target"), state=os.path.join(work, "state"))
 
     run_one("with", work, config)                 # warm the page cache; not counted
     variants = [("with", ROOT), ("without", ROOT)] + ([("also", also)] if also else [])

@@ -52,9 +52,9 @@ from dataclasses import dataclass, field
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench import corpus, mutate  # noqa: E402
+    from bench import corpus, dmconfig, mutate  # noqa: E402
 else:
-    from . import corpus, mutate
+    from . import corpus, dmconfig, mutate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GNU_TIME = "/usr/bin/time"
@@ -439,20 +439,14 @@ class Dmbackup(Tool):
 
     def reset(self):
         super().reset()
-        etc = os.path.join(self.dir, "etc")
-        os.makedirs(os.path.join(etc, "postfix"))
-        with open(os.path.join(etc, "postfix", "main.cf"), "w") as fh:
-            fh.write("myhostname = mx1.example.it\nvirtual_mailbox_base = /var/vmail\n")
         os.makedirs(os.path.join(self.dir, "target"))
         # state_dir comes only from the config file (the environment variables in env() do not
         # set it): without it every bench run enrols its repositories in /var/lib/dmbackup
         state = os.path.join(self.dir, "state")
         os.makedirs(state, exist_ok=True)
-        with open(self.config_file(), "w") as fh:
-            fh.write(f'hostname = "bench"\nstate_dir = {json.dumps(state)}\n\n'
-                     f'[source]\nmail_store = {json.dumps(self.corpus)}\n'
-                     f'config_paths = [{json.dumps(etc)}]\n\n'
-                     f'[targets.bench]\ntype = "dir"\npath = {json.dumps(self.repo_path())}\n')
+        dmconfig.write_config(self.config_file(), store=self.corpus, target=self.repo_path(), state=state,
+                              etc=os.path.join(self.dir, "etc"),
+                              main_cf="myhostname = mx1.example.it\nvirtual_mailbox_base = /var/vmail\n")
 
     def cli(self, *args):
         return self.exe() + ["--config", self.config_file(), *args]

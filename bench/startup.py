@@ -37,14 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     from dmbackup.archive import crypto
     from dmbackup.quickstart import sample
 
+    sys.path.insert(0, ROOT)
+    from bench import dmconfig
+
     with tempfile.TemporaryDirectory(prefix="dmb-startup-") as work:
         store, target, state = (os.path.join(work, d) for d in ("vmail", "target", "state"))
         os.makedirs(target)
         sample.generate(store)
-        cfg = os.path.join(work, "dmbackup.toml")
-        with open(cfg, "w") as f:
-            f.write(f'hostname = "bench"\nstate_dir = {json.dumps(state)}\n\n[source]\nmail_store = {json.dumps(store)}\n'
-                    f'config_paths = []\n\n[targets.t]\ntype = "dir"\npath = {json.dumps(target)}\n')
+        cfg = dmconfig.write_config(os.path.join(work, "dmbackup.toml"), store=store, target=target, state=state,
+                                    target_name="t")
         env = dict(os.environ, DMBACKUP_PASSPHRASE="bench start-up passphrase", DMBACKUP_CONFIG=cfg)
         dm = [sys.executable, "-m", "dmbackup"]
         subprocess.run(dm + ["init", "t"], env=env, cwd=ROOT, check=True, capture_output=True)
