@@ -258,6 +258,30 @@ def test_a_hostile_date_does_not_grow_the_day_memo():
     assert headerparse._DAY_OF == {}
 
 
+def test_addresses_are_the_same_from_the_memo_cleared_or_full(monkeypatch):
+    """From/To/Cc go through the memo of raw values (``_address_memo``): the same Headers and
+    problem bits whether it is empty, warm, or cleared at every insert; long values not kept."""
+    blocks = [b"From: =?iso-8859-1?q?Jos=E9?= <j@x>\nTo: \"Rossi, A\" <a@x>\nCc: a@x\n\n",
+              b"From: a@x\nTo: =?utf-8?b?w6k=?= <e@x>, =?bogus?q?x?= <b@x>\n\n",
+              b"From: \xe8 <8@x>\nTo: a@x\nCc: \"Rossi, A\" <a@x>\n\n",
+              b"From: a@x\nTo: " + b"b" * 300 + b"@x\n\n",
+              b"From: \"unclosed <u@x>\nTo: a\n\tb\n\n"]
+    fresh = []
+    for b in blocks:
+        headerparse._ADDRESS_OF.clear()
+        fresh.append(extract(b))
+    assert fresh[0].from_ == "José <j@x>" and fresh[0].to == "Rossi, A <a@x>" and fresh[0].cc == "a@x"
+    assert fresh[1].problems & hx.P_BAD_ENCODING and fresh[2].problems & hx.P_8BIT
+    assert [extract(b) for b in blocks] == fresh                     # from the memo
+    assert [extract(b) for b in reversed(blocks)] == fresh[::-1]
+    assert all(len(k) <= headerparse._MEMO_VALUE for k in headerparse._ADDRESS_OF)
+    assert b"b" * 300 + b"@x" not in headerparse._ADDRESS_OF and b" a@x" in headerparse._ADDRESS_OF
+    monkeypatch.setattr(headerparse, "_MEMO_MAX", 2)                 # cleared again and again
+    headerparse._ADDRESS_OF.clear()
+    assert [extract(b) for b in blocks * 3] == fresh * 3
+    assert len(headerparse._ADDRESS_OF) <= 2
+
+
 @pytest.mark.parametrize("raw, text", [
     (b"a\n b\t\tc ", "a b c"), (b"a \x00 b", "a b"), (b"a\x00b\x7f", "a b"), ("a\u00a0\u2028b".encode(), "a b"),
     (b" ", ""), (b"\x01", ""),
