@@ -193,41 +193,79 @@ class IndexWriter:
         when = headers.date
         if when is not None and not -DATE_LIMIT < when < DATE_LIMIT:
             raise ValueError("date out of range")
-        texts = []                      # encoded first: a bad field leaves the writer untouched
-        for s in (headers.message_id, headers.from_, headers.to, headers.cc, headers.subject):
-            if len(s) > MAX_TEXT:
-                s = s[:MAX_TEXT]
-            texts.append(s.encode("utf-8", "surrogatepass"))
+        # encoded first: a bad field leaves the writer untouched (written out, not looped: this
+        # runs once a message in a full backup)
+        m, f, t, c, s = headers.message_id, headers.from_, headers.to, headers.cc, headers.subject
+        if len(m) > MAX_TEXT or len(f) > MAX_TEXT or len(t) > MAX_TEXT or len(c) > MAX_TEXT or len(s) > MAX_TEXT:
+            m, f, t, c, s = m[:MAX_TEXT], f[:MAX_TEXT], t[:MAX_TEXT], c[:MAX_TEXT], s[:MAX_TEXT]
+        m = m.encode("utf-8", "surrogatepass")
+        f = f.encode("utf-8", "surrogatepass")
+        t = t.encode("utf-8", "surrogatepass")
+        c = c.encode("utf-8", "surrogatepass")
+        s = s.encode("utf-8", "surrogatepass")
+        counts = self.counts
         problems = getattr(headers, "problems", 0)
         if problems:
             for bit, name in PROBLEMS.items():
                 if problems & bit:
-                    self.counts[name] = self.counts.get(name, 0) + 1
-        self.counts["records"] += 1
+                    counts[name] = counts.get(name, 0) + 1
+        counts["records"] += 1
         keys = self._keys
         keys.append(len(key))
         keys += key
         if size < 0x80:
             self._sizes.append(size)
+        elif size < 0x4000:
+            self._sizes += bytes(((size & 0x7F) | 0x80, size >> 7))
         else:
             _put_uv(self._sizes, size)
-        flags = F_ATTACH if headers.attachments else 0
         if when is not None:
-            flags |= F_DATE
+            self._flags.append(F_DATE | F_ATTACH if headers.attachments else F_DATE)
             delta = when - self._prev
             self._prev = when
-            _put_uv(self._dates, (delta << 1) if delta >= 0 else ((-delta << 1) - 1))
-        self._flags.append(flags)
-        for col, b in zip(self._texts, texts):
-            n = len(b)
-            if n < 0x80:
-                col.append(n)
+            z = (delta << 1) if delta >= 0 else ((-delta << 1) - 1)
+            if z < 0x4000:                      # dates in name order: mostly minutes to days apart
+                self._dates += bytes(((z & 0x7F) | 0x80, z >> 7)) if z >= 0x80 else bytes((z,))
+            elif z < 0x200000:
+                self._dates += bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
             else:
-                _put_uv(col, n)
-            col += b
+                _put_uv(self._dates, z)
+        else:
+            self._flags.append(F_ATTACH if headers.attachments else 0)
+        col0, col1, col2, col3, col4 = self._texts
+        n = len(m)
+        if n < 0x80:
+            col0.append(n)
+        else:
+            _put_uv(col0, n)
+        col0 += m
+        n = len(f)
+        if n < 0x80:
+            col1.append(n)
+        else:
+            _put_uv(col1, n)
+        col1 += f
+        n = len(t)
+        if n < 0x80:
+            col2.append(n)
+        else:
+            _put_uv(col2, n)
+        col2 += t
+        n = len(c)
+        if n < 0x80:
+            col3.append(n)
+        else:
+            _put_uv(col3, n)
+        col3 += c
+        n = len(s)
+        if n < 0x80:
+            col4.append(n)
+        else:
+            _put_uv(col4, n)
+        col4 += s
         self._n += 1
         self.count += 1
-        self._bytes += sum(map(len, texts)) + len(key) + 24
+        self._bytes += len(m) + len(f) + len(t) + len(c) + len(s) + len(key) + 24
         if self._n >= self.chunk_records or self._bytes >= CHUNK_BYTES:
             self._flush()
 

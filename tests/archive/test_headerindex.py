@@ -327,6 +327,21 @@ def test_round_trip(recs, chunk):
     assert list(decode(encode(recs))) == recs
 
 
+def test_round_trip_at_the_varint_widths():
+    """Sizes and date steps at each varint width the writer spells out inline (1, 2, 3 bytes)
+    and past them, dates going back as well as forward."""
+    edges = [0, 1, 0x7F, 0x80, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 1 << 35, (1 << 63) - 1]
+    steps = [0, 1, 63, 64, 65, 0x1FFF, 0x2000, 0xFFFFF, 0x100000, 1 << 30]
+    recs, when = [], 1_700_000_000
+    for i, size in enumerate(edges * 2):
+        step = steps[i % len(steps)]
+        when += step if i % 3 else -step
+        recs.append(Record(b"k%d" % i, size, when if i % 4 else None, bool(i % 2), "m", "f", "t", "", "s" * (i * 20)))
+    data = encode(recs)
+    assert list(decode(data)) == recs
+    assert b"\xff\x7f" in data and b"\x80\x80\x01" in data   # sizes 0x3FFF and 0x4000: two and three bytes
+
+
 def test_round_trip_corpus_and_counts(corpus):
     w = IndexWriter()
     for i, name in enumerate(MAIL):
