@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restic", action="store_true", help="also back every day up with restic and time "
                     "`restic find FILENAME` over the same snapshots (needs restic: bench/install-peers.sh)")
     a = ap.parse_args(argv)
+    from bench.bytecode import compile_package
+
+    compile_package(ROOT)
 
     work = os.path.abspath(a.dir)
     if os.path.exists(work):

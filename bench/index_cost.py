@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, ROOT)
     from bench import corpus, dmconfig
+    from bench.bytecode import compile_package
+
+    for root in [ROOT] + ([also] if also else []):
+        compile_package(root)
 
     work = os.path.abspath(a.dir)
     store = os.path.join(work, "store")

@@ -851,6 +851,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown tool(s): {', '.join(bad)}")
     if a.repeat < 1:
         ap.error("--repeat must be at least 1")
+    from bench.bytecode import compile_package
+
+    compile_package(os.path.dirname(HERE))
     r = run_bench(a)
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"{r['date']}-{a.preset}")

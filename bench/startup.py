@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the results to this file")
     a = ap.parse_args(argv)
     sys.path.insert(0, ROOT)
+    from bench.bytecode import compile_package
+
+    compile_package(ROOT)
     from dmbackup.archive import crypto
     from dmbackup.quickstart import sample
 
