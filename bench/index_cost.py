@@ -74,9 +74,8 @@ def _cli(variant: str, config: str) -> list[str]:
 
 def run_one(variant: str, work: str, config: str, root: str = ROOT, day: bool = False) -> tuple[float, float, int]:
     """One backup with the code in ``root``: (wall seconds, CPU seconds of the child, bytes it
-    stored). A full
-    backup into a fresh repository; with ``day``, the incremental after one day of mail, on a
-    fresh copy of the repository and state the full backup left (``prepare_day``)."""
+    stored). A full backup into a fresh repository; with ``day``, the incremental after one day
+    of mail, on a fresh copy of the repository and state the full backup left (``prepare_day``)."""
     for d in ("target", "state"):
         shutil.rmtree(os.path.join(work, d), ignore_errors=True)
         if day:
