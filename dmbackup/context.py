@@ -9,12 +9,15 @@ is visible.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from dmbackup import credentials
-from dmbackup.config import Config
 from dmbackup.errors import Interrupted
 from dmbackup.log import Logger, Progress, null_logger
 from dmbackup.state import State
+
+if TYPE_CHECKING:
+    from dmbackup.config import Config
 
 
 class App:

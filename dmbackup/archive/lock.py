@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 from dmbackup import utctime
 from dmbackup.archive import layout
 from dmbackup.archive.reader import read_small
 from dmbackup.errors import CorruptObject, Locked, NotFound
 from dmbackup.targets.base import AlreadyExists
+
+
+def _hostname() -> str:
+    import socket               # late: 5 ms of start-up for commands that never lock (issue 17)
+
+    return socket.gethostname()
+
 
 _HELD_HERE: set[str] = set()      # locks this process holds now (target + host), see _left_by_us
 
@@ -46,7 +52,7 @@ class RepoLock:
         self.held: str | None = None
 
     def take(self, purpose: str) -> None:
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id(),
+        info = {"host": _hostname(), "pid": os.getpid(), "boot_id": boot_id(),
                 "start_ticks": proc_start_ticks(os.getpid()), "time": utctime.iso(utctime.utc_now()), "purpose": purpose}
         data = json.dumps(info).encode()
         for _ in range(2):
@@ -90,7 +96,7 @@ class RepoLock:
 
     @staticmethod
     def _owner_dead(info: dict) -> bool:
-        if info.get("host") != socket.gethostname():
+        if info.get("host") != _hostname():
             return False                      # another machine: we cannot know
         if info.get("boot_id") and info.get("boot_id") != boot_id():
             return True                       # this host rebooted since
@@ -109,6 +115,6 @@ class RepoLock:
         """A lock of this very process that no run of it holds: an earlier run of the daemon was
         forced out (job_timeout on a hung target) before it could remove its lock. Its PID is
         alive -- it is ours -- so without this every later run would wait for ourselves."""
-        return (info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
+        return (info.get("host") == _hostname() and info.get("pid") == os.getpid()
                 and info.get("boot_id") == boot_id() and info.get("start_ticks") == proc_start_ticks(os.getpid())
                 and self._key() not in _HELD_HERE)

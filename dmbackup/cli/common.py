@@ -17,17 +17,19 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 
-from dmbackup import config as config_mod
 from dmbackup.context import App
-from dmbackup.engine import hooks
 from dmbackup.engine.result import Result
 from dmbackup.errors import DmError, UsageError, EXIT_INTERNAL, EXIT_INTERRUPTED
 from dmbackup.log import Logger, Progress, terminal_safe
 from dmbackup.system import stopping
 from dmbackup.system.childenv import check_config_file
+
+if TYPE_CHECKING:
+    from dmbackup.config import Config
 
 
 class State:
@@ -39,6 +41,8 @@ STATE = State()
 
 
 def load_app(*, progress: bool = False, json_out: bool = False) -> App:
+    from dmbackup import config as config_mod     # late: `--help` reads no config (issue 17)
+
     check_config_file(config_mod.config_path(STATE.config_file))
     cfg = config_mod.load(STATE.config_file)
     tty = sys.stderr.isatty()
@@ -166,6 +170,8 @@ def handled(app: App | None = None):
     blocked call; post hooks are never cut short that way (``hooks.tearing_down``).
     """
     asked: dict = {"stop": False, "kicker": None}
+    if app is not None:
+        from dmbackup.engine import hooks      # here, not in the signal handler
 
     def on_int(signum, frame):
         if not asked["stop"]:
@@ -211,7 +217,7 @@ def examples(*pairs: str) -> str:
     return "\n\n".join(["Examples:"] + [f"\b\n{what}:\n    {cmd}" for what, cmd in zip(pairs[0::2], pairs[1::2])])
 
 
-def _config_for_completion(ctx) -> "config_mod.Config | None":
+def _config_for_completion(ctx) -> "Config | None":
     """The config named by --config (or the default) while the shell completes a word; None
     when it cannot be read (e.g. not root): completion then offers no names, never an error."""
     path = None
@@ -219,6 +225,8 @@ def _config_for_completion(ctx) -> "config_mod.Config | None":
         path = (ctx.params or {}).get("config")
         ctx = ctx.parent
     try:
+        from dmbackup import config as config_mod
+
         return config_mod.load(path)
     except Exception:
         return None

@@ -3,7 +3,6 @@
 import typer
 
 from dmbackup.cli.common import examples, handled, load_app, show
-from dmbackup.daemon import monitoring
 
 EXAMPLES = examples(
     "A table for people (exit 1 when a job is overdue or failed)",
@@ -20,4 +19,6 @@ def register(app: typer.Typer) -> None:
         with handled():
             a = load_app()
         with handled(a):
+            from dmbackup.daemon import monitoring      # late: `--help` loads no scheduler (issue 17)
+
             show(monitoring.status_report(a), json_out)

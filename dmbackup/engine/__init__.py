@@ -19,8 +19,6 @@ import types
 from dataclasses import dataclass
 
 from dmbackup import gcpause
-from dmbackup.config import holds_repository
-from dmbackup.engine import hooks
 from dmbackup.engine.result import DictResult, Result
 from dmbackup.errors import ConfigError, UsageError
 
@@ -53,6 +51,13 @@ def __getattr__(name: str):
     return value
 
 
+def holds_repository(tcfg) -> bool:
+    """``dmbackup.config.holds_repository``, imported when first asked (``--help`` reads no config)."""
+    from dmbackup.config import holds_repository as holds
+
+    return holds(tcfg)
+
+
 __all__ = ["init_repo", "backup", "run_backup", "snapshots", "verify", "restore", "run_restore", "resync",
            "prune", "pick_snapshot", "selection_prefix", "BackupResult", "RestoreResult", "VerifyResult",
            "PruneResult", "InitResult", "SnapshotInfo", "SnapshotList", "ResyncResult", "Result"]
@@ -68,24 +73,19 @@ def backup(app, target_name: str, what: str = "mail", full: bool = False, job=No
         raise ConfigError(f"target {target_name!r} only takes config bundles: use --what config")
     target = app.target(target_name)
     with target, gcpause.relaxed():
-        _derive_ahead(app, target)
+        from dmbackup.engine.unlockahead import derive_ahead
+
+        derive_ahead(app, target)       # scrypt in a thread while the backup code loads
         from dmbackup.engine.backup import backup_mail
 
         return backup_mail(app, target, target_name, full=full, job=job)
 
 
-def _derive_ahead(app, target) -> None:
-    """Start-up (issue 17): the repository key's scrypt runs in a thread while the operation's
-    code loads (dmbackup.archive.kdf); the unlock then checks everything as always."""
-    if app.config.encryption.enabled:
-        from dmbackup.archive import kdf, layout
-
-        kdf.derive_ahead_from(target, f"{layout.repo_root(app.config.hostname)}/{layout.KEY_FILE}", app.passphrase)
-
-
 def run_backup(app, target_name: str, what: str = "mail", full: bool = False) -> Result:
     """``dmbackup backup --target T``: ``backup`` between the pre- and post-backup hooks (a pre
     hook's exit 75 raises ``hooks.RunSkipped``, exit 0)."""
+    from dmbackup.engine import hooks
+
     ctx = hooks.HookContext(action="backup", target=target_name, what=what)
     with hooks.around(app, ctx):
         res = backup(app, target_name, what=what, full=full)
@@ -151,6 +151,8 @@ def restore(app, target_name: str, snapshot: str | None = None, *, at: str | Non
 
 def run_restore(app, target_name: str, snapshot: str | None = None, *, what: str = "mail", **kw) -> Result:
     """``dmbackup restore --target T``: ``restore`` between the pre- and post-restore hooks."""
+    from dmbackup.engine import hooks
+
     ctx = hooks.HookContext(action="restore", target=target_name, what=what)
     with hooks.around(app, ctx):
         res = restore(app, target_name, snapshot, what=what, **kw)

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, Protocol
 
 from dmbackup import utctime
-from dmbackup.archive import bundle, layout
+from dmbackup.archive import layout
 from dmbackup.config import holds_repository
 from dmbackup.errors import ConfigError, CorruptObject, DmError, NoSpace, WrongRepository
-from dmbackup.source import appliance
 
 MAX_BUNDLE = 1 << 30            # read whole into memory: a bundle on the medium may not be larger
 
@@ -187,6 +186,8 @@ def open_repo_bundle(repo, snap: str) -> OpenBundle:
     name = layout.bundle(snap)
     if repo.bundle_size(snap) > MAX_BUNDLE:
         raise CorruptObject(f"{name} is larger than any config bundle ({MAX_BUNDLE >> 20} MiB): damaged")
+    from dmbackup.archive import bundle    # late: listing snapshots opens no bundle (issue 17)
+
     data = repo.read_bundle(snap)
     if repo.keys.encrypted and bundle.parse_header(data).protection != bundle.PROT_KEY:
         # anyone can write an unencrypted bundle: in an encrypted repository it is planted
@@ -204,6 +205,8 @@ def snapshot_maildirs(repo, snap: str) -> set[str] | None:
     if ref is None:
         return None
     rows, _ = repo.catalog_body(ref)
+    from dmbackup.source import appliance
+
     return appliance.maildirs_in(r.dir for r in rows)
 
 
@@ -340,6 +343,8 @@ class MailboxBundles:
     def open(self, ref: BundleRef) -> OpenBundle:
         uid = ref.fields["uid"]
         data = self.mailbox.fetch(uid, ref.id)
+        from dmbackup.archive import bundle
+
         contents = bundle.read_bundle(data, passphrase=self._passphrase)
         manifest, entries = contents
         if manifest.get("time") != ref.time or manifest.get("hostname") != ref.host:

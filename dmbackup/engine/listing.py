@@ -115,10 +115,13 @@ def _one(app, target_name: str) -> SnapshotList:
 
         items = [SnapshotInfo.of_bundle(b, target_name) for b in bundle_listing(app, target_name)]
         return SnapshotList(items=items)
-    from dmbackup.archive.trust import open_trusted
-
     target = app.target(target_name)
     with target:
+        from dmbackup.engine.unlockahead import derive_ahead
+
+        derive_ahead(app, target)          # scrypt beside loading the archive code below
+        from dmbackup.archive.trust import open_trusted
+
         repo = open_trusted(app, target, target_name, require_enrolled=False)
         items = [SnapshotInfo(s.id, s.chain, s.header.kind, s.header.time, s.header.files, s.header.bytes,
                               s.header.stored_bytes, s.header.parent, s.header.warnings, s.header.job,

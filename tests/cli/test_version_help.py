@@ -68,6 +68,29 @@ def test_a_missing_library_is_reported_not_fatal():
     assert "dmbackup-no-such-distribution not installed" in text.splitlines()
 
 
+def test_help_loads_no_config_scheduler_or_crypto(tmp_path):
+    """``dmbackup --help`` is start-up only (issue 17): it parses no config and loads neither the
+    scheduler, the hooks, the archive format nor the crypto and compression libraries."""
+    code = ("import sys\n"
+            "sys.argv = ['dmbackup', '--help']\n"
+            "from dmbackup.cli.main import main\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n')\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               DMBACKUP_CONFIG=str(tmp_path / "no-such-config.toml"), COLUMNS="200", TERM="dumb")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "Usage" in r.stdout, r.stdout + r.stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("MODULES "))
+    loaded = set(line.split()[1:])
+    assert "dmbackup.cli.main" in loaded
+    heavy = {"dmbackup.config", "dmbackup.daemon.monitoring", "dmbackup.daemon.status", "dmbackup.engine.hooks",
+             "dmbackup.archive.repository", "dmbackup.archive.bundle", "cryptography", "zstandard", "socket"}
+    assert loaded & heavy == set()
+
+
 def test_restore_help_shows_the_common_restores(tmp_path):
     r = dm("restore", "--help", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
