@@ -47,6 +47,32 @@ def test_a_backup_derives_its_key_once_ahead_and_leaves_nothing_behind(ready, mo
     assert len(calls) == 2 and kdf._ahead == {}
 
 
+def test_snapshots_and_status_derive_the_key_ahead_once_and_leave_nothing_behind(ready, monkeypatch):
+    """``snapshots`` (and ``status``, which lists every target) start scrypt as soon as the target
+    is open, before the archive code loads (issue 17): one derivation each, none left pending;
+    a wrong passphrase is exit 6 for ``snapshots`` and a target error in ``status``, as before."""
+    from dmbackup.archive import kdf
+
+    ready.ok("backup", "--target", "local")
+    calls = []
+    real = kdf.scrypt
+    monkeypatch.setattr(kdf, "scrypt", lambda *a: (calls.append(a), real(*a))[1])
+    monkeypatch.setattr(kdf, "_ahead", {})
+    r = ready.ok("snapshots", "--target", "local", "--json")
+    assert len(json.loads(r.out)) == 1
+    assert len(calls) == 1 and kdf._ahead == {}
+    r = ready.run("status", "--json")
+    assert json.loads(r.out)["targets"][0]["snapshots"] == 1
+    assert len(calls) == 2 and kdf._ahead == {}
+    with open(ready.passfile, "w") as f:
+        f.write("not the passphrase\n")
+    r = ready.run("snapshots", "--target", "local")
+    assert r.code == 6 and "wrong passphrase" in one_line(r.err)
+    r = ready.run("status", "--json")
+    assert "wrong passphrase" in json.loads(r.out)["targets"][0]["error"]
+    assert len(calls) == 4 and kdf._ahead == {}
+
+
 def test_a_key_file_over_the_cap_is_not_derived_ahead(ready, monkeypatch):
     from dmbackup.archive import kdf
 
