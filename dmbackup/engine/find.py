@@ -305,12 +305,15 @@ def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple
         learned0 = len(walker.pagekeys.added) if walker.pagekeys is not None else 0
         found: dict[tuple, list] = {}
         errors: dict[int, str] = {}
+        # the rows of one stored base page (one directory on many nights) share its entries:
+        # those no row's delta touches are merged once for all the rows (``_merge_base``)
+        by_base: dict[tuple, list] = {}
         for gi in part:
             if app is not None:
                 app.check_stop()
             chain, row, md, idxs = glist[gi]
             try:
-                entries = walker.entries(chain, row)
+                base, touched, entries = walker.parts(chain, row)
             except (CorruptObject, DmError) as exc:
                 errors[gi] = str(exc)
                 continue
@@ -320,8 +323,18 @@ def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple
             mask = 0
             for i in idxs:
                 mask |= 1 << i
-            for e in entries.values():
-                _merge(found, (md.mailbox, md.folder_dir, e.hash[:32]), [lo, hi, mask, e, md, gi, cur])
+            if base:        # (keyed by the directory's name: its MsgDir hashes slowly)
+                key = (chain, row.owner, row.offset, row.dir)
+                acc = by_base.get(key)
+                if acc is None:
+                    acc = by_base[key] = [md, base, []]
+                acc[2].append((lo, hi, mask, gi, touched))
+            for n in touched:
+                e = entries.get(n)
+                if e is not None:
+                    _merge(found, (md.mailbox, md.folder_dir, e.hash[:32]), [lo, hi, mask, e, md, gi, cur])
+        for md, base, rows in by_base.values():
+            _merge_base(found, md, base, rows)
         learned = walker.pagekeys.added[learned0:] if walker.pagekeys is not None else []
         return found, errors, walker.pages_read - read0, walker.pages_skipped - skipped0, learned
 
@@ -337,6 +350,38 @@ def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple
         _merge(found, hk, h)
     errors.update(theirs[1])
     return found, errors
+
+
+def _merge_base(found: dict, md, base: dict, rows: list[tuple]) -> None:
+    """Merge the entries of one base page as the rows ``(first, last, mask, group index,
+    touched names)`` that use it hold them: an entry no row touches is in every row, the same
+    ``Entry``, and is merged once with the rows' union (the answer ``_merge`` gives row by
+    row: the first of the firsts, every snapshot, and the last row's index, the lower group
+    index on a tie); one that some row touches, with the union of the rows that do not."""
+    def union(rs) -> tuple:
+        lo, mask, best = rs[0][0], 0, rs[0]
+        for r in rs:
+            mask |= r[2]
+            if r[0] < lo:
+                lo = r[0]
+            if (r[1], -r[3]) > (best[1], -best[3]):
+                best = r
+        return lo, best[1], mask, best[3]
+
+    every = union(rows)
+    touched = set()
+    for r in rows:
+        touched.update(r[4])
+    cur, mb, fd = md.sub == "cur", md.mailbox, md.folder_dir
+    for n, e in base.items():
+        if n in touched:
+            rs = [r for r in rows if n not in r[4]]
+            if not rs:
+                continue
+            lo, hi, mask, gi = union(rs)
+        else:
+            lo, hi, mask, gi = every
+        _merge(found, (mb, fd, e.hash[:32]), [lo, hi, mask, e, md, gi, cur])
 
 
 def _merge(found: dict, hk: tuple, h: list) -> None:

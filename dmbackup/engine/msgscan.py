@@ -53,6 +53,7 @@ _NUMBERS = re.compile(rb"-?\d+(?:,-?\d+){5}")
 _HASH_FIELD = re.compile(rb'"([0-9a-f]{64})"')
 ENTRY_WINDOW = 1 << 16              # bytes of a page decoded to read one entry (a longer one: the whole page)
 _DECODER = json.JSONDecoder()
+_NOTHING: frozenset = frozenset()
 
 
 def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
@@ -345,40 +346,67 @@ class MessageWalker:
 
     def entries(self, chain: str, row: PageRow) -> dict[str, Entry]:
         """name -> entry of the wanted files of the directory ``row`` describes (a new dict)."""
-        d = dict(self._reduced_base(chain, row))
+        base, _, d = self.parts(chain, row)
+        return dict(d) if d is base else d
+
+    def parts(self, chain: str, row: PageRow) -> tuple[dict[str, Entry], frozenset | set, dict[str, Entry]]:
+        """``(base, touched, entries)``: the wanted entries of the row's stored base page, the
+        names whose wanted entry its delta deletes, renames (from and to), replaces or adds,
+        and the wanted entries of the row (``entries``). Every name of ``base`` not in
+        ``touched`` is in ``entries`` with the very same ``Entry`` and every name of
+        ``entries`` not in ``base`` is in ``touched``, so a caller that meets one base page in
+        many rows (the same directory on many nights) can take the untouched entries once for
+        all of them (``find``). ``base`` and ``entries`` (which may be ``base`` itself) are not to be changed."""
+        base = self._reduced_base(chain, row)
         delta = row.delta
         if delta is None:
-            return d
-        if self.want is not None and (not d or not delta.may_touch(d)):
+            return base, _NOTHING, base
+        if self.want is not None and (not base or not delta.may_touch(base)):
             # nothing wanted in the base page (the usual case), or nothing the delta changes
             # among what is: only the added entries can bring a wanted one (and a delta from
             # the local cache of catalogs knows, without being unpacked, the key prefixes of
             # the files it adds, and whether it names any of the wanted entries at all)
             if not delta.may_put(self._want_ints):
-                return d
-            for e in delta.wanted_puts(self.want)[0]:
+                return base, _NOTHING, base
+            keep = delta.wanted_puts(self.want)[0]
+            if not keep:
+                return base, _NOTHING, base
+            d = dict(base)
+            for e in keep:
                 d[e.name] = e
-            return d
+            return base, {e.name for e in keep}, d
+        # ``touched`` gets the names whose entry changed here: every other name of ``base``
+        # keeps its Entry (a delta's deletions and renames of files that are not wanted
+        # change nothing here, and are not listed)
+        d = dict(base)
+        touched = set()
         for n in delta.dels:
-            d.pop(n, None)
+            if d.pop(n, None) is not None:
+                touched.add(n)
         for old, suffix, mtime in delta.rens:
             e = d.pop(old, None)
             new = old.split(":", 1)[0] + suffix
             if e is None:
-                d.pop(new, None)        # the name now holds an entry that is not wanted
+                if d.pop(new, None) is not None:    # the name now holds an entry that is not wanted
+                    touched.add(new)
             else:
+                touched.add(old)
+                touched.add(new)
                 d[new] = Entry(new, e.type, e.mode, e.uid, e.gid, e.mtime_ns if mtime is None else mtime, e.size,
                                e.ino, e.hash, e.extents, e.link)
         if self.want is None:
             for e in delta.puts:
                 if self._wanted(e):
                     d[e.name] = e
-                else:
-                    d.pop(e.name, None)
-            return d
+                    touched.add(e.name)
+                elif d.pop(e.name, None) is not None:
+                    touched.add(e.name)
+            return base, touched, d
         keep, other = delta.wanted_puts(self.want)      # validates only the wanted ones
         for n in other:
-            d.pop(n, None)
+            if d.pop(n, None) is not None:
+                touched.add(n)
         for e in keep:
+            touched.add(e.name)
             d[e.name] = e
-        return d
+        return base, touched, d

@@ -703,3 +703,42 @@ def test_find_answers_the_same_on_one_or_two_processors(tmp_path, monkeypatch):
     bad_one, bad_two = answers(False)[0], answers(True)[0]
     assert bad_two == bad_one
     assert all(r["damaged_indexes"] for _, r, _ in bad_one)
+
+
+def test_rows_of_one_base_page_are_merged_as_row_by_row(tmp_path, monkeypatch):
+    """find merges the entries of a stored base page that no row's delta touches once for all
+    the rows (nights) that use the page (``_merge_base``). On the scripted week (deliveries,
+    expunges, moves, flag renames, each night a delta on the full's pages), for every query and
+    for one that matches every message, what is found is exactly what merging every entry of
+    every row one by one (``MessageWalker.entries``, ``_merge``) finds."""
+    from dmbackup.engine import find as find_mod
+
+    w, _, _ = week(tmp_path)
+    real_resolve, real_base = find_mod._resolve, find_mod._merge_base
+    shared = []
+
+    def merge_base(found, md, base, rows):
+        if len(rows) > 1 and any(n in r[4] for r in rows for n in base):
+            shared.append(md)               # several nights, and a delta that touches the page
+        return real_base(found, md, base, rows)
+
+    def resolve(walker, glist, app, *, allowed):
+        got = real_resolve(walker, glist, app, allowed=allowed)
+        want: dict = {}
+        for gi, (chain, row, md, idxs) in enumerate(glist):
+            mask = sum(1 << i for i in idxs)
+            for e in walker.entries(chain, row).values():
+                find_mod._merge(want, (md.mailbox, md.folder_dir, e.hash[:32]),
+                                [idxs[0], idxs[-1], mask, e, md, gi, md.sub == "cur"])
+        assert got[0] == want and not got[1]
+        checked.append(len(want))
+        return got
+
+    checked: list[int] = []
+    monkeypatch.setattr(find_mod, "_resolve", resolve)
+    monkeypatch.setattr(find_mod, "_merge_base", merge_base)
+    for q in WEEK_QUERIES + [["--since", "1970-01-01"]]:
+        r = w.run("find", "--json", *q)
+        assert r.code == 0, r.err
+    assert len(checked) == len(WEEK_QUERIES) + 1 and checked[-1] > 20, checked
+    assert shared, "no base page was shared by nights whose deltas touch it"
