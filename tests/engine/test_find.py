@@ -742,3 +742,24 @@ def test_rows_of_one_base_page_are_merged_as_row_by_row(tmp_path, monkeypatch):
         assert r.code == 0, r.err
     assert len(checked) == len(WEEK_QUERIES) + 1 and checked[-1] > 20, checked
     assert shared, "no base page was shared by nights whose deltas touch it"
+
+
+def test_dates_are_written_as_datetime_writes_them():
+    """``iso_date`` (``time.gmtime``) says what ``utctime.iso`` of a ``datetime`` says, and
+    None where a ``datetime`` cannot hold the time (a Date header can say anything)."""
+    import random
+
+    from dmbackup import utctime
+    from dmbackup.engine.find import iso_date
+
+    def by_datetime(epoch):
+        try:
+            return utctime.iso(datetime.fromtimestamp(epoch, tz=timezone.utc))
+        except (OverflowError, OSError, ValueError):
+            return None
+
+    rnd = random.Random(15)
+    edges = [-62135596801, -62135596800, 253402300799, 253402300800, -1, 0, 1 << 31, 1 << 63, -(1 << 63), 1 << 80]
+    for epoch in edges + [rnd.randint(-(1 << 40), 1 << 40) for _ in range(20_000)]:
+        assert iso_date(epoch) == by_datetime(epoch), epoch
+    assert iso_date(None) is None and iso_date(1764556200) == "2025-12-01T02:30:00Z"
