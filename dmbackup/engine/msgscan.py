@@ -52,11 +52,13 @@ _HASH_KEYS = re.compile(rb'"([0-9a-f]{32})[0-9a-f]{32}"')
 _NUMBERS = re.compile(rb"-?\d+(?:,-?\d+){5}")
 _HASH_FIELD = re.compile(rb'"([0-9a-f]{64})"')
 ENTRY_WINDOW = 1 << 16              # bytes of a page decoded to read one entry (a longer one: the whole page)
+ENTRY_MEMO = 200_000                # entries kept by their JSON text (``_pick_entries``; cleared when full)
+_ENTRY_END = re.compile(r',\[(?:\[[^\[\]]*\](?:,\[[^\[\]]*\])*)?\]\]')     # after the hash: extents, the close
 _DECODER = json.JSONDecoder()
 _NOTHING: frozenset = frozenset()
 
 
-def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
+def _pick_entries(plain: bytes, hashes, what: str, memo: dict | None = None) -> dict[str, Entry] | None:
     """The entries whose hash field is at each of ``hashes`` (matches in a page's canonical
     JSON, ``["name","f",mode,uid,gid,mtime,size,ino,"hash",extents]``, as UTF-8 bytes), each
     decoded alone; None when the page is not laid out that way (the caller then parses the
@@ -68,7 +70,14 @@ def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
     UTF-8 the bytes of ``"`` and ``\\`` never occur inside another character, so this works
     on the bytes). The entry is then decoded from there by the JSON decoder (an ASCII page is
     turned into text once; another one ``ENTRY_WINDOW`` bytes at a time, from the entry) and
-    must carry that very hash."""
+    must carry that very hash.
+
+    ``memo`` (an ASCII page): the entries already decoded, by their exact JSON text. The
+    same message is listed in every page its directory is stored in again (on the find chain
+    two picks in three are such repeats); an entry whose text, from its ``[`` through the
+    ``]`` that closes it, is one decoded before is that same ``Entry``: decoding is a function
+    of the text alone. Its end is found by ``_ENTRY_END`` (extents: lists without brackets
+    inside), and the text is kept only when the decoder ended exactly there."""
     out = {}
     n = len(plain)
     # an ASCII page (the usual one: Maildir names are ASCII) is turned into text once, and each
@@ -93,9 +102,20 @@ def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
                 break
         if plain[k - 1] != 0x5B:
             return None
+        key = None
+        if text is not None and memo is not None:
+            end = _ENTRY_END.match(text, m.end())
+            if end is not None:
+                key = text[k - 1:end.end()]
+                e = memo.get(key)
+                if e is not None:
+                    out[e.name] = e
+                    continue
         try:
             if text is not None:
-                raw, _ = _DECODER.raw_decode(text, k - 1)
+                raw, stop = _DECODER.raw_decode(text, k - 1)
+                if key is not None and stop != k - 1 + len(key):
+                    key = None
             else:
                 cut = min(n, k - 1 + ENTRY_WINDOW)
                 while cut < n and cut > k and (plain[cut] & 0xC0) == 0x80:
@@ -107,6 +127,10 @@ def _pick_entries(plain: bytes, hashes, what: str) -> dict[str, Entry] | None:
             return None
         e = decode_entry(raw, what)
         out[e.name] = e
+        if key is not None:
+            if len(memo) >= ENTRY_MEMO:
+                memo.clear()
+            memo[key] = e
     return out
 
 
@@ -250,6 +274,7 @@ class MessageWalker:
         self._cached = 0
         self._want_bytes: set[bytes] | None = None
         self._want_ints = self._wanted_prefixes.ints if want is not None else frozenset()
+        self._entry_memo: dict[str, Entry] = {}     # (``_pick_entries``)
         self.pages_read = 0
 
     def _wanted(self, e: Entry) -> bool:
@@ -331,7 +356,7 @@ class MessageWalker:
             hashes = [m for m in _HASH_FIELD.finditer(plain) if m.group(1)[:32] in wb]
         if not hashes:
             return {}
-        picked = _pick_entries(plain, hashes, what)
+        picked = _pick_entries(plain, hashes, what, self._entry_memo)
         if picked is not None:
             return picked
         raw = loads(plain, what)        # not laid out as dmbackup writes pages: parse it all

@@ -133,6 +133,33 @@ def test_picked_entries_of_an_ascii_page_equal_the_parsed_ones():
         assert repo.full_reads == 0
 
 
+def test_an_entry_repeated_in_later_pages_is_decoded_once(monkeypatch):
+    """The same message in every page its directory is stored in again: a walker decodes an
+    entry text it decoded before once (the same ``Entry``), and an entry that differs in any
+    byte (flags in the name, mtime, extents) is decoded on its own; the memo is bounded."""
+    repo = FakeRepo()
+    base = [f(f"17644{i:05d}.M{i}P1.h,S={i}:2,S", i) for i in range(40)]
+    changed = [Entry(e.name.replace(":2,S", ":2,FS"), *e.encode()[1:9], e.extents) for e in base[:5]]
+    moved = [Entry(e.name, e.type, e.mode, e.uid, e.gid, e.mtime_ns, e.size, e.ino, e.hash,
+                   [[f"{OWNER}.v0002", 8, 100, 0, e.size]]) for e in base[5:10]]
+    pages = [base, changed + base[5:], base[:5] + moved + base[10:], base]
+    rows = [repo.add_page(p, offset=1000 * i) for i, p in enumerate(pages)]
+    want = {e.hash[:32] for e in base[::2]}
+    w = MessageWalker(repo, want=want)
+    decoded = []
+    real = msgscan.decode_entry
+    monkeypatch.setattr(msgscan, "decode_entry", lambda raw, what: decoded.append(raw[0]) or real(raw, what))
+    got = [w.entries(CHAIN, r) for r in rows]
+    for page, g in zip(pages, got):
+        assert {n: e.encode() for n, e in g.items()} == {e.name: e.encode() for e in page if e.hash[:32] in want}
+    assert len(decoded) == len(want) + 3 + 2          # the 20 once, the 3 renamed and 2 moved wanted ones
+    assert all(got[3][n] is got[0][n] for n in got[0])
+    assert got[2][base[6].name] is not got[0][base[6].name] and got[2][base[6].name].extents != base[6].extents
+    monkeypatch.setattr(msgscan, "ENTRY_MEMO", 3)
+    w = MessageWalker(repo, want=want)
+    assert [w.entries(CHAIN, r) for r in rows] == got and len(w._entry_memo) <= 3
+
+
 def test_a_page_without_wanted_content_is_not_parsed():
     repo = FakeRepo()
     row = repo.add_page([f(f"m{i}", i) for i in range(50)])
