@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -142,15 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     out["find"] = {}
     for name, args in searches.items():
-        times, count = [], None
+        times, cpus, count = [], [], None
         for _ in range(a.runs):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             p = sh(exe + ["find", "--target", "bench", "--json", *args], env, f"find {name}")
             times.append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # CPU (user + system, with the forked child): steadier than wall time on a shared machine
+            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             count = json.loads(p.stdout)["count"]
         out["find"][name] = {"seconds_median": round(statistics.median(times), 3),
-                             "seconds_min": round(min(times), 3), "matches": count}
-        print(f"find {name:<18} {statistics.median(times):6.2f} s  ({count} matches)", flush=True)
+                             "seconds_min": round(min(times), 3), "cpu_seconds_median": round(statistics.median(cpus), 3),
+                             "matches": count}
+        print(f"find {name:<18} {statistics.median(times):6.2f} s, {statistics.median(cpus):6.2f} s CPU  "
+              f"({count} matches)", flush=True)
     if a.restic and fname:
         # restic can only look for a file name: the same message, by the name of its file
         base = fname.split(":", 1)[0]
