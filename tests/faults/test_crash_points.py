@@ -162,16 +162,20 @@ def make_point_world(template: Template, base: str, scenario: str, kind: str, sr
 
 
 def check_after_kill(template: Template, w: FaultWorld, t: Target, scenario: str, earlier: list[dict],
-                     point: str) -> None:
+                     point: str, committed: bool = True) -> None:
+    """``committed``: the kill came after the new snapshot's catalog was committed (a
+    ``job-prune`` point: prune runs only then)."""
     now = mail_snaps(w, "--target", t.name)
     ids = [s["id"] for s in now]
     earlier_ids = [s["id"] for s in earlier]
     new = [s for s in now if s["id"] not in earlier_ids]
     assert len(new) <= 1, (point, ids)
-    if scenario == "job-prune":
+    if scenario == "job-prune" and committed:
         # prune runs after the new chain is committed: that chain is complete
         assert len(new) == 1, (point, ids)
     else:
+        # killed before a new snapshot was committed: none is listed, and nothing was pruned
+        assert not (scenario == "job-prune" and new), (point, ids)
         assert [i for i in ids if i in earlier_ids] == earlier_ids, (point, ids)
     r = w.run("verify", "--target", t.name, "--read-data")
     assert r.code == 0, (point, r.err)
@@ -200,12 +204,12 @@ def check_after_kill(template: Template, w: FaultWorld, t: Target, scenario: str
     shutil.rmtree(out)
 
 
-def kill_and_check(template, base, scenario, point, kind, srv=None, sub=""):
+def kill_and_check(template, base, scenario, point, kind, srv=None, sub="", committed=True):
     w, t, argv, earlier = make_point_world(template, base, scenario, kind, srv, sub)
     r = w.killer(*argv, kill=point)
     no_traceback(r)
     assert r.code == -9, f"{point}: the kill point was never reached (exit {r.code})\n{r.err}"
-    check_after_kill(template, w, t, scenario, earlier, point)
+    check_after_kill(template, w, t, scenario, earlier, point, committed)
 
 
 def _trace(template, base, scenario, kind, srv=None, sub="") -> list[dict]:
@@ -217,12 +221,15 @@ def _trace(template, base, scenario, kind, srv=None, sub="") -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def _sweep_points(template, tmp_path, scenario, kind, srv=None) -> list[str]:
+def _sweep_points(template, tmp_path, scenario, kind, srv=None) -> list[tuple[str, bool]]:
+    """Every operation of the traced run, before, in the middle of (writes) and after it; and
+    whether that comes after the run's first catalog commit (the new snapshot made visible)."""
     events = _trace(template, str(tmp_path / "trace"), scenario, kind, srv, "trace")
+    commit = next((e["i"] for e in events if e["op"] == "commit" and re.search(r"\.catalog$", e["name"])), None)
     pts = []
     for e in events:
         for when in (("before", "mid", "after") if e["op"] == "write" else ("before", "after")):
-            pts.append(f"#{e['i']}:{when}")
+            pts.append((f"#{e['i']}:{when}", commit is not None and (e["i"] > commit or (e["i"] == commit and when == "after"))))
     return pts
 
 
@@ -238,8 +245,8 @@ def test_killed_backup_on_dir_target(template, tmp_path, scenario, point):
 @pytest.mark.skipif(not FULL_SWEEP, reason="the sweep over every operation runs with DMBACKUP_FAULT_SWEEP=full")
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_sweep_every_operation_on_dir_target(template, tmp_path, scenario):
-    for n, point in enumerate(_sweep_points(template, tmp_path, scenario, "dir")):
-        kill_and_check(template, str(tmp_path / f"w{n}"), scenario, point, "dir")
+    for n, (point, committed) in enumerate(_sweep_points(template, tmp_path, scenario, "dir")):
+        kill_and_check(template, str(tmp_path / f"w{n}"), scenario, point, "dir", committed=committed)
 
 
 def test_trace_covers_the_named_points(template, tmp_path):
@@ -279,8 +286,9 @@ def test_killed_backup_on_smb_target(template, smb_server, tmp_path, scenario, p
 @pytest.mark.skipif(not FULL_SWEEP, reason="the sweep over every operation runs with DMBACKUP_FAULT_SWEEP=full")
 @pytest.mark.parametrize("scenario", ["incremental", "job-prune"])
 def test_sweep_every_operation_on_smb_target(template, smb_server, tmp_path, scenario):
-    for n, point in enumerate(_sweep_points(template, tmp_path, scenario, "smb", smb_server)):
-        kill_and_check(template, str(tmp_path / f"w{n}"), scenario, point, "smb", smb_server, f"s-{scenario}-{n}")
+    for n, (point, committed) in enumerate(_sweep_points(template, tmp_path, scenario, "smb", smb_server)):
+        kill_and_check(template, str(tmp_path / f"w{n}"), scenario, point, "smb", smb_server, f"s-{scenario}-{n}",
+                       committed=committed)
 
 
 def test_killed_run_leaves_no_orphan_config_bundle(template, tmp_path):
