@@ -229,7 +229,8 @@ def _sweep_points(template, tmp_path, scenario, kind, srv=None) -> list[tuple[st
     pts = []
     for e in events:
         for when in (("before", "mid", "after") if e["op"] == "write" else ("before", "after")):
-            pts.append((f"#{e['i']}:{when}", commit is not None and (e["i"] > commit or (e["i"] == commit and when == "after"))))
+            committed = commit is not None and (e["i"] > commit or (e["i"] == commit and when == "after"))
+            pts.append((f"#{e['i']}:{when}", committed))
     return pts
 
 
