@@ -363,17 +363,7 @@ def _merge_base(found: dict, md, base: dict, rows: list[tuple]) -> None:
     ``Entry``, and is merged once with the rows' union (the answer ``_merge`` gives row by
     row: the first of the firsts, every snapshot, and the last row's index, the lower group
     index on a tie); one that some row touches, with the union of the rows that do not."""
-    def union(rs) -> tuple:
-        lo, mask, best = rs[0][0], 0, rs[0]
-        for r in rs:
-            mask |= r[2]
-            if r[0] < lo:
-                lo = r[0]
-            if (r[1], -r[3]) > (best[1], -best[3]):
-                best = r
-        return lo, best[1], mask, best[3]
-
-    every = union(rows)
+    every = _union(rows)
     touched = set()
     for r in rows:
         touched.update(r[4])
@@ -383,10 +373,24 @@ def _merge_base(found: dict, md, base: dict, rows: list[tuple]) -> None:
             rs = [r for r in rows if n not in r[4]]
             if not rs:
                 continue
-            lo, hi, mask, gi = union(rs)
+            lo, hi, mask, gi = _union(rs)
         else:
             lo, hi, mask, gi = every
         _merge(found, (mb, fd, e.hash[:32]), [lo, hi, mask, e, md, gi, cur])
+
+
+def _union(rows: list[tuple]) -> tuple:
+    """What rows ``(first, last, mask, group index, ...)`` hold together, as ``_merge`` would
+    leave it: ``(first of the firsts, last, every snapshot, group index of the last row; the
+    lower index on a tie)``."""
+    lo, mask, best = rows[0][0], 0, rows[0]
+    for r in rows:
+        mask |= r[2]
+        if r[0] < lo:
+            lo = r[0]
+        if (r[1], -r[3]) > (best[1], -best[3]):
+            best = r
+    return lo, best[1], mask, best[3]
 
 
 def _merge(found: dict, hk: tuple, h: list) -> None:

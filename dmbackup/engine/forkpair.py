@@ -55,15 +55,18 @@ def in_two(work: Callable[..., R], first: T, second: T, *, allowed: bool, items:
     there is no child) whose ``finished()`` gives the child's result as soon as it is there,
     so the parent's half can stop early when the child's answer makes it useless; the child
     and the fallback call ``work(second)``."""
-    if not usable(allowed, items):
+    def alone() -> tuple[R, R]:                    # both halves here, one after the other
         return (work(first, None) if peer else work(first)), work(second)
+
+    if not usable(allowed, items):
+        return alone()
     r, w = os.pipe()
     try:
         pid = os.fork()
     except OSError:
         os.close(r)
         os.close(w)
-        return (work(first, None) if peer else work(first)), work(second)
+        return alone()
     if pid == 0:                                    # the child
         code = 1
         try:

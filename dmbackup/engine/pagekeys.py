@@ -114,10 +114,9 @@ class Wanted:
             self.by_prefix.setdefault(prefix(k), []).append(k.encode("ascii"))
         # the prefixes as native ints, as ``memoryview(keys).cast("I")`` gives a page's (and
         # catalog.Delta.may_put a packed delta's)
-        self.ints = frozenset(int.from_bytes(p, sys.byteorder) for p in self.by_prefix)
-        self._by_int = None
-        if len(self.by_prefix) > SMALL:
-            self._by_int = {int.from_bytes(p, sys.byteorder): ks for p, ks in self.by_prefix.items()}
+        by_int = {int.from_bytes(p, sys.byteorder): ks for p, ks in self.by_prefix.items()}
+        self.ints = frozenset(by_int)
+        self._by_int = by_int if len(by_int) > SMALL else None
 
     def present(self, keys: bytes) -> list[bytes]:
         """The wanted keys (ASCII) whose prefix is among a page's ``keys``: an empty list means
