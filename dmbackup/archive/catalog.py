@@ -206,6 +206,15 @@ class Delta:
         d._packed, d._size, d._keys = blob, size, keys
         return d
 
+    def read_once(self) -> "Delta":
+        """This delta for a caller that reads it once: a packed delta's twin, unpacked when used
+        and dropped with the caller's reference, while this one stays packed and small (the
+        catalogs of 30 nights keep their deltas as bytes, not as millions of objects); any
+        other delta is itself."""
+        if self._packed is None:
+            return self
+        return Delta.packed(self._packed, self._size, self._keys, self._what)
+
     def _unpack(self) -> None:
         blob, what = self._packed, self._what
         try:

@@ -60,7 +60,11 @@ def test_packed_deltas_read_as_the_parsed_ones_and_know_what_they_add():
                  "1700000003.M3P3.h:2,", "1700000004.M4P4.h:2,"):                             # replaced
         assert d.may_touch([name]), name
     assert d._packed is not None
+    twin = d.read_once()                                        # for one read: d stays packed
+    assert twin is not d and twin.dels == ["1700000001.M1P1.h:2,S"] and d._packed is not None
+    assert twin.wanted_puts({H2[:32]})[0][0].name == "1700000004.M4P4.h:2,F" and d._packed is not None
     assert got == want                                          # unpacks: every field the same
+    assert d.read_once() is d                                   # an unpacked delta is itself
     assert d.dels == ["1700000001.M1P1.h:2,S"] and [e.hash for e in d.puts if e.hash] == [H1, H2]
     assert d.wanted_puts({H2[:32]})[0][0].name == "1700000004.M4P4.h:2,F"
     unpacked = catalog.table_of_body(BUSY, "t")[0].changed[0].delta

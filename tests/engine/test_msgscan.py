@@ -17,10 +17,12 @@ from dmbackup.archive.catalog import (
     PageRow,
     apply_delta,
     compress,
+    decode_delta,
     decode_page_list,
     encode_page,
 )
 from dmbackup.archive.crypto import PlainSealer
+from dmbackup.archive.tablecache import _pack_delta
 from dmbackup.engine import msgscan
 from dmbackup.engine.msgscan import MessageWalker, Scope, message_dir
 from dmbackup.engine.pagekeys import PageKeys
@@ -222,6 +224,12 @@ def test_walker_matches_decode_and_apply_delta(files, wanted, data):
     got = MessageWalker(repo, want=want).entries(CHAIN, row)
     exp = {e.name: e.encode() for e in want_entries if e.type == "f" and e.hash[:32] in want}
     assert {n: e.encode() for n, e in got.items()} == exp
+    # the same delta as the local cache of catalogs keeps it (packed): the same entries, and a
+    # search leaves it packed (it unpacks a twin of it for the one read)
+    row.delta = packed = decode_delta(_pack_delta(delta.encode()), "t")
+    got = MessageWalker(repo, want=want).entries(CHAIN, row)
+    assert {n: e.encode() for n, e in got.items()} == exp and packed._packed is not None
+    assert packed == delta and packed._packed is None           # (comparing unpacks it)
     every = MessageWalker(repo).entries(CHAIN, row)
     assert {n: e.encode() for n, e in every.items()} == {e.name: e.encode() for e in want_entries}
     # with the local page-key cache: the same entries when it is cold (it learns the page) and
