@@ -11,7 +11,9 @@ Two steps, neither reading a volume:
    many snapshots (same stored page, same delta) is resolved once and credited to all of them
    (dmbackup.engine.msgscan), so 30 nights of an unchanged folder cost one page read. A page
    that the local cache (dmbackup.engine.pagekeys) says lists none of the matching contents
-   is not read at all.
+   is not read at all. The rows are resolved page by page, and a page's entries are let go
+   after its last row: what a search holds grows with the messages it finds, not with the
+   pages it reads (``find``, which reads no volume, also keeps no extents for them).
 
 Two processors are used where there are two (dmbackup.engine.forkpair: a forked child; only
 on a target read through the file system, and the answer is the same without it): step 1
@@ -115,7 +117,7 @@ class Hit:
     first: int                      # indices into Search.snaps
     last: int
     seen: int = 0                   # bit i: snaps[i] holds it there
-    entry: Entry | None = None      # as in the last snapshot (name, flags, extents)
+    entry: Entry | None = None      # as in the last snapshot (name, flags; extents unless searched without)
 
     @property
     def flags(self) -> str:
@@ -160,17 +162,19 @@ def load_records(repo, snaps, query: Query | None, warnings: list[str], *, keys:
     return records, not_indexed, damaged
 
 
-def search(repo, filters: Filters, *, only=None, app=None) -> Search:
+def search(repo, filters: Filters, *, only=None, app=None, extents: bool = True) -> Search:
     """Find the messages ``filters`` select (see the module docstring).
 
     ``only``: a list of snapshots to look in (restore ``--at``), instead of every snapshot.
     The header indexes read are those of the snapshots looked in and of their chains' earlier
-    snapshots (whose stored content later ones keep)."""
+    snapshots (whose stored content later ones keep). ``extents`` false: the hits' entries
+    need not say where their content is stored (``find``, which reads no volume), and the
+    search holds less."""
     with gcpause.paused(freeze=True):
-        return _search(repo, filters, only=only, app=app)
+        return _search(repo, filters, only=only, app=app, extents=extents)
 
 
-def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
+def _search(repo, filters: Filters, *, only=None, app=None, extents: bool = True) -> Search:
     scope, query = filters.scope(), filters.query()
     warnings: list[str] = []
     every = repo.snapshots()
@@ -215,9 +219,10 @@ def _search(repo, filters: Filters, *, only=None, app=None) -> Search:
         warnings += table_warnings
         res.damaged = True
     pagekeys = _pagekeys(app, repo)
-    walker = MessageWalker(repo, want=set(records), pagekeys=pagekeys)
+    walker = MessageWalker(repo, want=set(records), pagekeys=pagekeys, extents=extents)
     glist = list(groups.values())
     found, errors = _resolve(walker, glist, app, allowed=allowed)
+    walker.drop_caches()                # (before the answer is described)
     for gi in sorted(errors):
         chain, row = glist[gi][0], glist[gi][1]
         warnings.append(f"the page of {row.dir} in {chain} cannot be read ({errors[gi]}): not searched")
@@ -302,8 +307,6 @@ def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple
     halves: tuple[list[int], list[int]] = ([], [])
     for gis in by_page.values():                # balanced by rows, each page in one half
         halves[len(halves[0]) > len(halves[1])].extend(gis)
-    for h in halves:
-        h.sort()
 
     def work(part: list[int]):
         read0, skipped0 = walker.pages_read, walker.pages_skipped
@@ -311,12 +314,20 @@ def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple
         found: dict[tuple, list] = {}
         errors: dict[int, str] = {}
         # the rows of one stored base page (one directory on many nights) share its entries:
-        # those no row's delta touches are merged once for all the rows (``_merge_base``)
+        # those no row's delta touches are merged once for all the rows (``_merge_base``).
+        # A half holds its rows page by page, so a page's entries are merged, and let go (here
+        # and in the walker's cache), as soon as its last row is read: what a search holds
+        # grows with the messages it finds, not with the pages it reads. (Rows of a page met
+        # apart would be merged right all the same, by ``_merge``'s rule; the page read twice.)
         by_base: dict[tuple, list] = {}
+        page = None
         for gi in part:
             if app is not None:
                 app.check_stop()
             chain, row, md, idxs = glist[gi]
+            if (chain, row.owner, row.offset) != page:
+                _flush_bases(found, by_base, walker, page)
+                page = (chain, row.owner, row.offset)
             try:
                 base, touched, entries = walker.parts(chain, row)
             except (CorruptObject, DmError) as exc:
@@ -338,8 +349,7 @@ def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple
                 e = entries.get(n)
                 if e is not None:
                     _merge(found, (md.mailbox, md.folder_dir, e.hash[:32]), [lo, hi, mask, e, md, gi, cur])
-        for md, base, rows in by_base.values():
-            _merge_base(found, md, base, rows)
+        _flush_bases(found, by_base, walker, page)
         learned = walker.pagekeys.added[learned0:] if walker.pagekeys is not None else []
         return found, errors, walker.pages_read - read0, walker.pages_skipped - skipped0, learned
 
@@ -355,6 +365,15 @@ def _resolve(walker: MessageWalker, glist: list, app, *, allowed: bool) -> tuple
         _merge(found, hk, h)
     errors.update(theirs[1])
     return found, errors
+
+
+def _flush_bases(found: dict, by_base: dict, walker: MessageWalker, page: tuple | None) -> None:
+    """Merge the base entries of the rows of ``page`` (all in ``by_base``), then forget them."""
+    for md, base, rows in by_base.values():
+        _merge_base(found, md, base, rows)
+    by_base.clear()
+    if page is not None:
+        walker.forget_base(*page)
 
 
 def _merge_base(found: dict, md, base: dict, rows: list[tuple]) -> None:
@@ -518,7 +537,7 @@ def find_messages(app, target_name: str, filters: Filters) -> FindResult:
     target = app.target(target_name)
     with target:
         repo = open_trusted(app, target, target_name, require_enrolled=False)
-        s = search(repo, filters, app=app)
+        s = search(repo, filters, app=app, extents=False)
         memo: dict = {}
         msgs = [describe_hit(h, s.snaps, memo) for h in s.hits[:MAX_LISTED]]
         res = FindResult(target_name, filters.as_dict(), msgs, len(s.snaps), s.not_indexed, s.damaged_indexes,

@@ -58,7 +58,8 @@ _DECODER = json.JSONDecoder()
 _NOTHING: frozenset = frozenset()
 
 
-def _pick_entries(plain: bytes, hashes, what: str, memo: dict | None = None) -> dict[str, Entry] | None:
+def _pick_entries(plain: bytes, hashes, what: str, memo: dict | None = None,
+                  extents: bool = True) -> dict[str, Entry] | None:
     """The entries whose hash field is at each of ``hashes`` (matches in a page's canonical
     JSON, ``["name","f",mode,uid,gid,mtime,size,ino,"hash",extents]``, as UTF-8 bytes), each
     decoded alone; None when the page is not laid out that way (the caller then parses the
@@ -77,7 +78,10 @@ def _pick_entries(plain: bytes, hashes, what: str, memo: dict | None = None) -> 
     two picks in three are such repeats); an entry whose text, from its ``[`` through the
     ``]`` that closes it, is one decoded before is that same ``Entry``: decoding is a function
     of the text alone. Its end is found by ``_ENTRY_END`` (extents: lists without brackets
-    inside), and the text is kept only when the decoder ended exactly there."""
+    inside), and the text is kept only when the decoder ended exactly there.
+
+    ``extents`` false: each entry is validated whole, then keeps no extents (None): a caller
+    that never reads the content (``find``) holds a third less for each message."""
     out = {}
     n = len(plain)
     # an ASCII page (the usual one: Maildir names are ASCII) is turned into text once, and each
@@ -126,6 +130,8 @@ def _pick_entries(plain: bytes, hashes, what: str, memo: dict | None = None) -> 
         if type(raw) is not list or len(raw) != 10 or raw[8] != m.group(1).decode("ascii"):
             return None
         e = decode_entry(raw, what)
+        if not extents:
+            e.extents = None
         out[e.name] = e
         if key is not None:
             if len(memo) >= ENTRY_MEMO:
@@ -261,11 +267,14 @@ class MessageWalker:
     """The message entries of page table rows, optionally only those with wanted content.
 
     ``want``: a set of 32-hex-digit content keys (``entry.hash[:32]``), or None for every file.
+    ``extents`` false (only with ``want``): the entries read from stored pages keep no extents
+    (``_pick_entries``); those a catalog's delta adds keep theirs (the catalog holds them anyway).
     Reading a page may raise CorruptObject (and the target's errors)."""
 
-    def __init__(self, repo, want: set[str] | None = None, pagekeys=None):
+    def __init__(self, repo, want: set[str] | None = None, pagekeys=None, *, extents: bool = True):
         self.repo = repo
         self.want = want
+        self.extents = extents or want is None
         # dmbackup.engine.pagekeys.PageKeys: which pages can be skipped unread (only with ``want``)
         self.pagekeys = pagekeys if want is not None else None
         self._wanted_prefixes = Wanted(want) if want is not None else None
@@ -309,6 +318,18 @@ class MessageWalker:
             _, old = self._base.popitem(last=False)
             self._cached -= len(old) + 1
         return reduced
+
+    def drop_caches(self) -> None:
+        """Let go of the pages' entries and the decoded entries kept for the next rows."""
+        self._base.clear()
+        self._cached = 0
+        self._entry_memo.clear()
+
+    def forget_base(self, chain: str, owner: str, offset: int) -> None:
+        """Drop a page's wanted entries from the cache (a caller that reads no more rows of it)."""
+        old = self._base.pop((chain, owner, offset), None)
+        if old is not None:
+            self._cached -= len(old) + 1
 
     def _filtered_page(self, chain: str, row: PageRow, candidates: list[bytes] | None = None) -> dict[str, Entry]:
         """The wanted entries of a stored page, without decoding the rest: the page's
@@ -356,7 +377,7 @@ class MessageWalker:
             hashes = [m for m in _HASH_FIELD.finditer(plain) if m.group(1)[:32] in wb]
         if not hashes:
             return {}
-        picked = _pick_entries(plain, hashes, what, self._entry_memo)
+        picked = _pick_entries(plain, hashes, what, self._entry_memo, self.extents)
         if picked is not None:
             return picked
         raw = loads(plain, what)        # not laid out as dmbackup writes pages: parse it all
@@ -366,6 +387,8 @@ class MessageWalker:
         for r in raw:
             if type(r) is list and len(r) == 10 and r[1] == "f" and type(r[8]) is str and r[8][:32] in want:
                 e = decode_entry(r, what)
+                if not self.extents:
+                    e.extents = None
                 out[e.name] = e
         return out
 

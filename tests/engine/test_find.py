@@ -663,7 +663,7 @@ def test_find_answers_the_same_on_one_or_two_processors(tmp_path, monkeypatch):
     def whole(work, first, second, **_):            # one process, one pass over every row
         if isinstance(first, str):                  # (the catalogs and the header indexes)
             return work(first), work(second)
-        return work(sorted(first + second)), ({}, {}, 0, 0, [])
+        return work(first + second), ({}, {}, 0, 0, [])     # (each half page by page)
 
     def answers(two: bool):
         monkeypatch.setattr(forkpair, "MIN_ITEMS", 1)
@@ -742,6 +742,33 @@ def test_rows_of_one_base_page_are_merged_as_row_by_row(tmp_path, monkeypatch):
         assert r.code == 0, r.err
     assert len(checked) == len(WEEK_QUERIES) + 1 and checked[-1] > 20, checked
     assert shared, "no base page was shared by nights whose deltas touch it"
+
+
+def test_a_search_lets_go_of_each_page_after_its_last_row(tmp_path, monkeypatch):
+    """What a search holds grows with the messages it finds, not with the pages it reads: the
+    rows are resolved page by page, and the walker forgets a page's entries once its last row
+    is merged (one page in its cache at a time), with every answer unchanged (the tests above)."""
+    from dmbackup.engine import find as find_mod, forkpair
+    from dmbackup.engine.msgscan import MessageWalker
+
+    w, _, _ = week(tmp_path)
+    monkeypatch.setattr(forkpair, "usable", lambda allowed, items: False)      # (the spy sees one process)
+    cached, slim = [], []
+    real_base = MessageWalker._reduced_base
+
+    def spy(self, chain, row):
+        got = real_base(self, chain, row)
+        cached.append(len(self._base))
+        slim.extend(e.extents is None for e in got.values())
+        return got
+
+    monkeypatch.setattr(MessageWalker, "_reduced_base", spy)
+    for q in WEEK_QUERIES + [["--since", "1970-01-01"]]:
+        r = w.run("find", "--json", *q)
+        assert r.code == 0, r.err
+    assert cached and max(cached) == 1, cached
+    assert slim and all(slim)               # find keeps no extents (it reads no volume)
+    assert find_mod.MessageWalker is MessageWalker
 
 
 def test_dates_are_written_as_datetime_writes_them():

@@ -162,6 +162,41 @@ def test_an_entry_repeated_in_later_pages_is_decoded_once(monkeypatch):
     assert [w.entries(CHAIN, r) for r in rows] == got and len(w._entry_memo) <= 3
 
 
+def test_a_walker_without_extents_validates_them_and_keeps_none():
+    """``find`` reads no volume: its walker (``extents=False``) keeps no extents for the entries
+    it reads from pages (a third of what each costs to hold), yet validates them as before;
+    the entries a delta adds keep theirs (the catalog holds them anyway)."""
+    entries = [f(n, i, size=i % 3 * 10) for i, n in enumerate(HOSTILE)]
+    entries += [f(f"17644{i:05d}.M{i}P1.h,S={i}:2,S", 100 + i) for i in range(60)]
+    repo = FakeRepo()
+    row = repo.add_page(entries)
+    keys = [e.hash[:32] for e in entries]
+    for want in ({keys[0]}, set(keys[::3]), set(keys)):
+        full = MessageWalker(repo, want=want).entries(CHAIN, row)
+        slim = MessageWalker(repo, want=want, extents=False).entries(CHAIN, row)
+        assert list(slim) == list(full) and full
+        assert all(e.extents is None and e.encode()[:9] == full[n].encode()[:9] for n, e in slim.items())
+        assert all(e.extents is not None for e in full.values())
+    put = f("new-one:2,S", 999)
+    row.delta = Delta([], [], [put])
+    got = MessageWalker(repo, want={put.hash[:32], keys[1]}, extents=False).entries(CHAIN, row)
+    assert got[put.name].extents == put.extents and got[entries[1].name].extents is None
+    # an entry whose extents do not add up is refused with or without them kept
+    bad = Entry("bad:2,S", "f", 0o600, 0, 0, 1, 10, 7, h("bad"), [[VOL, 4, 100, 0, 5]])
+    row = FakeRepo.add_page(repo, [f("good", 1), bad], offset=5000)
+    for extents in (True, False):
+        with pytest.raises(CorruptObject, match="do not add up"):
+            MessageWalker(repo, want={h("bad")[:32]}, extents=extents).entries(CHAIN, row)
+    # a page parsed whole (not laid out as dmbackup writes pages) keeps none either
+    import json
+
+    plain = json.dumps([e.encode() for e in entries[:5]], indent=1).encode()
+    repo.objects[(OWNER, 9000)] = repo.keys.catalog.seal(compress(plain), layout.page_aad(RID, CHAIN, OWNER, 9000))
+    row = PageRow("d/u/Maildir/cur", OWNER, 9000, len(repo.objects[(OWNER, 9000)]), "0" * 32, 5)
+    got = MessageWalker(repo, want=set(keys[:5]), extents=False).entries(CHAIN, row)
+    assert len(got) == 5 and all(e.extents is None for e in got.values())
+
+
 def test_a_page_without_wanted_content_is_not_parsed():
     repo = FakeRepo()
     row = repo.add_page([f(f"m{i}", i) for i in range(50)])
