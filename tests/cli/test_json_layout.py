@@ -38,6 +38,23 @@ def test_a_long_list_of_objects_is_one_object_a_line_and_parses_the_same():
     assert '  "filters": {\n    "from": "rossi"\n  },' in text
 
 
+def test_a_long_list_is_written_in_pieces_that_make_the_same_text(monkeypatch):
+    """``emit`` prints ``json_pieces`` one at a time (an answer of 100,000 messages is never
+    one string): the pieces, however many objects each holds, join to the very same text."""
+    many = _objects(2 * LONG_LIST + 7)
+    for obj in (many, {"target": "usb1", "messages": many, "warnings": ["w"], "count": len(many)},
+                {"messages": many, "snapshots": many}, {"a": 1}):
+        whole = to_json(obj)
+        assert json.loads(whole) == json.loads(json.dumps(obj, default=str))
+        for n in (1, 7, LONG_LIST, 10 ** 6):
+            monkeypatch.setattr(common, "JSON_PIECE_LINES", n)
+            pieces = list(common.json_pieces(obj))
+            assert "".join(pieces) == whole
+            if n == 7 and obj is many:
+                assert len(pieces) > len(many) // 7
+                assert max(p.count("\n") for p in pieces) <= 7
+
+
 def test_find_json_with_many_messages_is_one_message_a_line(tmp_path, monkeypatch):
     """Through the CLI: ``find --json`` over the awkward store, with the threshold lowered so
     that its messages make a long list: one message a line, the same answer."""
@@ -59,3 +76,5 @@ def test_find_json_with_many_messages_is_one_message_a_line(tmp_path, monkeypatc
     for i, m in enumerate(got["messages"]):
         assert json.loads(lines[start + 1 + i].strip().rstrip(",")) == m
     assert lines[start + 1 + len(got["messages"])] == "  ],"
+    monkeypatch.setattr(common, "JSON_PIECE_LINES", 2)      # printed in pieces of two messages
+    assert w.ok("find", "--json", "--since", "1970-01-01").out == text
