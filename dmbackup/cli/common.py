@@ -126,12 +126,29 @@ def json_pieces(obj) -> Iterator[str]:
 
 
 def emit(obj, json_out: bool, text: str | None = None) -> None:
-    if json_out:
-        for piece in json_pieces(obj):
-            typer.echo(piece, nl=False)
-        typer.echo("")
-    elif text is not None:
-        echo(text)
+    try:
+        if json_out:
+            for piece in json_pieces(obj):
+                typer.echo(piece, nl=False)
+            typer.echo("")
+        elif text is not None:
+            echo(text)
+    except BrokenPipeError:
+        _reader_gone()
+
+
+def _reader_gone() -> None:
+    """The reader of stdout went away (``dmbackup find --json | head``): it chose to stop, so
+    this is no error; the rest is not printed (what is buffered goes nowhere at exit) and the
+    command ends as it would have, with its own exit code."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stdout.fileno())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):       # (no file descriptor: a test's captured stdout)
+        pass
 
 
 def show(res: Result, json_out: bool, *, after: str | None = None) -> None:

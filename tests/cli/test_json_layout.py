@@ -5,7 +5,10 @@ what a JSON parser reads is the same either way."""
 from __future__ import annotations
 
 import json
+import os
 import random
+
+import pytest
 
 from dmbackup.cli import common
 from dmbackup.cli.common import LONG_LIST, to_json
@@ -78,3 +81,34 @@ def test_find_json_with_many_messages_is_one_message_a_line(tmp_path, monkeypatc
     assert lines[start + 1 + len(got["messages"])] == "  ],"
     monkeypatch.setattr(common, "JSON_PIECE_LINES", 2)      # printed in pieces of two messages
     assert w.ok("find", "--json", "--since", "1970-01-01").out == text
+
+
+@pytest.mark.parametrize("json_out", [True, False])
+def test_a_reader_that_stops_reading_is_no_error(tmp_path, json_out):
+    """``dmbackup find --json | head``: the reader goes away before the answer is printed. The
+    command ends as it would have (its exit code, its log), with no "internal error", no crash
+    report and no traceback: the reader chose to stop. (Its stdout here is a pipe whose read
+    end is closed before it starts, so every write fails with EPIPE.)"""
+    import subprocess
+    import sys
+
+    from tests.engine.findworld import awkward_store
+    from tests.world import ROOT, World
+
+    w = World(tmp_path)
+    awkward_store(w.store)
+    w.write_config()
+    w.ok("init", "local")
+    w.ok("backup", "--target", "local")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r, wr = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "dmbackup", "--config", w.config, "find", "--since", "1970-01-01",
+                            *(["--json"] if json_out else [])], stdout=wr, stderr=subprocess.PIPE, env=env,
+                           text=True, timeout=300)
+    finally:
+        os.close(wr)
+    assert p.returncode == 0, p.stderr
+    assert "internal error" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not os.path.isdir(os.path.join(w.state, "crash")) or not os.listdir(os.path.join(w.state, "crash"))
