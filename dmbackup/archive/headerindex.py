@@ -65,7 +65,7 @@ __all__ = [
     "HEADER_CAP", "MAX_TEXT", "MAX_KEY", "CHUNK_RECORDS", "MAGIC", "VERSION", "PROBLEMS",
     "P_NO_END", "P_NO_DATE", "P_BAD_DATE", "P_NO_MESSAGE_ID", "P_8BIT", "P_BAD_ENCODING",
     "P_OBSOLETE", "HeaderIndexError", "Headers", "Record", "problem_names",
-    "IndexWriter", "decode", "search", "search_pieces", "fold", "Query",
+    "IndexWriter", "decode", "search", "search_pieces", "keys_pieces", "fold", "Query",
 ]
 
 HEADER_CAP = 64 * 1024          # header bytes looked at (and bytes scanned for attachments)
@@ -602,6 +602,26 @@ def search_pieces(pieces: Iterable[bytes], query: "Query", keys: "set[bytes] | N
             except IndexError:
                 raise HeaderIndexError("header index: chunk truncated") from None
             yield from records
+        first = False
+
+
+def keys_pieces(pieces: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """The keys of an index plaintext given in pieces (as ``search_pieces``), a chunk's list at
+    a time: every chunk's structure is checked as ``search`` checks it (counts, lengths), and
+    no text is decoded."""
+    it = iter(pieces)
+    nxt = next(it, None)
+    if nxt is None:
+        raise HeaderIndexError("header index: empty")
+    first = True
+    while nxt is not None:
+        data, nxt = nxt, next(it, None)
+        for chunk in _chunks(data, first, nxt is None):
+            try:
+                keys = chunk.keys
+            except IndexError:
+                raise HeaderIndexError("header index: chunk truncated") from None
+            yield keys
         first = False
 
 

@@ -35,12 +35,12 @@ import zstandard
 from dmbackup.archive import layout
 from dmbackup.archive.catalog import decompress
 from dmbackup.archive.headerindex import (HEADER_CAP, MAGIC, VERSION, HeaderIndexError, IndexWriter, Record, decode,
-                                          search, search_pieces)
+                                          keys_pieces, search, search_pieces)
 from dmbackup.errors import CorruptObject, DmError, NotFound, OperationFailed
 
 __all__ = ["MAX_HIDX", "MAX_HIDX_PLAIN", "LEVEL", "KEY_BYTES", "HidxExists", "key_of", "key_hex",
            "index_message", "seal_hidx", "open_hidx", "HidxWriter", "write_hidx", "has_hidx", "read_hidx",
-           "iter_hidx", "search_hidx", "hidx_pieces", "search_pieces_hidx", "load_hidx"]
+           "iter_hidx", "search_hidx", "hidx_pieces", "search_pieces_hidx", "keys_pieces_hidx", "load_hidx"]
 
 MAX_HIDX = 256 << 20            # sealed bytes read (about 5 million messages at ~50 bytes each)
 MAX_HIDX_PLAIN = 1 << 30        # plaintext inflated (about 185 bytes a message)
@@ -298,6 +298,19 @@ def search_hidx(plain: bytes, query, keys: set[bytes] | None = None, what: str =
 def search_pieces_hidx(pieces, query, keys: set[bytes] | None = None, what: str = "header index") -> Iterator[Record]:
     """``search_hidx`` over ``hidx_pieces``: CorruptObject on garbage, one frame in memory."""
     return _checked(search_pieces(pieces, query, keys), what)
+
+
+def keys_pieces_hidx(pieces, what: str = "header index") -> Iterator[list[bytes]]:
+    """The record keys of ``hidx_pieces``, a chunk at a time (``headerindex.keys_pieces``: the
+    structure checked, no text decoded); CorruptObject on garbage or a key of another size."""
+    try:
+        for keys in keys_pieces(pieces):
+            for k in keys:
+                if len(k) != KEY_BYTES:
+                    raise CorruptObject(f"{what}: a record key is not {KEY_BYTES} bytes")
+            yield keys
+    except HeaderIndexError as exc:
+        raise CorruptObject(f"{what}: {exc}") from None
 
 
 def load_hidx(repo, ref) -> dict[bytes, Record] | None:

@@ -637,3 +637,29 @@ def test_search_in_pieces_of_whole_chunks():
                 []):
         with pytest.raises(HeaderIndexError):
             list(hx.search_pieces(bad, Query()))
+        with pytest.raises(HeaderIndexError):
+            list(hx.keys_pieces(bad))
+    # the keys alone (a search without a header filter): the same, a chunk at a time
+    got = list(hx.keys_pieces(pieces))
+    assert [len(k) for k in got] == [3] * 6 + [2] and [k for ks in got for k in ks] == [r.key for r in recs]
+
+
+@SETTINGS
+@given(st.data())
+def test_keys_alone_raise_where_a_search_raises_on_structure(data):
+    """``keys_pieces`` checks the structure ``search`` checks (counts, lengths, flags, the
+    end): what it refuses a search refuses, and where a search reads records it gives their
+    keys (a search also refuses values it decodes: sizes, dates, texts that are not UTF-8)."""
+    raw = bytearray(_index(12))
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    try:
+        keys = [k for ks in hx.keys_pieces([bytes(raw)]) for k in ks]
+    except HeaderIndexError:
+        keys = None
+    try:
+        recs = list(hx.search(bytes(raw), Query()))
+    except HeaderIndexError:
+        return
+    assert keys == [r.key for r in recs]

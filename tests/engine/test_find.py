@@ -771,6 +771,84 @@ def test_a_search_lets_go_of_each_page_after_its_last_row(tmp_path, monkeypatch)
     assert find_mod.MessageWalker is MessageWalker
 
 
+def test_a_search_without_header_filter_reads_the_records_of_what_it_finds(tmp_path, monkeypatch):
+    """Without a header filter (``--mailbox``/``--folder`` alone, or nothing) every indexed
+    message matches: the indexes give their keys only, and the records are read for the
+    messages found, not for the whole store. The answers (messages, warnings, damaged indexes,
+    exit codes) are those of the search that reads every record, also with a damaged index."""
+    from dmbackup.engine import find as find_mod
+
+    w, _, _ = week(tmp_path)
+    loaded = []
+    real_load = find_mod.load_records
+
+    def load(*a, **k):
+        got = real_load(*a, **k)
+        loaded.append(len(got[0]))
+        return got
+
+    monkeypatch.setattr(find_mod, "load_records", load)
+    queries = [["--mailbox", "anna@example.it"], ["--folder", "Trash"], [],
+               ["--mailbox", "luca@other.it", "--folder", "INBOX"], ["--mailbox", "nobody@example.it"]]
+
+    def answers(keys_first: bool):
+        monkeypatch.setattr(find_mod, "KEYS_FIRST", keys_first)
+        out = []
+        for q in queries:
+            loaded.clear()
+            r = w.run("find", "--json", *q)
+            out.append((r.code, json.loads(r.out), r.err.splitlines()[1:], list(loaded)))
+        return out
+
+    every, first = answers(False), answers(True)
+    assert [o[:3] for o in first] == [o[:3] for o in every]
+    whole = every[2][3][0]
+    assert whole > 20 and all(o[3] == [whole] for o in every)
+    for (_, res, _, n), q in zip(first, queries):
+        # the records read: those of the messages found (a message in two folders: one record)
+        assert n == ([len({m["sha256"] for m in res["messages"]})] if res["messages"] else []), (q, n)
+    assert first[0][3][0] < whole and first[2][3][0] == len({m["sha256"] for m in first[2][1]["messages"]})
+    # a damaged index: reported the same way, its messages not found, either way
+    hidx = sorted(w.chain_files(".hidx"))[0]
+    _flip(hidx, 40)
+    every, first = answers(False), answers(True)
+    assert [o[:3] for o in first] == [o[:3] for o in every]
+    assert all(c == 1 and res["damaged_indexes"] for c, res, _, _ in first)
+
+
+def test_an_index_whose_record_fails_only_when_read_is_reported_damaged(tmp_path, monkeypatch):
+    """A header index that opens (sealed with the repository's key) but holds a text that is
+    not UTF-8: the keys alone do not show it; when a search without a header filter then reads
+    the record of a message it found, the index is reported damaged and its messages are not
+    found, as by the search that reads every record. (A bad text in a record no search needs
+    is not noticed, as ``ls`` and ``diff``, which read records by key, do not notice it.)"""
+    from dmbackup.archive.hidx import read_hidx, seal_hidx
+    from dmbackup.engine import find as find_mod
+
+    from tests.engine.forge import open_repo
+
+    w, ids, _ = week(tmp_path)
+    repo = open_repo(w)
+    day2 = next(s for s in repo.snapshots() if s.id == ids[1])
+    plain = read_hidx(repo, day2)
+    i = plain.find("Consegna d2a".encode())
+    assert i > 0
+    [path] = [p for p in w.chain_files(".hidx") if ids[1] in os.path.basename(p)]
+    with open(path, "wb") as f:
+        f.write(seal_hidx(plain[:i] + b"\xff" + plain[i + 1:], repo.keys.catalog, repo.id, day2.chain, day2.id))
+    for q in (["--mailbox", "anna@example.it"], ["--folder", "Trash"]):
+        out = []
+        for keys_first in (False, True):
+            monkeypatch.setattr(find_mod, "KEYS_FIRST", keys_first)
+            r = w.run("find", "--json", *q)
+            out.append((r.code, json.loads(r.out)))
+        assert out[0] == out[1], q
+        code, res = out[1]
+        assert code == 1 and res["damaged_indexes"] == [ids[1]] and "UTF-8" in " ".join(res["warnings"])
+        assert not {"d2a@week.example.it", "d2b@week.example.it"} & {m["message_id"] for m in res["messages"]}
+        assert res["messages"]
+
+
 def test_dates_are_written_as_datetime_writes_them():
     """``iso_date`` (``time.gmtime``) says what ``utctime.iso`` of a ``datetime`` says, and
     None where a ``datetime`` cannot hold the time (a Date header can say anything)."""
