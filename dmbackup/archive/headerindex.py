@@ -588,27 +588,30 @@ def search(data: bytes, query: "Query", keys: "set[bytes] | None" = None) -> Ite
 def search_pieces(pieces: Iterable[bytes], query: "Query", keys: "set[bytes] | None" = None) -> Iterator[Record]:
     """``search`` over a plaintext given in pieces of whole chunks (the frames of a version 2
     ``.hidx``), one piece in memory at a time; no piece at all is an error."""
-    it = iter(pieces)
-    nxt = next(it, None)
-    if nxt is None:
-        raise HeaderIndexError("header index: empty")
-    first = True
-    while nxt is not None:
-        data, nxt = nxt, next(it, None)
-        for chunk in _chunks(data, first, nxt is None):
-            try:
-                idx = query.select(chunk, keys)
-                records = chunk.records(idx)
-            except IndexError:
-                raise HeaderIndexError("header index: chunk truncated") from None
-            yield from records
-        first = False
+    for chunk in _piece_chunks(pieces):
+        try:
+            idx = query.select(chunk, keys)
+            records = chunk.records(idx)
+        except IndexError:
+            raise HeaderIndexError("header index: chunk truncated") from None
+        yield from records
 
 
 def keys_pieces(pieces: Iterable[bytes]) -> Iterator[list[bytes]]:
     """The keys of an index plaintext given in pieces (as ``search_pieces``), a chunk's list at
     a time: every chunk's structure is checked as ``search`` checks it (counts, lengths), and
     no text is decoded."""
+    for chunk in _piece_chunks(pieces):
+        try:
+            keys = chunk.keys
+        except IndexError:
+            raise HeaderIndexError("header index: chunk truncated") from None
+        yield keys
+
+
+def _piece_chunks(pieces: Iterable[bytes]) -> Iterator[_Chunk]:
+    """The chunks of a plaintext given in pieces of whole chunks: the signature opens the first
+    piece, the end marker closes the last; no piece at all is an error."""
     it = iter(pieces)
     nxt = next(it, None)
     if nxt is None:
@@ -616,12 +619,7 @@ def keys_pieces(pieces: Iterable[bytes]) -> Iterator[list[bytes]]:
     first = True
     while nxt is not None:
         data, nxt = nxt, next(it, None)
-        for chunk in _chunks(data, first, nxt is None):
-            try:
-                keys = chunk.keys
-            except IndexError:
-                raise HeaderIndexError("header index: chunk truncated") from None
-            yield keys
+        yield from _chunks(data, first, nxt is None)
         first = False
 
 
