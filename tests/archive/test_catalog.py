@@ -72,6 +72,21 @@ def test_page_round_trip():
     assert back[2].name == "raw-\udcff-name" and back[4].link == "subscriptions"
 
 
+def test_entries_pickle_as_their_fields():
+    """A forked ``find`` sends its half of the answer back pickled: every kind of entry comes
+    back equal, and as a call with its fields (no per-entry dict of slots)."""
+    import pickle
+
+    entries = [Entry("1764.M1P2.h,S=10:2,S", "f", 0o600, 5000, 5000, -1, 10, 7, "ab" * 32,
+                     [[f"{'0' * 8}.v0001", 4, 9, 0, 10]]),
+               Entry("cur", "d", 0o700, 0, 0, 1 << 62, 0),
+               Entry("link", "l", 0o777, 0, 0, 1, 4, 3, None, None, "../x\udcff"),
+               Entry("slim", "f", 0o600, 1, 2, 3, 4, 5, "cd" * 32, None)]
+    for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        data = pickle.dumps(entries, protocol=proto)
+        assert pickle.loads(data) == entries and b"mtime_ns" not in data
+
+
 def test_sealed_page_round_trip(sealer):
     aad = layout.page_aad(RID, CHAIN, FULL, 0)
     sealed = sealer.seal(catalog.compress(catalog.encode_page(ENTRIES)), aad)
