@@ -143,31 +143,38 @@ class Search:
 def load_records(repo, snaps, query: Query | None, warnings: list[str], *, keys: set[str] | None = None):
     """(records matching ``query`` (or with a key in ``keys``) by key, not indexed ids, damaged ids)."""
     records: dict[str, Record] = {}
-    not_indexed, damaged = [], []
     q = query if query is not None else Query()
     bkeys = None if keys is None else {bytes.fromhex(k) for k in keys if _HEX32.fullmatch(k)}
-    for ref in snaps:
-        try:
-            pieces = hidx_pieces(repo, ref)         # read frame by frame: one in memory at a time
-            if pieces is None:
-                not_indexed.append(ref.id)
-                continue
-            found = {}
-            for r in search_pieces_hidx(pieces, q, bkeys, f"header index {ref.chain}/{ref.id}"):
-                found.setdefault(r.key.hex(), r)
-        except CorruptObject as exc:
-            damaged.append(ref.id)
-            warnings.append(_damaged_index(ref, exc))
-            continue
+
+    def read(pieces, what: str) -> None:
+        found = {}
+        for r in search_pieces_hidx(pieces, q, bkeys, what):
+            found.setdefault(r.key.hex(), r)
         for k, r in found.items():
             records.setdefault(k, r)
-    return records, not_indexed, damaged
+
+    return (records,) + _each_index(repo, snaps, warnings, read)
 
 
 def load_keys(repo, snaps, warnings: list[str]):
     """(the keys of every record in the header indexes of ``snaps``, not indexed ids, damaged
     ids): the keys ``load_records`` without a filter gives, without decoding any record."""
     keys: set[str] = set()
+
+    def read(pieces, what: str) -> None:
+        found: set[bytes] = set()
+        for ks in keys_pieces_hidx(pieces, what):
+            found.update(ks)
+        keys.update(k.hex() for k in found)
+
+    return (keys,) + _each_index(repo, snaps, warnings, read)
+
+
+def _each_index(repo, snaps, warnings: list[str], read) -> tuple[list[str], list[str]]:
+    """Call ``read(pieces, what)`` on the header index of each snapshot of ``snaps`` (read frame
+    by frame: one in memory at a time), in order; ``read`` keeps what it found only once the
+    whole index has read without error. Returns (ids of the snapshots without an index, ids of
+    those whose index is damaged: a warning each in ``warnings``)."""
     not_indexed, damaged = [], []
     for ref in snaps:
         try:
@@ -175,20 +182,12 @@ def load_keys(repo, snaps, warnings: list[str]):
             if pieces is None:
                 not_indexed.append(ref.id)
                 continue
-            found: set[bytes] = set()
-            for ks in keys_pieces_hidx(pieces, f"header index {ref.chain}/{ref.id}"):
-                found.update(ks)
+            read(pieces, f"header index {ref.chain}/{ref.id}")
         except CorruptObject as exc:
             damaged.append(ref.id)
-            warnings.append(_damaged_index(ref, exc))
-            continue
-        keys.update(k.hex() for k in found)
-    return keys, not_indexed, damaged
-
-
-def _damaged_index(ref, exc) -> str:
-    return (f"the header index of {ref.chain}/{ref.id} is damaged and was not used ({exc}); "
-            f"messages stored by that snapshot are not found (run `dmbackup verify`)")
+            warnings.append(f"the header index of {ref.chain}/{ref.id} is damaged and was not used ({exc}); "
+                            f"messages stored by that snapshot are not found (run `dmbackup verify`)")
+    return not_indexed, damaged
 
 
 def search(repo, filters: Filters, *, only=None, app=None, extents: bool = True) -> Search:
