@@ -12,8 +12,9 @@ status=0
 "$PY" -m compileall -q dmbackup >/dev/null || { echo "dmbackup does not compile" >&2; exit 1; }
 run() { echo "== $*"; "$@" || status=1; }
 
-# 1. the main suite (real smbd, Dovecot, SMTP, loop devices; umockdev/netns tests skip here)
-run "$PY" -m pytest -q -p no:cacheprovider tests
+# 1. the main suite (real smbd, Dovecot, SMTP, loop devices; umockdev/netns tests skip here);
+#    the 25 slowest tests are listed at the end (CI must stay under 30 minutes on slow machines)
+run "$PY" -m pytest -q -p no:cacheprovider --durations=25 tests
 # 2. the udev-emulation suite runs under umockdev's LD_PRELOAD, in a process of its own
 #    (the NFS suite needs a private network namespace: tests/nfs/test_in_netns.py runs it
 #    from step 1)
