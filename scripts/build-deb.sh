@@ -54,7 +54,8 @@ echo "build-deb: dmbackup $VERSION for $ARCH with $PY ($PYVER) in $WORK" >&2
 
 # 1. the source, copied so that the build leaves nothing (build/, *.egg-info) in the checkout
 mkdir -p "$SRC"
-cp -a pyproject.toml README.md dmbackup "$SRC"/
+cp -a pyproject.toml setup.py README.md dmbackup "$SRC"/
+rm -f "$SRC"/dmbackup/archive/*.so      # built again below, for the package's Python
 find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 rm -rf "$SRC"/*.egg-info
 

@@ -27,6 +27,7 @@ DEBS=(
   iproute2 util-linux openssl systemd zstd tar procps              # tools used by tests
   shellcheck curl tzdata                                           # hook script checks, DST tests
   dpkg-dev binutils python3 python3-venv lintian man-db bash-completion   # .deb build + install test (tests/packaging)
+  gcc python3-dev                                                   # the .deb's compiled module (dmbackup.archive._hscan)
   systemd-container debootstrap                                    # boot a real systemd with the .deb (tests/packaging)
   mariadb-server mariadb-client postgresql sqlite3 slapd ldap-utils  # user databases in config bundles (tests/source)
   dovecot-mysql dovecot-pgsql dovecot-sqlite dovecot-ldap          # Dovecot authenticating against a restored database

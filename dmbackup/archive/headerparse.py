@@ -1,12 +1,13 @@
 """Reading a message's header block for the header index (dmbackup.archive.headerindex).
 
 Extraction. ``extract(data)`` reads only the header block: the bytes before the first empty
-line, and never more than ``HEADER_CAP`` (64 KiB) of them. One ``findall`` of one regular
-expression, case-insensitive, finds the wanted fields with their continuation lines and stops
-at the empty line (no per-line Python loop, no ``email.message_from_bytes``: about 8 us of
-CPU for a 1.7 KB header block on the shared 2-core machine, against about 72 us for
-``BytesHeaderParser``; see ``bench/headerindex_speed.py``);
-the *first* occurrence of each field counts. The value is decoded, and splitting it on white
+line, and never more than ``HEADER_CAP`` (64 KiB) of them. The wanted fields with their
+continuation lines are cut by ``_hscan.fields``, a small C module (``_hscan.c``, built by
+``setup.py`` where a compiler is found: about 3 us for a 1.7 KB header block on the shared
+2-core machine), or else by ``_fields_py``, one ``findall`` of one case-insensitive regular
+expression that stops at the empty line (about 10 us; the two give the same answer, which
+the tests check on hostile input; ``BytesHeaderParser`` takes about 72 us, see
+``bench/headerindex_speed.py``); the *first* occurrence of each field counts. The value is decoded, and splitting it on white
 space both unfolds it and collapses runs of white space to one space.
 Decoding: raw bytes are ASCII, else UTF-8, else Windows-1252, else Latin-1 (raw 8-bit
 headers); raw ISO-2022-JP (escape sequences, no encoded word) is decoded as such; RFC 2047
@@ -90,15 +91,21 @@ _INITIALS = frozenset(b"mdftcs")          # first letters of the wanted names, l
 _NONE = ("", 0)                           # a field that is absent: empty, no problem
 
 
-def _fields(data: bytes, start: int, limit: int) -> tuple[dict[bytes, bytes], int]:
+# The wanted fields in the order of the values ``_fields`` returns.
+SLOTS = (b"message-id", b"date", b"from", b"to", b"cc", b"subject", b"content-type", b"content-disposition")
+
+
+def _fields_py(data: bytes, start: int, limit: int, p_no_end: int = P_NO_END,
+               p_obsolete: int = P_OBSOLETE) -> tuple[tuple[bytes | None, ...], int]:
     """The first occurrence of each wanted field in the header block of data[start:limit]:
-    {lower-case name: raw value with its line breaks}, and the P_NO_END and P_OBSOLETE bits."""
+    its raw value with its line breaks (None when absent), in the order of ``SLOTS``; and the
+    P_NO_END and P_OBSOLETE bits. ``_hscan.fields`` (compiled) gives the same answer."""
     found = _FIELDS.findall(data, start, limit)
     if found and not found[-1][0]:       # the empty line: the header block ended
         found.pop()
         prob = 0
     else:
-        prob = P_NO_END
+        prob = p_no_end
     if limit > start and (data[start] | 32) in _INITIALS:
         m = _FIELD_AT0.match(data, start, limit)
         if m is not None:
@@ -116,8 +123,16 @@ def _fields(data: bytes, start: int, limit: int) -> tuple[dict[bytes, bytes], in
             if name not in seen:
                 seen.add(name)
                 if ws:
-                    prob |= P_OBSOLETE
-    return vals, prob
+                    prob |= p_obsolete
+    get = vals.get
+    return tuple(get(n) for n in SLOTS), prob
+
+
+try:            # the same cut in C, about 0.1 of the time (setup.py builds it where it can)
+    from dmbackup.archive._hscan import fields as _fields_c
+except ImportError:                            # pragma: no cover (no compiler where installed)
+    _fields_c = None
+_fields = _fields_c or _fields_py
 
 
 def _bytes_text(raw: bytes) -> tuple[str, int]:
@@ -397,14 +412,14 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     limit = min(end, len(data), start + cap)
     if limit <= start or _FIRST_LINE.match(data, start, limit) is None:
         return None
-    vals, prob = _fields(data, start, limit)
-    raw = vals.get
+    (v_mid, v_date, v_from, v_to, v_cc, v_subject, v_ctype, v_cdisp), prob = \
+        _fields(data, start, limit, P_NO_END, P_OBSOLETE)
 
-    v = raw(b"message-id")
+    v = v_mid
     mid = _message_id(v) if v is not None else ""
     if not mid:
         prob |= P_NO_MESSAGE_ID
-    v = raw(b"date")
+    v = v_date
     if v is None:
         when = None
         prob |= P_NO_DATE
@@ -413,20 +428,20 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
         if when is None or not -DATE_LIMIT < when < DATE_LIMIT:
             when = None
             prob |= P_BAD_DATE
-    v = raw(b"from")
+    v = v_from
     from_, p = (_ADDRESS_GET(v) or _address_memo(v)) if v is not None else _NONE
     prob |= p
-    v = raw(b"to")
+    v = v_to
     to, p = (_ADDRESS_GET(v) or _address_memo(v)) if v is not None else _NONE
     prob |= p
-    v = raw(b"cc")
+    v = v_cc
     cc, p = (_ADDRESS_GET(v) or _address_memo(v)) if v is not None else _NONE
     prob |= p
-    v = raw(b"subject")
+    v = v_subject
     subject, p = _text(v) if v is not None else _NONE
     prob |= p
 
-    v = raw(b"content-type")
+    v = v_ctype
     ctype = v.split(b";", 1)[0].strip().lower() if v is not None else b""
     if ctype.startswith(b"multipart/"):
         attach = ctype == b"multipart/mixed" or (ctype != b"multipart/alternative"
@@ -434,6 +449,6 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     elif ctype and b"/" in ctype and not ctype.startswith((b"text/", b"message/")):
         attach = True
     else:
-        v = raw(b"content-disposition")
+        v = v_cdisp
         attach = v is not None and v.strip().lower().startswith(b"attachment")
     return Headers(mid, when, from_, to, cc, subject, attach, prob)

@@ -213,21 +213,69 @@ HEADERISH = st.lists(st.sampled_from([
 ]), max_size=50).map(b"".join)
 
 
+# Both cuts: the compiled one (setup.py builds it; CI has a compiler, so it must be there)
+# and the Python one it stands in for.
+FIELDS_IMPLEMENTATIONS = [pytest.param(headerparse._fields_py, id="python"),
+                          pytest.param(headerparse._fields_c, id="compiled")]
+
+
+BITS = (hx.P_NO_END, hx.P_OBSOLETE)
+
+
+def as_dict(cut) -> tuple[dict[bytes, bytes], int]:
+    values, prob = cut
+    assert len(values) == len(headerparse.SLOTS)
+    return {n: v for n, v in zip(headerparse.SLOTS, values) if v is not None}, prob
+
+
+def test_the_compiled_cut_is_built_and_used():
+    assert headerparse._fields_c is not None, \
+        "dmbackup.archive._hscan is not built: pip install -e . (needs gcc and the Python headers)"
+    assert headerparse._fields is headerparse._fields_c
+
+
+@pytest.mark.parametrize("cut", FIELDS_IMPLEMENTATIONS)
 @SETTINGS
 @given(st.one_of(HEADERISH, st.binary(max_size=300)), st.integers(0, 3), st.integers(0, 400))
-def test_fields_follow_the_line_rule(data, start, limit):
+def test_fields_follow_the_line_rule(cut, data, start, limit):
     start, limit = min(start, len(data)), min(max(start, limit), len(data))
-    assert headerparse._fields(data, start, limit) == fields_by_lines(data, start, limit)
+    assert as_dict(cut(data, start, limit, *BITS)) == fields_by_lines(data, start, limit)
 
 
-def test_fields_of_a_folded_block_with_repeats_and_obsolete_syntax():
+@SETTINGS
+@given(st.one_of(HEADERISH, st.binary(max_size=600)), st.integers(-5, 700), st.integers(-5, 900))
+def test_compiled_and_python_cuts_agree_on_any_bounds(data, start, limit):
+    # bounds outside the buffer too: the compiled cut clamps them and never reads beyond it
+    py = headerparse._fields_py(data, max(start, 0), min(limit, len(data)))
+    assert headerparse._fields_c(data, start, limit, hx.P_NO_END, hx.P_OBSOLETE) == py
+
+
+@pytest.mark.parametrize("cut", FIELDS_IMPLEMENTATIONS)
+def test_compiled_and_python_cuts_agree_on_the_mail_corpus(cut):
+    for name in MAIL:
+        raw = load(name)
+        for start, limit in ((0, len(raw)), (0, min(len(raw), 200)), (3, len(raw))):
+            assert cut(raw, start, limit, *BITS) == headerparse._fields_py(raw, start, limit), name
+
+
+@pytest.mark.parametrize("cut", FIELDS_IMPLEMENTATIONS)
+def test_fields_of_a_folded_block_with_repeats_and_obsolete_syntax(cut):
     block = (b"Subject : first\n\tfolded\nsubject: second\nTO:a\n  b\nX-To: no\n"
              b"Tokens: no\nDate:\r\n\r\nFrom: body\n")
-    vals, prob = headerparse._fields(block, 0, len(block))
+    vals, prob = as_dict(cut(block, 0, len(block), *BITS))
     assert vals == {b"subject": b" first\n\tfolded", b"to": b"a\n  b", b"date": b"\r"}
     assert prob == hx.P_OBSOLETE
-    vals, prob = headerparse._fields(block, 0, 20)          # cut inside the block: no end
+    vals, prob = as_dict(cut(block, 0, 20, *BITS))          # cut inside the block: no end
     assert vals == {b"subject": b" first\n\tfol"} and prob == hx.P_NO_END | hx.P_OBSOLETE
+
+
+def test_the_compiled_cut_takes_any_buffer_and_keeps_none():
+    block = bytearray(b"From: a\nSubject: s\n\nbody")
+    values, prob = headerparse._fields_c(memoryview(block), 0, len(block), hx.P_NO_END, hx.P_OBSOLETE)
+    block[6] = ord("b")                               # the answer holds copies, not views
+    assert values[2] == b" a" and values[5] == b" s" and prob == 0
+    with pytest.raises(TypeError):
+        headerparse._fields_c("From: a\n\n", 0, 9, hx.P_NO_END, hx.P_OBSOLETE)
 
 
 def test_dates_are_the_same_with_the_day_and_zone_memos_cleared_or_full(monkeypatch):

@@ -258,6 +258,10 @@ def test_install_run_upgrade_remove_purge(debs, clean_machine, tmp_path):
     (decoy / "dmbackup" / "__init__.py").write_text("raise SystemExit('decoy dmbackup imported')\n")
     r = run(["/usr/bin/dmbackup", "--help"], env={"PYTHONPATH": str(decoy)}, cwd=decoy)
     assert "restore" in r.stdout
+    # the header cut in C is in the package and used (built with Debian's python3-dev)
+    r = run(["/usr/lib/dmbackup/venv/bin/python3", "-I", "-c",
+             "from dmbackup.archive import headerparse as h; print(h._fields is h._fields_c)"], cwd="/")
+    assert r.stdout.strip() == "True", r
     h = dm("--help")
     assert "restore" in h.stdout and "backup" in h.stdout and h.stdout.lstrip().lower().startswith("usage: dmbackup")
     v = dm("--version", check=False)
