@@ -22,6 +22,21 @@
  *  - nothing at or beyond ``limit`` (at most len(data)) is read.
  * It reads a buffer it does not keep and never writes to it; every index is checked against
  * ``limit`` before it is read.
+ *
+ * Three fast paths for the commonest values, each the twin of a Python function in
+ * headerparse that it answers for, or declines (the caller then runs the Python one):
+ *
+ * message_id(raw, max_text) -> str | None: headerparse._message_id for a value of ASCII
+ *   bytes without ESC (the text between the first '<' and the next '>', or the whole value,
+ *   without white space and control characters, cut to max_text); None (declined) otherwise.
+ * text(raw, max_text) -> str | None: headerparse._text for a value of ASCII bytes without
+ *   ESC and without "=?" (runs of white space and control characters become one space, none
+ *   at either end, cut to max_text); None (declined) otherwise.
+ * date(raw) -> int | None | False: headerparse._date's fast path, the form
+ *   "[Day,] D Mon YYYY HH:MM[:SS] +ZZZZ" followed by white space, '(' or the end: the UTC
+ *   epoch, or None when a field is out of range (no 30 February, hours under 24, offsets
+ *   under 24 h, years 1-9999); False (declined: the general parser decides) when the value
+ *   is not of that form or the month is not an English abbreviation.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -172,9 +187,188 @@ static PyObject *fields(PyObject *self, PyObject *args) {
     return Py_BuildValue("(Nl)", values, prob);
 }
 
+
+/* ---- fast paths ----------------------------------------------------------------------- */
+
+/* Python's str.split() separators among ASCII (0x09-0x0d, 0x1c-0x1f, space) and the
+ * characters str.isprintable() refuses (the other controls, DEL): everything outside
+ * 0x21-0x7e. */
+static inline int is_word(unsigned char c) { return c >= 0x21 && c <= 0x7e; }
+
+/* 1 when raw is all ASCII without ESC (the values the fast paths take). */
+static int plain_ascii(const unsigned char *d, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (d[i] >= 0x80 || d[i] == 0x1b)
+            return 0;
+    return 1;
+}
+
+static PyObject *message_id(PyObject *self, PyObject *args) {
+    const unsigned char *d;
+    Py_ssize_t n, max_text;
+    if (!PyArg_ParseTuple(args, "y#n:message_id", &d, &n, &max_text))
+        return NULL;
+    if (!plain_ascii(d, n))
+        Py_RETURN_NONE;
+    Py_ssize_t a = 0, b = n;
+    const unsigned char *lt = memchr(d, '<', (size_t)n);
+    if (lt != NULL) {
+        a = lt - d + 1;
+        const unsigned char *gt = memchr(d + a, '>', (size_t)(n - a));
+        if (gt != NULL)
+            b = gt - d;
+    }
+    char small[256];
+    char *out = (b - a) <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)(b - a));
+    if (out == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = a; i < b && k < max_text; i++)
+        if (is_word(d[i]))
+            out[k++] = (char)d[i];
+    PyObject *r = PyUnicode_DecodeASCII(out, k, NULL);
+    if (out != small)
+        PyMem_Free(out);
+    return r;
+}
+
+static PyObject *text(PyObject *self, PyObject *args) {
+    const unsigned char *d;
+    Py_ssize_t n, max_text;
+    if (!PyArg_ParseTuple(args, "y#n:text", &d, &n, &max_text))
+        return NULL;
+    if (!plain_ascii(d, n))
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i + 1 < n; i++)
+        if (d[i] == '=' && d[i + 1] == '?')
+            Py_RETURN_NONE;
+    char small[512];
+    char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (out == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t k = 0;
+    int gap = 0;
+    for (Py_ssize_t i = 0; i < n && k < max_text; i++) {
+        if (is_word(d[i])) {
+            if (gap && k > 0) {
+                out[k++] = ' ';
+                if (k >= max_text)
+                    break;
+            }
+            out[k++] = (char)d[i];
+            gap = 0;
+        } else {
+            gap = 1;
+        }
+    }
+    PyObject *r = PyUnicode_DecodeASCII(out, k, NULL);
+    if (out != small)
+        PyMem_Free(out);
+    return r;
+}
+
+static inline int is_space(unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0d); }  /* bytes \s */
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static inline int is_alpha(unsigned char c) { return (c | 32) >= 'a' && (c | 32) <= 'z'; }
+
+static const int DAYS_IN[13] = {0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+static const char MONTHS[12][4] = {"jan", "feb", "mar", "apr", "may", "jun",
+                                   "jul", "aug", "sep", "oct", "nov", "dec"};
+
+static PyObject *date(PyObject *self, PyObject *args) {
+    const unsigned char *d;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y#:date", &d, &n))
+        return NULL;
+    Py_ssize_t i = 0;
+    while (i < n && is_space(d[i]))
+        i++;
+    if (i + 3 < n && is_alpha(d[i]) && is_alpha(d[i + 1]) && is_alpha(d[i + 2]) && d[i + 3] == ',') {
+        i += 4;
+        while (i < n && is_space(d[i]))
+            i++;
+    }
+    /* D */
+    if (!(i < n && is_digit(d[i])))
+        Py_RETURN_FALSE;
+    int day = d[i++] - '0';
+    if (i < n && is_digit(d[i]))
+        day = day * 10 + (d[i++] - '0');
+    if (!(i < n && is_space(d[i])))
+        Py_RETURN_FALSE;
+    while (i < n && is_space(d[i]))
+        i++;
+    /* Mon */
+    if (!(i + 2 < n && is_alpha(d[i]) && is_alpha(d[i + 1]) && is_alpha(d[i + 2])))
+        Py_RETURN_FALSE;
+    char mon[3] = {(char)(d[i] | 32), (char)(d[i + 1] | 32), (char)(d[i + 2] | 32)};
+    i += 3;
+    if (!(i < n && is_space(d[i])))
+        Py_RETURN_FALSE;
+    while (i < n && is_space(d[i]))
+        i++;
+    /* YYYY */
+    if (!(i + 3 < n && is_digit(d[i]) && is_digit(d[i + 1]) && is_digit(d[i + 2]) && is_digit(d[i + 3])))
+        Py_RETURN_FALSE;
+    int year = (d[i] - '0') * 1000 + (d[i + 1] - '0') * 100 + (d[i + 2] - '0') * 10 + (d[i + 3] - '0');
+    i += 4;
+    if (!(i < n && is_space(d[i])))
+        Py_RETURN_FALSE;
+    while (i < n && is_space(d[i]))
+        i++;
+    /* HH:MM[:SS] */
+    if (!(i + 4 < n && is_digit(d[i]) && is_digit(d[i + 1]) && d[i + 2] == ':' && is_digit(d[i + 3])
+          && is_digit(d[i + 4])))
+        Py_RETURN_FALSE;
+    int hour = (d[i] - '0') * 10 + (d[i + 1] - '0');
+    int minute = (d[i + 3] - '0') * 10 + (d[i + 4] - '0');
+    int sec = 0;
+    i += 5;
+    if (i < n && d[i] == ':') {
+        if (!(i + 2 < n && is_digit(d[i + 1]) && is_digit(d[i + 2])))
+            Py_RETURN_FALSE;      /* ':' without two digits: neither form matches */
+        sec = (d[i + 1] - '0') * 10 + (d[i + 2] - '0');
+        i += 3;
+    }
+    while (i < n && is_space(d[i]))
+        i++;
+    /* +ZZZZ */
+    if (!(i + 4 < n && (d[i] == '+' || d[i] == '-') && is_digit(d[i + 1]) && is_digit(d[i + 2])
+          && is_digit(d[i + 3]) && is_digit(d[i + 4])))
+        Py_RETURN_FALSE;
+    int neg = d[i] == '-';
+    long tz = ((d[i + 1] - '0') * 10 + (d[i + 2] - '0')) * 3600L + ((d[i + 3] - '0') * 10 + (d[i + 4] - '0')) * 60L;
+    i += 5;
+    if (!(i == n || is_space(d[i]) || d[i] == '('))
+        Py_RETURN_FALSE;
+    int mo = 0;
+    for (int k = 0; k < 12; k++)
+        if (mon[0] == MONTHS[k][0] && mon[1] == MONTHS[k][1] && mon[2] == MONTHS[k][2])
+            mo = k + 1;
+    if (mo == 0)
+        Py_RETURN_FALSE;          /* not an English month: the general parser decides */
+    /* from here on, the form matched: out of range is None, as in the Python fast path */
+    if (day < 1 || day > DAYS_IN[mo] || year < 1 || tz >= 86400 || hour > 23 || minute > 59 || sec > 60)
+        Py_RETURN_NONE;
+    if (mo == 2 && day == 29 && !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
+        Py_RETURN_NONE;
+    if (neg)
+        tz = -tz;
+    /* days from civil (H. Hinnant), 1970-01-01 = 0; every quantity here is >= 0 but days */
+    long long yy = year - (mo <= 2);
+    long long era = yy / 400;
+    long long yoe = yy - era * 400;
+    long long doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    long long days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    return PyLong_FromLongLong(days * 86400 + hour * 3600LL + minute * 60LL + (sec < 60 ? sec : 59) - tz);
+}
+
 static PyMethodDef methods[] = {
     {"fields", fields, METH_VARARGS,
      "fields(data, start, limit, p_no_end, p_obsolete) -> (values, problems)"},
+    {"message_id", message_id, METH_VARARGS, "message_id(raw, max_text) -> str | None (declined)"},
+    {"text", text, METH_VARARGS, "text(raw, max_text) -> str | None (declined)"},
+    {"date", date, METH_VARARGS, "date(raw) -> epoch | None (out of range) | False (declined)"},
     {NULL, NULL, 0, NULL},
 };
 

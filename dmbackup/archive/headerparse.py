@@ -128,10 +128,19 @@ def _fields_py(data: bytes, start: int, limit: int, p_no_end: int = P_NO_END,
     return tuple(get(n) for n in SLOTS), prob
 
 
-try:            # the same cut in C, about 0.1 of the time (setup.py builds it where it can)
-    from dmbackup.archive._hscan import fields as _fields_c
+try:            # the same in C, a fraction of the time (setup.py builds it where it can)
+    from dmbackup.archive._hscan import date as _date_c, fields as _fields_c, \
+        message_id as _message_id_c, text as _text_c
 except ImportError:                            # pragma: no cover (no compiler where installed)
     _fields_c = None
+
+    def _date_c(raw: bytes) -> bool:
+        return False                           # declined: _date decides
+
+    def _message_id_c(raw: bytes, max_text: int) -> None:
+        return None                            # declined: _message_id decides
+
+    _text_c = _message_id_c
 _fields = _fields_c or _fields_py
 
 
@@ -415,8 +424,10 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     (v_mid, v_date, v_from, v_to, v_cc, v_subject, v_ctype, v_cdisp), prob = \
         _fields(data, start, limit, P_NO_END, P_OBSOLETE)
 
+    # each compiled fast path answers for the common value or declines (None, or False for
+    # the date); the Python function then decides
     v = v_mid
-    mid = _message_id(v) if v is not None else ""
+    mid = (_message_id_c(v, MAX_TEXT) or _message_id(v)) if v is not None else ""
     if not mid:
         prob |= P_NO_MESSAGE_ID
     v = v_date
@@ -424,7 +435,9 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
         when = None
         prob |= P_NO_DATE
     else:
-        when = _date(v)
+        when = _date_c(v)
+        if when is False:
+            when = _date(v)
         if when is None or not -DATE_LIMIT < when < DATE_LIMIT:
             when = None
             prob |= P_BAD_DATE
@@ -438,7 +451,11 @@ def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     cc, p = (_ADDRESS_GET(v) or _address_memo(v)) if v is not None else _NONE
     prob |= p
     v = v_subject
-    subject, p = _text(v) if v is not None else _NONE
+    if v is None:
+        subject, p = _NONE
+    else:
+        subject = _text_c(v, MAX_TEXT)
+        subject, p = (subject, 0) if subject is not None else _text(v)
     prob |= p
 
     v = v_ctype

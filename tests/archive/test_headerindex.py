@@ -278,6 +278,88 @@ def test_the_compiled_cut_takes_any_buffer_and_keeps_none():
         headerparse._fields_c("From: a\n\n", 0, 9, hx.P_NO_END, hx.P_OBSOLETE)
 
 
+DATEISH = st.tuples(
+    st.sampled_from(["", " ", "  \t"]), st.sampled_from(["", "Tue, ", "Tue,", "tUE ,", "Tu, ", "Tue, \n "]),
+    st.sampled_from(["7", "07", "0", "31", "29", "30", "123", ""]), st.sampled_from([" ", "\t\n ", ""]),
+    st.sampled_from(["Jan", "feb", "FEB", "Foo", "Sept", "Fe", "d\xe9c"]), st.sampled_from([" ", ""]),
+    st.sampled_from(["2024", "2023", "1900", "2000", "0000", "0001", "9999", "99", "20240"]),
+    st.sampled_from([" ", ""]),
+    st.sampled_from(["10:05", "10:05:32", "23:59:60", "24:00", "23:60", "7:05", "10:05:3", "10:05:", "00:00:61"]),
+    st.sampled_from(["", " ", "  "]),
+    st.sampled_from(["+0100", "-1130", "+2400", "+2359", "-0099", "+0099", "+01000", "0100", "+01", "", "GMT"]),
+    st.sampled_from(["", " ", "(CET)", " (CET)", "x", "\n", "0", "\n\n"]),
+).map(lambda t: "".join(t).encode("latin-1"))
+TEXTISH = st.lists(st.sampled_from([
+    b" ", b"\t", b"\n ", b"\r\n\t", b"\x00", b"\x07", b"\x1c", b"\x1f", b"\x7f", b"\x1b$B", b"\x1b", b"=?",
+    b"=?utf-8?q?caf=C3=A9?=", b"?=", b"=", b"<", b">", b"<a@b>", b"a", b"Re:", b"\xe9", b"\xc3\xa9", b'"', b"x" * 40,
+]), max_size=30).map(b"".join)
+
+
+@SETTINGS
+@given(st.one_of(DATEISH, st.binary(max_size=60)))
+def test_the_compiled_date_gives_the_python_answer_or_declines(raw):
+    got = headerparse._date_c(raw)
+    headerparse._DAY_OF.clear()
+    headerparse._ZONE_OF.clear()
+    want = headerparse._date(raw)
+    assert got is False or (got == want and type(got) is type(want)), (raw, got, want)
+
+
+def test_the_compiled_date_answers_for_the_usual_forms():
+    for raw in (b" Tue, 07 Jan 2025 10:05:32 +0100", b" 7 Jan 2025 10:05 -0000 (UTC)", b"Mon,3 feb 2025 23:59:60 +0000\n",
+                b" 31 Feb 2021 10:00:00 +0100", b" 1 Jan 0000 10:00 +0000", b" 1 Jan 2020 10:00 +2400"):
+        assert headerparse._date_c(raw) is not False, raw
+    for raw in (b" 7 Sept 2025 10:05 +0100", b"2025-01-07T10:05:32Z", b" 7 Jan 25 10:05 +0100", b" 7 Jan 2025 10:05 CET"):
+        assert headerparse._date_c(raw) is False, raw            # the general parser decides
+    assert headerparse._date_c(b" Tue, 07 Jan 2025 10:05:32 +0100") == utc("2025-01-07T09:05:32Z")
+
+
+@pytest.mark.parametrize("max_text", [hx.MAX_TEXT, 1, 3, 7])
+@SETTINGS
+@given(st.one_of(TEXTISH, st.binary(max_size=80)))
+def test_the_compiled_text_and_message_id_give_the_python_answer_or_decline(max_text, raw):
+    saved = headerparse.MAX_TEXT
+    headerparse.MAX_TEXT = max_text          # not monkeypatch: a function-scoped fixture under @given
+    try:
+        text, mid = headerparse._text(raw), headerparse._message_id(raw)
+    finally:
+        headerparse.MAX_TEXT = saved
+    got = headerparse._text_c(raw, max_text)
+    assert got is None or (got, 0) == text, (raw, got, text)
+    got = headerparse._message_id_c(raw, max_text)
+    assert got is None or got == mid, (raw, got, mid)
+    if raw.isascii() and b"\x1b" not in raw:
+        assert headerparse._message_id_c(raw, max_text) is not None
+        assert (headerparse._text_c(raw, max_text) is None) == (b"=?" in raw)
+
+
+def extract_all_python(block: bytes):
+    """``extract`` with every compiled path replaced by its Python twin."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(headerparse, "_fields", headerparse._fields_py)
+        mp.setattr(headerparse, "_date_c", lambda raw: False)
+        mp.setattr(headerparse, "_message_id_c", lambda raw, n: None)
+        mp.setattr(headerparse, "_text_c", lambda raw, n: None)
+        headerparse._DAY_OF.clear()
+        headerparse._ZONE_OF.clear()
+        headerparse._ADDRESS_OF.clear()
+        return extract(block)
+
+
+def test_extract_is_the_same_with_and_without_the_compiled_paths_on_the_mail_corpus():
+    for name in MAIL:
+        block = load(name)
+        assert extract(block) == extract_all_python(block), name
+
+
+@SETTINGS
+@given(DATEISH, TEXTISH, TEXTISH, st.sampled_from([b"\n", b"\r\n"]))
+def test_extract_is_the_same_with_and_without_the_compiled_paths(date_raw, subject, mid, eol):
+    block = eol.join([b"Received: x", b"Date:" + date_raw, b"Subject: " + subject, b"Message-ID:" + mid,
+                      b"From: a@b", b"", b"body"])
+    assert extract(block) == extract_all_python(block)
+
+
 def test_dates_are_the_same_with_the_day_and_zone_memos_cleared_or_full(monkeypatch):
     dates = [b" Tue, 07 Jan 2025 10:05:32 +0100", b" 29 Feb 2024 23:59:60 -1130", b"1 jan 1970 00:00 +0000",
              b" 31 Feb 2021 10:00:00 +0100", b" 29 Feb 2023 10:00 +0000", b" 1 Jan 2020 24:00 +0000",
