@@ -11,11 +11,16 @@ measured. The machine is shared and its speed moves by tens of percent within mi
 what is reported is the median of the per-pair differences, not a difference of medians.
 
     python3 -m bench.index_cost [--pairs 12] [--preset default] [--dir DIR] [--json OUT]
-                                [--also CHECKOUT] [--day]
+                                [--also CHECKOUT] [--day] [--threads]
 
 ``--also`` adds a third backup to each round: with the index, from another checkout (a
 ``git worktree`` of an earlier commit, which needs this file too), so a change to the
 extraction is measured before and after in the same minutes.
+
+``--threads`` measures the index's own CPU inside each backup with it: ``time.thread_time``
+around every ``extract`` and ``IndexWriter.add`` call, summed over the threads (the child
+``timed``; about 0.3 us a call of overhead). On a shared machine whose speed moves by seconds
+a backup, this share of the backup's CPU is steadier than the paired differences.
 
 ``--day`` times the incremental after one day of mail instead (there the main thread
 extracts the headers of the day's new messages). Once per ``--dir``, a full backup is made
@@ -29,6 +34,7 @@ Timing belongs here, not in tests/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -55,10 +61,58 @@ def child(variant: str, args: list[str]) -> None:
             return store(self, fd, fst, name, False)
 
         filecapture.FileCapture._store = store_no_index
+    elif variant == "timed":
+        _time_the_index(os.environ["BENCH_INDEX_TIMES"])
     sys.argv = ["dmbackup", *args]
     from dmbackup.cli.main import main as cli_main
 
     cli_main()
+
+
+def _time_the_index(out: str) -> None:
+    """The ``timed`` child: the shipped CLI with ``time.thread_time`` around every ``extract``
+    and ``IndexWriter.add`` call, summed per thread and written to ``out`` (JSON) at exit.
+    Patched before the CLI is imported, so modules that import ``extract`` by name get the
+    timed one; each thread adds only to its own entry. About 0.3 us a call of overhead."""
+    import atexit
+    import threading
+
+    from dmbackup.archive import headerindex, headerparse
+
+    spent: dict[str, list] = {}
+    tt = time.thread_time
+    extract, add = headerparse.extract, headerindex.IndexWriter.add
+
+    def mine() -> list:
+        name = threading.current_thread().name
+        entry = spent.get(name)
+        if entry is None:
+            entry = spent[name] = [0.0, 0, 0.0, 0]        # extract s, calls, add s, calls
+        return entry
+
+    def extract_timed(*args, **kwargs):
+        t0 = tt()
+        r = extract(*args, **kwargs)
+        e = mine()
+        e[0] += tt() - t0
+        e[1] += 1
+        return r
+
+    def add_timed(self, *args, **kwargs):
+        t0 = tt()
+        add(self, *args, **kwargs)
+        e = mine()
+        e[2] += tt() - t0
+        e[3] += 1
+
+    def write() -> None:
+        with open(out, "w") as fh:
+            json.dump({k: {"extract_s": v[0], "extracts": v[1], "add_s": v[2], "adds": v[3]}
+                       for k, v in spent.items()}, fh)
+
+    headerparse.extract = extract_timed
+    headerindex.IndexWriter.add = add_timed
+    atexit.register(write)
 
 
 def _backup_env(root: str) -> dict:
@@ -72,10 +126,12 @@ def _cli(variant: str, config: str) -> list[str]:
     return [sys.executable, "-m", "bench.index_cost", "--child", variant, "--", "--config", config]
 
 
-def run_one(variant: str, work: str, config: str, root: str = ROOT, day: bool = False) -> tuple[float, float, int]:
+def run_one(variant: str, work: str, config: str, root: str = ROOT, day: bool = False) -> tuple:
     """One backup with the code in ``root``: (wall seconds, CPU seconds of the child, bytes it
-    stored). A full backup into a fresh repository; with ``day``, the incremental after one day
-    of mail, on a fresh copy of the repository and state the full backup left (``prepare_day``)."""
+    stored, and for the ``timed`` variant the index's CPU seconds: {"extract_s", "add_s",
+    "extracts", "adds"} summed over threads, else None). A full backup into a fresh
+    repository; with ``day``, the incremental after one day of mail, on a fresh copy of the
+    repository and state the full backup left (``prepare_day``)."""
     for d in ("target", "state"):
         shutil.rmtree(os.path.join(work, d), ignore_errors=True)
         if day:
@@ -83,6 +139,11 @@ def run_one(variant: str, work: str, config: str, root: str = ROOT, day: bool = 
         else:
             os.makedirs(os.path.join(work, d))
     env = _backup_env(root)
+    times = os.path.join(work, "index-times.json")
+    if variant == "timed":
+        env["BENCH_INDEX_TIMES"] = times
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(times)
     base = _cli(variant, config)
     if not day:
         p = subprocess.run(base + ["init", "bench"], capture_output=True, text=True, env=env, cwd=root)
@@ -101,10 +162,17 @@ def run_one(variant: str, work: str, config: str, root: str = ROOT, day: bool = 
     if day and out.get("kind") != "incremental":
         raise SystemExit(f"the day's backup was {out.get('kind')}, not incremental")
     indexed = out["header_index"]["messages"]
-    if (indexed > 0) != (variant == "with"):
+    if (indexed > 0) != (variant != "without"):
         raise SystemExit(f"the backup {variant} the index indexed {indexed} messages")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, out["stored_bytes"]
+    spent = None
+    if variant == "timed":
+        with open(times) as fh:
+            per_thread = json.load(fh)
+        spent = {k: round(sum(t[k] for t in per_thread.values()), 4 if k.endswith("_s") else None)
+                 for k in ("extract_s", "add_s", "extracts", "adds")}
+        spent["threads"] = per_thread
+    return wall, cpu, out["stored_bytes"], spent
 
 
 def prepare_day(work: str, store: str, config: str) -> dict:
@@ -140,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=12, help="rounds (a backup with and one without the index each)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--also", help="a checkout of another commit: also back up with its index in each round")
+    ap.add_argument("--threads", action="store_true", help="time the extraction and IndexWriter.add inside the "
+                    "backups with the index (time.thread_time per call, summed over threads; ~0.3 us a call)")
     ap.add_argument("--day", action="store_true", help="time the incremental after one day of mail instead of the "
                     "full backup (the corpus in --dir is changed: use a --dir of its own)")
     a = ap.parse_args(argv)
@@ -168,10 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     pairs = []
     for i in range(a.pairs):
         order = variants[i % len(variants):] + variants[:i % len(variants)]   # rotated each round
-        got = {v: run_one("without" if v == "without" else "with", work, config, root, a.day) for v, root in order}
+        with_variant = "timed" if a.threads else "with"
+        got = {v: run_one("without" if v == "without" else with_variant, work, config, root, a.day)
+               for v, root in order}
         pairs.append({"order": [v for v, _ in order], **got, "load": os.getloadavg()[0]})
-        print(f"round {i + 1}: " + ", ".join(f"{v} {got[v][0]:.2f} s ({got[v][1]:.2f} s CPU)" for v, _ in variants),
-              flush=True)
+        print(f"round {i + 1}: " + ", ".join(f"{v} {got[v][0]:.2f} s ({got[v][1]:.2f} s CPU"
+                                             + (f"; index {got[v][3]['extract_s']:.2f} + {got[v][3]['add_s']:.2f} s"
+                                                if got[v][3] else "") + ")" for v, _ in variants), flush=True)
 
     def summary(v: str, k: int) -> dict:
         base = statistics.median(p["without"][k] for p in pairs)
@@ -208,6 +281,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['also']['commit']} minus {result['commit']}, both with the index, wall: median "
               f"{result['also']['minus_with_wall_median']:+.2f} s, lower in {result['also']['lower_than_with_in']} "
               f"of {len(pairs)} rounds")
+    if a.threads:
+        # the index's own CPU inside each backup: extraction (block workers, or the main thread
+        # in a day's incremental) and IndexWriter.add (main thread), as a share of the backup's CPU
+        for v, root in variants:
+            if v == "without":
+                continue
+            ext = statistics.median(p[v][3]["extract_s"] for p in pairs)
+            add = statistics.median(p[v][3]["add_s"] for p in pairs)
+            share = statistics.median((p[v][3]["extract_s"] + p[v][3]["add_s"]) / p[v][1] for p in pairs)
+            n = pairs[0][v][3]["extracts"] or 1
+            res = result if v == "with" else result["also"]
+            res["index_cpu"] = {"extract_s_median": round(ext, 3), "add_s_median": round(add, 3),
+                                "extract_us_per_message": round(1e6 * ext / n, 2),
+                                "add_us_per_record": round(1e6 * add / max(1, pairs[0][v][3]["adds"]), 2),
+                                "share_of_backup_cpu_median": round(share, 4)}
+            print(f"{res['commit']} index CPU inside the backup (medians): extract {ext:.3f} s "
+                  f"({res['index_cpu']['extract_us_per_message']} us x {n:,}), IndexWriter.add {add:.3f} s; "
+                  f"together {100 * share:.1f}% of the backup's CPU")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(result, fh, indent=1)

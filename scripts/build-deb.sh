@@ -73,6 +73,9 @@ find "$ROOT$VENV" -name '*.pyc' -delete
 # the program must import in the venv alone (nothing from the build machine's site-packages)
 "$ROOT$VENV/bin/python3" -I -c 'import dmbackup.cli.main' || {
   echo "build-deb: dmbackup does not import in its venv: a dependency is missing" >&2; exit 1; }
+"$ROOT$VENV/bin/python3" -I -c 'import dmbackup.archive._hscan' 2>/dev/null || \
+  echo "build-deb: warning: built without the compiled header scanner (the same code in Python runs," \
+       "slower): apt-get install gcc python3-dev and build again" >&2
 find "$ROOT$VENV" -name __pycache__ -prune -exec rm -rf {} +
 # rewrite the staging path to the final one in every text file that names it
 grep -rlIF "$ROOT" "$ROOT$VENV" | while read -r f; do
