@@ -37,6 +37,19 @@
  *   epoch, or None when a field is out of range (no 30 February, hours under 24, offsets
  *   under 24 h, years 1-9999); False (declined: the general parser decides) when the value
  *   is not of that form or the month is not an English abbreviation.
+ *
+ * And one for the header index's writer:
+ *
+ * pack(cols, key, size, headers, prev, max_text) -> (prev, nbytes): one record appended to
+ *   the open chunk's nine columns (``cols``: the bytearrays keys, sizes, flags, dates and the
+ *   five text columns), exactly as headerindex.IndexWriter._add_py does it (see the format in
+ *   headerindex's docstring): the key's length byte and bytes, the size and the length of each
+ *   text as LEB128 varints, the flag byte, the date as a zigzag varint of its step from
+ *   ``prev``, each text cut to max_text characters and encoded as UTF-8 with surrogates passed
+ *   through. Everything is checked and encoded before the first byte is appended, so a bad
+ *   field (ValueError, with _add_py's message) leaves the columns as they were. Returns the
+ *   new ``prev`` (the record's date, or ``prev`` when it has none) and the byte count
+ *   _add_py adds to the chunk's total.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -363,12 +376,181 @@ static PyObject *date(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(days * 86400 + hour * 3600LL + minute * 60LL + (sec < 60 ? sec : 59) - tz);
 }
 
+
+/* ---- the header index's writer ----------------------------------------------------------- */
+
+static PyObject *S_message_id, *S_date, *S_from, *S_to, *S_cc, *S_subject, *S_attachments;
+
+#define MAX_KEY 255
+#define DATE_LIMIT (1LL << 40)
+#define F_ATTACH 1
+#define F_DATE 2
+
+/* LEB128 of n into out (at least 10 bytes); the count of bytes written. */
+static int put_uv(unsigned char *out, unsigned long long n) {
+    int k = 0;
+    while (n >= 0x80) {
+        out[k++] = (unsigned char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    out[k++] = (unsigned char)n;
+    return k;
+}
+
+/* Append len bytes to a bytearray (already checked to be one). */
+static int append(PyObject *ba, const void *data, Py_ssize_t len) {
+    Py_ssize_t old = PyByteArray_GET_SIZE(ba);
+    if (PyByteArray_Resize(ba, old + len) < 0)
+        return -1;
+    memcpy(PyByteArray_AS_STRING(ba) + old, data, (size_t)len);
+    return 0;
+}
+
+/* A text field cut to max_text characters and encoded (a new bytes object), or NULL. */
+static PyObject *encode_text(PyObject *headers, PyObject *name, Py_ssize_t max_text) {
+    PyObject *v = PyObject_GetAttr(headers, name);
+    if (v == NULL)
+        return NULL;
+    if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%U must be str", name);
+        Py_DECREF(v);
+        return NULL;
+    }
+    if (PyUnicode_GET_LENGTH(v) > max_text) {
+        PyObject *cut = PyUnicode_Substring(v, 0, max_text);
+        Py_DECREF(v);
+        if (cut == NULL)
+            return NULL;
+        v = cut;
+    }
+    PyObject *b;
+    if (PyUnicode_IS_ASCII(v))
+        b = PyBytes_FromStringAndSize((const char *)PyUnicode_DATA(v), PyUnicode_GET_LENGTH(v));
+    else
+        b = PyUnicode_AsEncodedString(v, "utf-8", "surrogatepass");
+    Py_DECREF(v);
+    return b;
+}
+
+static PyObject *pack(PyObject *self, PyObject *args) {
+    PyObject *cols, *key, *size_o, *headers;
+    long long prev;
+    Py_ssize_t max_text;
+    if (!PyArg_ParseTuple(args, "O!OOOLn:pack", &PyList_Type, &cols, &key, &size_o, &headers, &prev, &max_text))
+        return NULL;
+    if (PyList_GET_SIZE(cols) != 9) {
+        PyErr_SetString(PyExc_ValueError, "cols must be the nine columns");
+        return NULL;
+    }
+    for (int k = 0; k < 9; k++)
+        if (!PyByteArray_Check(PyList_GET_ITEM(cols, k))) {
+            PyErr_SetString(PyExc_TypeError, "each column must be a bytearray");
+            return NULL;
+        }
+    Py_buffer kb;
+    if (!(PyBytes_Check(key) || PyByteArray_Check(key)) || PyObject_GetBuffer(key, &kb, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "key must be at most %d bytes", MAX_KEY);
+        return NULL;
+    }
+    PyObject *texts[5] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *when_o = NULL, *result = NULL;
+    if (kb.len > MAX_KEY) {
+        PyErr_Format(PyExc_ValueError, "key must be at most %d bytes", MAX_KEY);
+        goto done;
+    }
+    int overflow = 0;
+    if (!PyLong_Check(size_o)) {
+        PyErr_SetString(PyExc_TypeError, "size must be an int");
+        goto done;
+    }
+    long long size = PyLong_AsLongLongAndOverflow(size_o, &overflow);
+    if (size == -1 && PyErr_Occurred())
+        goto done;
+    if (overflow || size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size out of range");
+        goto done;
+    }
+    when_o = PyObject_GetAttr(headers, S_date);
+    if (when_o == NULL)
+        goto done;
+    int has_date = when_o != Py_None;
+    long long when = 0;
+    if (has_date) {
+        if (!PyLong_Check(when_o)) {
+            PyErr_SetString(PyExc_TypeError, "date must be an int or None");
+            goto done;
+        }
+        when = PyLong_AsLongLongAndOverflow(when_o, &overflow);
+        if (when == -1 && PyErr_Occurred())
+            goto done;
+        if (overflow || !(-DATE_LIMIT < when && when < DATE_LIMIT)) {
+            PyErr_SetString(PyExc_ValueError, "date out of range");
+            goto done;
+        }
+    }
+    PyObject *names[5] = {S_message_id, S_from, S_to, S_cc, S_subject};
+    for (int k = 0; k < 5; k++)
+        if ((texts[k] = encode_text(headers, names[k], max_text)) == NULL)
+            goto done;
+    PyObject *att = PyObject_GetAttr(headers, S_attachments);
+    if (att == NULL)
+        goto done;
+    int attach = PyObject_IsTrue(att);
+    Py_DECREF(att);
+    if (attach < 0)
+        goto done;
+    if (has_date && (prev <= -DATE_LIMIT || prev >= DATE_LIMIT)) {
+        PyErr_SetString(PyExc_ValueError, "prev out of range");
+        goto done;
+    }
+
+    /* everything checked and encoded: append */
+    unsigned char tmp[16];
+    int n;
+    unsigned char klen = (unsigned char)kb.len;
+    if (append(PyList_GET_ITEM(cols, 0), &klen, 1) < 0 || append(PyList_GET_ITEM(cols, 0), kb.buf, kb.len) < 0)
+        goto done;
+    n = put_uv(tmp, (unsigned long long)size);
+    if (append(PyList_GET_ITEM(cols, 1), tmp, n) < 0)
+        goto done;
+    unsigned char flag = (unsigned char)((has_date ? F_DATE : 0) | (attach ? F_ATTACH : 0));
+    if (append(PyList_GET_ITEM(cols, 2), &flag, 1) < 0)
+        goto done;
+    if (has_date) {
+        long long delta = when - prev;          /* |delta| < 2^41: no overflow */
+        unsigned long long z = delta >= 0 ? ((unsigned long long)delta << 1)
+                                          : (((unsigned long long)(-delta) << 1) - 1);
+        n = put_uv(tmp, z);
+        if (append(PyList_GET_ITEM(cols, 3), tmp, n) < 0)
+            goto done;
+        prev = when;
+    }
+    Py_ssize_t nbytes = kb.len + 24;
+    for (int k = 0; k < 5; k++) {
+        Py_ssize_t len = PyBytes_GET_SIZE(texts[k]);
+        n = put_uv(tmp, (unsigned long long)len);
+        if (append(PyList_GET_ITEM(cols, 4 + k), tmp, n) < 0 ||
+            append(PyList_GET_ITEM(cols, 4 + k), PyBytes_AS_STRING(texts[k]), len) < 0)
+            goto done;
+        nbytes += len;
+    }
+    result = Py_BuildValue("(Ln)", prev, nbytes);
+done:
+    PyBuffer_Release(&kb);
+    Py_XDECREF(when_o);
+    for (int k = 0; k < 5; k++)
+        Py_XDECREF(texts[k]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"fields", fields, METH_VARARGS,
      "fields(data, start, limit, p_no_end, p_obsolete) -> (values, problems)"},
     {"message_id", message_id, METH_VARARGS, "message_id(raw, max_text) -> str | None (declined)"},
     {"text", text, METH_VARARGS, "text(raw, max_text) -> str | None (declined)"},
     {"date", date, METH_VARARGS, "date(raw) -> epoch | None (out of range) | False (declined)"},
+    {"pack", pack, METH_VARARGS, "pack(cols, key, size, headers, prev, max_text) -> (prev, nbytes)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -378,4 +560,11 @@ static struct PyModuleDef module = {
     -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__hscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__hscan(void) {
+    if (!(S_message_id = PyUnicode_InternFromString("message_id")) || !(S_date = PyUnicode_InternFromString("date"))
+        || !(S_from = PyUnicode_InternFromString("from_")) || !(S_to = PyUnicode_InternFromString("to"))
+        || !(S_cc = PyUnicode_InternFromString("cc")) || !(S_subject = PyUnicode_InternFromString("subject"))
+        || !(S_attachments = PyUnicode_InternFromString("attachments")))
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -3,7 +3,8 @@
 For every message whose content a backup stores, the backup records a few header fields:
 Message-ID, Date, From, To, Cc, Subject (decoded to text), the message's size and whether it
 seems to carry attachments. This module has the record types, the codec and the matching
-(standard library only):
+(standard library only; ``IndexWriter.add`` packs a record with the optional C module
+``_hscan`` where it is built, the same bytes as its Python twin ``_add_py``):
 
 Extraction (``extract``) is in dmbackup.archive.headerparse.
 
@@ -94,6 +95,11 @@ F_ATTACH = 1
 F_DATE = 2
 
 
+try:            # the record packer in C (dmbackup.archive._hscan, built by setup.py where it can)
+    from dmbackup.archive._hscan import pack as _pack
+except ImportError:                            # pragma: no cover (no compiler where installed)
+    _pack = None
+
 KEY_WIDTH = 16                  # the key width dmbackup writes (hidx.KEY_BYTES): a fast path
 _FLAG_BYTES = bytes((0, F_ATTACH, F_DATE, F_ATTACH | F_DATE))
 
@@ -175,6 +181,7 @@ class IndexWriter:
         self._flags = bytearray()
         self._dates = bytearray()
         self._texts = [bytearray() for _ in range(5)]
+        self._cols = [self._keys, self._sizes, self._flags, self._dates, *self._texts]   # for _pack
         self._prev = 0
         self._bytes = 0
 
@@ -186,6 +193,26 @@ class IndexWriter:
         if headers is None:
             self.counts["skipped"] += 1
             return
+        if _pack is None:
+            self._add_py(key, size, headers)
+            return
+        # the record's bytes in C (the same bytes as _add_py; a bad field raises first)
+        self._prev, nbytes = _pack(self._cols, key, size, headers, self._prev, MAX_TEXT)
+        counts = self.counts
+        problems = getattr(headers, "problems", 0)
+        if problems:
+            for bit, name in PROBLEMS.items():
+                if problems & bit:
+                    counts[name] = counts.get(name, 0) + 1
+        counts["records"] += 1
+        self._n += 1
+        self.count += 1
+        self._bytes += nbytes
+        if self._n >= self.chunk_records or self._bytes >= CHUNK_BYTES:
+            self._flush()
+
+    def _add_py(self, key: bytes, size: int, headers) -> None:
+        """``add`` in Python, where the compiled module is not built (and its twin in tests)."""
         if not isinstance(key, (bytes, bytearray)) or len(key) > MAX_KEY:
             raise ValueError(f"key must be at most {MAX_KEY} bytes")
         if not 0 <= size < SIZE_LIMIT:

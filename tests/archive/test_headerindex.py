@@ -517,6 +517,62 @@ def test_writer_rejects_what_it_cannot_store():
     assert next(decode(w.encode())).subject == "é" * MAX_TEXT
 
 
+def test_the_compiled_packer_is_built_and_used():
+    assert hx._pack is not None, \
+        "dmbackup.archive._hscan is not built: pip install -e . (needs gcc and the Python headers)"
+
+
+class PyWriter(IndexWriter):
+    """The writer with its Python ``add`` only: the twin the compiled packer must match."""
+
+    def add(self, key, size, headers):
+        if headers is None:
+            self.counts["skipped"] += 1
+            return
+        self._add_py(key, size, headers)
+
+
+long_texts = st.one_of(texts, st.text(st.sampled_from("ae\u00e9\ud800\U0001f600 "), min_size=MAX_TEXT - 2,
+                                      max_size=MAX_TEXT + 3))
+headers_like = st.one_of(
+    records.map(lambda r: r._replace(subject=r.subject)),
+    st.builds(Headers, message_id=long_texts, date=st.one_of(st.none(), st.integers(-(1 << 40) + 1, (1 << 40) - 1)),
+              from_=texts, to=texts, cc=texts, subject=long_texts, attachments=st.booleans(),
+              problems=st.integers(0, 127)),
+)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.binary(max_size=MAX_KEY), st.integers(0, (1 << 63) - 1), headers_like), max_size=25),
+       st.integers(1, 7))
+def test_the_compiled_packer_writes_the_python_bytes_and_counts(items, chunk):
+    c, py = IndexWriter(chunk), PyWriter(chunk)
+    for key, size, h in items:
+        c.add(key, size, h)
+        py.add(key, size, h)
+    assert c.encode() == py.encode() and c.counts == py.counts and len(c) == len(py)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(key=b"k" * (MAX_KEY + 1)), dict(key="k"), dict(size=-1), dict(size=1 << 63),
+    dict(date=1 << 40), dict(date=-(1 << 40)), dict(date=1 << 70), dict(subject=b"bytes"),
+])
+def test_the_compiled_packer_refuses_what_python_refuses_and_changes_nothing(bad):
+    key, size = bad.pop("key", b"k"), bad.pop("size", 5)
+    h = Headers("m", 1_700_000_000, "f", "t", "", "s", True)._replace(**bad)
+    good = Headers("m", 1_700_000_100, "f", "t", "", "s", False)
+    results = []
+    for w in (IndexWriter(), PyWriter()):
+        w.add(b"a", 1, good)
+        with pytest.raises((ValueError, TypeError, AttributeError)) as err:
+            w.add(key, size, h)
+        w.add(b"b", 2, good)
+        results.append((err.type, w.encode(), w.counts))
+    assert results[0][1:] == results[1][1:]
+    if results[1][0] is ValueError:
+        assert results[0][0] is ValueError
+
+
 def _index(n: int = 20) -> bytes:
     h = Headers("id-{}@example.it", 1762156800, "Mario Rossi <m@example.it>", "a@b", "",
                 "Fattura", True)
