@@ -8,10 +8,10 @@
  * headerparse.SLOTS (message-id, date, from, to, cc, subject, content-type,
  * content-disposition): the raw value of the first occurrence of that field (the bytes after
  * the colon, continuation lines and their line breaks included), or None when the field is
- * absent. ``problems`` has P_NO_END (1 << 5) when no empty line ends the block before
- * ``limit`` and P_OBSOLETE (1 << 6) when the first occurrence of a wanted field has white
- * space before its colon. The two bit values are passed in by the caller, so they have one
- * definition (dmbackup.archive.headerindex).
+ * absent. ``problems`` has P_NO_END when no empty line ends the block before ``limit`` and
+ * P_OBSOLETE when the first occurrence of a wanted field has white space before its colon.
+ * The bit values are passed in by the caller, so they have one definition
+ * (dmbackup.archive.headerindex).
  *
  * The rules, as the regular expression has them:
  *  - a field starts at ``start`` or right after a '\n'; its name is one of the eight,
@@ -121,23 +121,12 @@ static Py_ssize_t value_end(const unsigned char *d, Py_ssize_t p, Py_ssize_t lim
     }
 }
 
-static PyObject *fields(PyObject *self, PyObject *args) {
-    Py_buffer buf;
-    Py_ssize_t start, limit;
-    long p_no_end, p_obsolete;
-    if (!PyArg_ParseTuple(args, "y*nnll:fields", &buf, &start, &limit, &p_no_end, &p_obsolete))
-        return NULL;
-    if (limit > buf.len)
-        limit = buf.len;
-    if (start < 0)
-        start = 0;
-    const unsigned char *d = (const unsigned char *)buf.buf;
-    Py_ssize_t vstart[NSLOTS], vend[NSLOTS];
-    int vws[NSLOTS];
+/* The first occurrence of each wanted field in d[start:limit] (vstart[k] = -1: absent);
+ * 1 when an empty line ended the block. */
+static int scan(const unsigned char *d, Py_ssize_t start, Py_ssize_t limit,
+                Py_ssize_t *vstart, Py_ssize_t *vend, int *vws) {
     for (int k = 0; k < NSLOTS; k++)
         vstart[k] = -1;
-    int ended = 0;
-
     Py_ssize_t colon;
     int ws;
     int slot = field_at(d, start, limit, &colon, &ws);
@@ -151,14 +140,12 @@ static PyObject *fields(PyObject *self, PyObject *args) {
     while (pos < limit) {
         const unsigned char *nl = memchr(d + pos, '\n', (size_t)(limit - pos));
         if (nl == NULL)
-            break;
+            return 0;
         Py_ssize_t q = (nl - d) + 1;
         if (q >= limit)
-            break;
-        if (d[q] == '\n' || (d[q] == '\r' && q + 1 < limit && d[q + 1] == '\n')) {
-            ended = 1;
-            break;
-        }
+            return 0;
+        if (d[q] == '\n' || (d[q] == '\r' && q + 1 < limit && d[q + 1] == '\n'))
+            return 1;
         slot = field_at(d, q, limit, &colon, &ws);
         if (slot < 0) {
             pos = q;
@@ -172,6 +159,23 @@ static PyObject *fields(PyObject *self, PyObject *args) {
         }
         pos = e;
     }
+    return 0;
+}
+
+static PyObject *fields(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t start, limit;
+    long p_no_end, p_obsolete;
+    if (!PyArg_ParseTuple(args, "y*nnll:fields", &buf, &start, &limit, &p_no_end, &p_obsolete))
+        return NULL;
+    if (limit > buf.len)
+        limit = buf.len;
+    if (start < 0)
+        start = 0;
+    const unsigned char *d = (const unsigned char *)buf.buf;
+    Py_ssize_t vstart[NSLOTS], vend[NSLOTS];
+    int vws[NSLOTS];
+    int ended = scan(d, start, limit, vstart, vend, vws);
 
     long prob = ended ? 0 : p_no_end;
     PyObject *values = PyTuple_New(NSLOTS);
@@ -216,13 +220,10 @@ static int plain_ascii(const unsigned char *d, Py_ssize_t n) {
     return 1;
 }
 
-static PyObject *message_id(PyObject *self, PyObject *args) {
-    const unsigned char *d;
-    Py_ssize_t n, max_text;
-    if (!PyArg_ParseTuple(args, "y#n:message_id", &d, &n, &max_text))
-        return NULL;
+/* headerparse._message_id of d[0:n], or NULL without an error set: declined. */
+static PyObject *mid_of(const unsigned char *d, Py_ssize_t n, Py_ssize_t max_text) {
     if (!plain_ascii(d, n))
-        Py_RETURN_NONE;
+        return NULL;
     Py_ssize_t a = 0, b = n;
     const unsigned char *lt = memchr(d, '<', (size_t)n);
     if (lt != NULL) {
@@ -231,7 +232,7 @@ static PyObject *message_id(PyObject *self, PyObject *args) {
         if (gt != NULL)
             b = gt - d;
     }
-    char small[256];
+    char small[256] = {0};
     char *out = (b - a) <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)(b - a));
     if (out == NULL)
         return PyErr_NoMemory();
@@ -245,23 +246,35 @@ static PyObject *message_id(PyObject *self, PyObject *args) {
     return r;
 }
 
-static PyObject *text(PyObject *self, PyObject *args) {
-    const unsigned char *d;
-    Py_ssize_t n, max_text;
-    if (!PyArg_ParseTuple(args, "y#n:text", &d, &n, &max_text))
-        return NULL;
+/* headerparse._text of d[0:n] (address = 0) or headerparse._address (address = 1: quotes
+ * dropped when every one closes and no backslash is there), or NULL without an error set:
+ * declined. */
+static PyObject *text_of(const unsigned char *d, Py_ssize_t n, Py_ssize_t max_text, int address) {
     if (!plain_ascii(d, n))
-        Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i + 1 < n; i++)
-        if (d[i] == '=' && d[i + 1] == '?')
-            Py_RETURN_NONE;
-    char small[512];
+        return NULL;
+    Py_ssize_t quotes = 0;
+    int backslash = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (d[i] == '=' && i + 1 < n && d[i + 1] == '?')
+            return NULL;
+        quotes += d[i] == '"';
+        backslash |= d[i] == '\\';
+    }
+    int drop_quotes = 0;
+    if (address && quotes) {
+        if (backslash || (quotes & 1))
+            return NULL;
+        drop_quotes = 1;
+    }
+    char small[512] = {0};
     char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
     if (out == NULL)
         return PyErr_NoMemory();
     Py_ssize_t k = 0;
     int gap = 0;
     for (Py_ssize_t i = 0; i < n && k < max_text; i++) {
+        if (drop_quotes && d[i] == '"')
+            continue;
         if (is_word(d[i])) {
             if (gap && k > 0) {
                 out[k++] = ' ';
@@ -280,6 +293,32 @@ static PyObject *text(PyObject *self, PyObject *args) {
     return r;
 }
 
+static PyObject *declined_or_error(PyObject *none_or_false) {
+    if (PyErr_Occurred())
+        return NULL;
+    Py_INCREF(none_or_false);
+    return none_or_false;
+}
+
+static PyObject *message_id(PyObject *self, PyObject *args) {
+    const unsigned char *d;
+    Py_ssize_t n, max_text;
+    if (!PyArg_ParseTuple(args, "y#n:message_id", &d, &n, &max_text))
+        return NULL;
+    PyObject *r = mid_of(d, n, max_text);
+    return r != NULL ? r : declined_or_error(Py_None);
+}
+
+static PyObject *text(PyObject *self, PyObject *args) {
+    const unsigned char *d;
+    Py_ssize_t n, max_text;
+    int address = 0;
+    if (!PyArg_ParseTuple(args, "y#n|p:text", &d, &n, &max_text, &address))
+        return NULL;
+    PyObject *r = text_of(d, n, max_text, address);
+    return r != NULL ? r : declined_or_error(Py_None);
+}
+
 static inline int is_space(unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0d); }  /* bytes \s */
 static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 static inline int is_alpha(unsigned char c) { return (c | 32) >= 'a' && (c | 32) <= 'z'; }
@@ -288,11 +327,9 @@ static const int DAYS_IN[13] = {0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 3
 static const char MONTHS[12][4] = {"jan", "feb", "mar", "apr", "may", "jun",
                                    "jul", "aug", "sep", "oct", "nov", "dec"};
 
-static PyObject *date(PyObject *self, PyObject *args) {
-    const unsigned char *d;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "y#:date", &d, &n))
-        return NULL;
+/* headerparse._date's fast path on d[0:n]: 1 and the epoch in *out, 0 when a field is out of
+ * range (None), -1 when declined (not the usual form). */
+static int date_of(const unsigned char *d, Py_ssize_t n, long long *out) {
     Py_ssize_t i = 0;
     while (i < n && is_space(d[i]))
         i++;
@@ -303,43 +340,43 @@ static PyObject *date(PyObject *self, PyObject *args) {
     }
     /* D */
     if (!(i < n && is_digit(d[i])))
-        Py_RETURN_FALSE;
+        return -1;
     int day = d[i++] - '0';
     if (i < n && is_digit(d[i]))
         day = day * 10 + (d[i++] - '0');
     if (!(i < n && is_space(d[i])))
-        Py_RETURN_FALSE;
+        return -1;
     while (i < n && is_space(d[i]))
         i++;
     /* Mon */
     if (!(i + 2 < n && is_alpha(d[i]) && is_alpha(d[i + 1]) && is_alpha(d[i + 2])))
-        Py_RETURN_FALSE;
+        return -1;
     char mon[3] = {(char)(d[i] | 32), (char)(d[i + 1] | 32), (char)(d[i + 2] | 32)};
     i += 3;
     if (!(i < n && is_space(d[i])))
-        Py_RETURN_FALSE;
+        return -1;
     while (i < n && is_space(d[i]))
         i++;
     /* YYYY */
     if (!(i + 3 < n && is_digit(d[i]) && is_digit(d[i + 1]) && is_digit(d[i + 2]) && is_digit(d[i + 3])))
-        Py_RETURN_FALSE;
+        return -1;
     int year = (d[i] - '0') * 1000 + (d[i + 1] - '0') * 100 + (d[i + 2] - '0') * 10 + (d[i + 3] - '0');
     i += 4;
     if (!(i < n && is_space(d[i])))
-        Py_RETURN_FALSE;
+        return -1;
     while (i < n && is_space(d[i]))
         i++;
     /* HH:MM[:SS] */
     if (!(i + 4 < n && is_digit(d[i]) && is_digit(d[i + 1]) && d[i + 2] == ':' && is_digit(d[i + 3])
           && is_digit(d[i + 4])))
-        Py_RETURN_FALSE;
+        return -1;
     int hour = (d[i] - '0') * 10 + (d[i + 1] - '0');
     int minute = (d[i + 3] - '0') * 10 + (d[i + 4] - '0');
     int sec = 0;
     i += 5;
     if (i < n && d[i] == ':') {
         if (!(i + 2 < n && is_digit(d[i + 1]) && is_digit(d[i + 2])))
-            Py_RETURN_FALSE;      /* ':' without two digits: neither form matches */
+            return -1;      /* ':' without two digits: neither form matches */
         sec = (d[i + 1] - '0') * 10 + (d[i + 2] - '0');
         i += 3;
     }
@@ -348,23 +385,23 @@ static PyObject *date(PyObject *self, PyObject *args) {
     /* +ZZZZ */
     if (!(i + 4 < n && (d[i] == '+' || d[i] == '-') && is_digit(d[i + 1]) && is_digit(d[i + 2])
           && is_digit(d[i + 3]) && is_digit(d[i + 4])))
-        Py_RETURN_FALSE;
+        return -1;
     int neg = d[i] == '-';
     long tz = ((d[i + 1] - '0') * 10 + (d[i + 2] - '0')) * 3600L + ((d[i + 3] - '0') * 10 + (d[i + 4] - '0')) * 60L;
     i += 5;
     if (!(i == n || is_space(d[i]) || d[i] == '('))
-        Py_RETURN_FALSE;
+        return -1;
     int mo = 0;
     for (int k = 0; k < 12; k++)
         if (mon[0] == MONTHS[k][0] && mon[1] == MONTHS[k][1] && mon[2] == MONTHS[k][2])
             mo = k + 1;
     if (mo == 0)
-        Py_RETURN_FALSE;          /* not an English month: the general parser decides */
+        return -1;          /* not an English month: the general parser decides */
     /* from here on, the form matched: out of range is None, as in the Python fast path */
     if (day < 1 || day > DAYS_IN[mo] || year < 1 || tz >= 86400 || hour > 23 || minute > 59 || sec > 60)
-        Py_RETURN_NONE;
+        return 0;
     if (mo == 2 && day == 29 && !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
-        Py_RETURN_NONE;
+        return 0;
     if (neg)
         tz = -tz;
     /* days from civil (H. Hinnant), 1970-01-01 = 0; every quantity here is >= 0 but days */
@@ -373,9 +410,24 @@ static PyObject *date(PyObject *self, PyObject *args) {
     long long yoe = yy - era * 400;
     long long doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + day - 1;
     long long days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
-    return PyLong_FromLongLong(days * 86400 + hour * 3600LL + minute * 60LL + (sec < 60 ? sec : 59) - tz);
+    *out = days * 86400 + hour * 3600LL + minute * 60LL + (sec < 60 ? sec : 59) - tz;
+    return 1;
 }
 
+
+static PyObject *date(PyObject *self, PyObject *args) {
+    const unsigned char *d;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y#:date", &d, &n))
+        return NULL;
+    long long t;
+    int r = date_of(d, n, &t);
+    if (r < 0)
+        Py_RETURN_FALSE;
+    if (r == 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(t);
+}
 
 /* ---- the header index's writer ----------------------------------------------------------- */
 
@@ -544,12 +596,194 @@ done:
     return result;
 }
 
+
+/* ---- the whole extraction, for the common message ----------------------------------------- */
+
+static PyObject *Headers_cls = NULL;
+static Py_ssize_t MAXTEXT = 0;
+static long B_NO_END, B_OBSOLETE, B_NO_MID, B_NO_DATE, B_BAD_DATE;
+
+static PyObject *setup(PyObject *self, PyObject *args) {
+    PyObject *cls;
+    if (!PyArg_ParseTuple(args, "Onlllll:setup", &cls, &MAXTEXT, &B_NO_END, &B_OBSOLETE, &B_NO_MID,
+                          &B_NO_DATE, &B_BAD_DATE))
+        return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(Headers_cls, cls);
+    Py_RETURN_NONE;
+}
+
+/* d[a:b] equals the lower-case ASCII word w (of n bytes) in any case */
+static int lower_eq(const unsigned char *d, Py_ssize_t a, Py_ssize_t b, const char *w, Py_ssize_t n) {
+    if (b - a != n)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (lower(d[a + i]) != (unsigned char)w[i])
+            return 0;
+    return 1;
+}
+
+static int lower_starts(const unsigned char *d, Py_ssize_t a, Py_ssize_t b, const char *w, Py_ssize_t n) {
+    return b - a >= n && lower_eq(d, a, a + n, w, n);
+}
+
+/* headerparse._attachment_scan: "Content-Disposition: attachment" (the name in any case, the
+ * value after white space, both as that function reads them) in d[start:limit]; the value is
+ * read up to 29 bytes past the colon, within len. */
+static int attachment_scan(const unsigned char *d, Py_ssize_t len, Py_ssize_t start, Py_ssize_t limit) {
+    Py_ssize_t i = start;
+    while (limit - i >= 11) {
+        const unsigned char *p = memchr(d + i, 'i', (size_t)(limit - i - 10));
+        if (p == NULL)
+            return 0;
+        Py_ssize_t j = p - d;
+        if (memcmp(d + j, "isposition:", 11) != 0) {
+            i = j + 1;
+            continue;
+        }
+        if (j - 9 >= start && lower_eq(d, j - 9, j, "content-d", 9)) {
+            Py_ssize_t e = j + 40 < len ? j + 40 : len;
+            Py_ssize_t k = j + 11;
+            while (k < e && is_space(d[k]))
+                k++;
+            if (lower_starts(d, k, e, "attachment", 10))
+                return 1;
+        }
+        i = j + 11;      /* "isposition:" cannot overlap itself */
+    }
+    return 0;
+}
+
+/* headerparse's attachment heuristic from the raw Content-Type (slot 6) and
+ * Content-Disposition (slot 7) values. */
+static int attachments(const unsigned char *d, Py_ssize_t len, Py_ssize_t start, Py_ssize_t limit,
+                       const Py_ssize_t *vstart, const Py_ssize_t *vend) {
+    if (vstart[6] >= 0) {
+        Py_ssize_t a = vstart[6], b = vend[6];
+        const unsigned char *semi = memchr(d + a, ';', (size_t)(b - a));
+        if (semi != NULL)
+            b = semi - d;
+        while (a < b && is_space(d[a]))
+            a++;
+        while (b > a && is_space(d[b - 1]))
+            b--;
+        if (lower_starts(d, a, b, "multipart/", 10)) {
+            if (lower_eq(d, a, b, "multipart/mixed", 15))
+                return 1;
+            if (lower_eq(d, a, b, "multipart/alternative", 21))
+                return 0;
+            return attachment_scan(d, len, start, limit);
+        }
+        if (b > a && memchr(d + a, '/', (size_t)(b - a)) != NULL && !lower_starts(d, a, b, "text/", 5)
+            && !lower_starts(d, a, b, "message/", 8))
+            return 1;
+    }
+    if (vstart[7] < 0)
+        return 0;
+    Py_ssize_t a = vstart[7];
+    while (a < vend[7] && is_space(d[a]))
+        a++;
+    return lower_starts(d, a, vend[7], "attachment", 10);
+}
+
+/* _FIRST_LINE: a field name and its colon, or an mbox "From " line, at d[start]. */
+static int header_block(const unsigned char *d, Py_ssize_t start, Py_ssize_t limit) {
+    if (limit - start >= 5 && memcmp(d + start, "From ", 5) == 0)
+        return 1;
+    Py_ssize_t i = start;
+    while (i < limit && d[i] >= 0x21 && d[i] <= 0x7e && d[i] != ':')
+        i++;
+    if (i == start)
+        return 0;
+    while (i < limit && (d[i] == ' ' || d[i] == '\t'))
+        i++;
+    return i < limit && d[i] == ':';
+}
+
+/* extract(data, start, end, cap) -> Headers | None: headerparse._extract for a message whose
+ * wanted fields are all in the forms the fast paths above take (ASCII without ESC or encoded
+ * words, the usual Date form; or absent); None (declined) otherwise, including bytes that
+ * are not a header block: the Python code then decides. setup() must have been called. */
+static PyObject *extract(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t start, end, cap;
+    if (!PyArg_ParseTuple(args, "y*nnn:extract", &buf, &start, &end, &cap))
+        return NULL;
+    const unsigned char *d = (const unsigned char *)buf.buf;
+    Py_ssize_t len = buf.len;
+    PyObject *vals[6] = {NULL, NULL, NULL, NULL, NULL, NULL};   /* mid, date, from, to, cc, subject */
+    PyObject *result = NULL;
+    Py_ssize_t limit = end < len ? end : len;
+    if (cap >= 0 && start <= PY_SSIZE_T_MAX - cap && start + cap < limit)
+        limit = start + cap;
+    if (Headers_cls == NULL || start < 0 || cap < 0 || limit <= start || !header_block(d, start, limit))
+        goto declined;
+    Py_ssize_t vstart[NSLOTS], vend[NSLOTS];
+    int vws[NSLOTS];
+    long prob = scan(d, start, limit, vstart, vend, vws) ? 0 : B_NO_END;
+    for (int k = 0; k < NSLOTS; k++)
+        if (vstart[k] >= 0 && vws[k])
+            prob |= B_OBSOLETE;
+
+    if (vstart[0] < 0) {
+        vals[0] = PyUnicode_FromStringAndSize("", 0);
+        prob |= B_NO_MID;
+    } else {
+        vals[0] = mid_of(d + vstart[0], vend[0] - vstart[0], MAXTEXT);
+        if (vals[0] != NULL && PyUnicode_GET_LENGTH(vals[0]) == 0)
+            prob |= B_NO_MID;
+    }
+    if (vals[0] == NULL)
+        goto declined;
+    if (vstart[1] < 0) {
+        vals[1] = Py_None;
+        Py_INCREF(Py_None);
+        prob |= B_NO_DATE;
+    } else {
+        long long t;
+        int r = date_of(d + vstart[1], vend[1] - vstart[1], &t);
+        if (r < 0)
+            goto declined;
+        if (r == 0 || !(-DATE_LIMIT < t && t < DATE_LIMIT)) {
+            vals[1] = Py_None;
+            Py_INCREF(Py_None);
+            prob |= B_BAD_DATE;
+        } else if ((vals[1] = PyLong_FromLongLong(t)) == NULL) {
+            goto declined;
+        }
+    }
+    for (int k = 2; k <= 5; k++) {          /* From, To, Cc: addresses; Subject: text */
+        if (vstart[k] < 0)
+            vals[k] = PyUnicode_FromStringAndSize("", 0);
+        else
+            vals[k] = text_of(d + vstart[k], vend[k] - vstart[k], MAXTEXT, k < 5);
+        if (vals[k] == NULL)
+            goto declined;
+    }
+    int attach = attachments(d, len, start, limit, vstart, vend);
+    result = PyObject_CallFunction(Headers_cls, "OOOOOOOl", vals[0], vals[1], vals[2], vals[3], vals[4], vals[5],
+                                   attach ? Py_True : Py_False, prob);
+    goto done;
+declined:
+    if (!PyErr_Occurred()) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    for (int k = 0; k < 6; k++)
+        Py_XDECREF(vals[k]);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"fields", fields, METH_VARARGS,
      "fields(data, start, limit, p_no_end, p_obsolete) -> (values, problems)"},
     {"message_id", message_id, METH_VARARGS, "message_id(raw, max_text) -> str | None (declined)"},
     {"text", text, METH_VARARGS, "text(raw, max_text) -> str | None (declined)"},
     {"date", date, METH_VARARGS, "date(raw) -> epoch | None (out of range) | False (declined)"},
+    {"setup", setup, METH_VARARGS, "setup(Headers, max_text, P_NO_END, P_OBSOLETE, P_NO_MESSAGE_ID, P_NO_DATE, P_BAD_DATE)"},
+    {"extract", extract, METH_VARARGS, "extract(data, start, end, cap) -> Headers | None (declined)"},
     {"pack", pack, METH_VARARGS, "pack(cols, key, size, headers, prev, max_text) -> (prev, nbytes)"},
     {NULL, NULL, 0, NULL},
 };
@@ -557,7 +791,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_hscan",
     "The header block's wanted fields, cut in compiled code (see dmbackup.archive.headerparse).",
-    -1, methods,
+    -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__hscan(void) {

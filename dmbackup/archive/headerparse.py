@@ -129,10 +129,14 @@ def _fields_py(data: bytes, start: int, limit: int, p_no_end: int = P_NO_END,
 
 
 try:            # the same in C, a fraction of the time (setup.py builds it where it can)
-    from dmbackup.archive._hscan import date as _date_c, fields as _fields_c, \
-        message_id as _message_id_c, text as _text_c
+    from dmbackup.archive._hscan import date as _date_c, extract as _extract_c, fields as _fields_c, \
+        message_id as _message_id_c, setup as _setup_c, text as _text_c
+    _setup_c(Headers, MAX_TEXT, P_NO_END, P_OBSOLETE, P_NO_MESSAGE_ID, P_NO_DATE, P_BAD_DATE)
 except ImportError:                            # pragma: no cover (no compiler where installed)
     _fields_c = None
+
+    def _extract_c(data: bytes, start: int, end: int, cap: int) -> None:
+        return None                            # declined: _extract decides
 
     def _date_c(raw: bytes) -> bool:
         return False                           # declined: _date decides
@@ -418,6 +422,11 @@ def extract(data: bytes, *, cap: int = HEADER_CAP, start: int = 0, end: int | No
 def _extract(data: bytes, cap: int, start: int, end: int) -> Headers | None:
     if not isinstance(data, bytes):
         data, start, end = bytes(data[start:min(end, start + cap)]), 0, min(end, start + cap) - start
+    # the whole of it in C for a message whose fields are all plain (ASCII, no encoded word,
+    # the usual Date form); the rest of this function for any other (the C declines: None)
+    h = _extract_c(data, start, end, cap)
+    if h is not None:
+        return h
     limit = min(end, len(data), start + cap)
     if limit <= start or _FIRST_LINE.match(data, start, limit) is None:
         return None

@@ -333,17 +333,18 @@ def test_the_compiled_text_and_message_id_give_the_python_answer_or_decline(max_
         assert (headerparse._text_c(raw, max_text) is None) == (b"=?" in raw)
 
 
-def extract_all_python(block: bytes):
+def extract_all_python(block: bytes, **kwargs):
     """``extract`` with every compiled path replaced by its Python twin."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(headerparse, "_fields", headerparse._fields_py)
+        mp.setattr(headerparse, "_extract_c", lambda data, start, end, cap: None)
         mp.setattr(headerparse, "_date_c", lambda raw: False)
         mp.setattr(headerparse, "_message_id_c", lambda raw, n: None)
         mp.setattr(headerparse, "_text_c", lambda raw, n: None)
         headerparse._DAY_OF.clear()
         headerparse._ZONE_OF.clear()
         headerparse._ADDRESS_OF.clear()
-        return extract(block)
+        return extract(block, **kwargs)
 
 
 def test_extract_is_the_same_with_and_without_the_compiled_paths_on_the_mail_corpus():
@@ -352,12 +353,52 @@ def test_extract_is_the_same_with_and_without_the_compiled_paths_on_the_mail_cor
         assert extract(block) == extract_all_python(block), name
 
 
+ADDRESSISH = st.lists(st.sampled_from([
+    b'"Rossi, Mario"', b" ", b"<m@r.it>", b'"', b"\\", b"a", b",", b"\n\t", b"=?utf-8?q?x?=", b"\xe9", b"(c)", b"\x01",
+]), max_size=12).map(b"".join)
+CTYPEISH = st.sampled_from([
+    None, b" text/plain", b" multipart/mixed; boundary=x", b" MULTIPART/Alternative", b" multipart/related ;x",
+    b" multipart/signed", b" application/pdf", b" image/jpeg", b" message/rfc822", b" text", b"", b" ;", b" \t",
+    b" multipart/mixedx", b" multipart/", b" \xe9/x",
+])
+CDISPISH = st.sampled_from([None, b" attachment; filename=a", b" ATTACHMENT", b" inline", b"\t attachmen", b""])
+BODYISH = st.sampled_from([b"body", b"Content-Disposition: attachment", b"content-disposition:\t Attachment",
+                           b"X-Content-Disposition: attachment", b"isposition: attachment", b"Content-Disposition:inline"])
+
+
 @SETTINGS
-@given(DATEISH, TEXTISH, TEXTISH, st.sampled_from([b"\n", b"\r\n"]))
-def test_extract_is_the_same_with_and_without_the_compiled_paths(date_raw, subject, mid, eol):
-    block = eol.join([b"Received: x", b"Date:" + date_raw, b"Subject: " + subject, b"Message-ID:" + mid,
-                      b"From: a@b", b"", b"body"])
+@given(DATEISH, TEXTISH, TEXTISH, st.sampled_from([b"\n", b"\r\n"]), st.lists(ADDRESSISH, min_size=3, max_size=3),
+       CTYPEISH, CDISPISH, BODYISH, st.permutations(range(8)), st.integers(0, 400))
+def test_extract_is_the_same_with_and_without_the_compiled_paths(date_raw, subject, mid, eol, addrs, ctype, cdisp,
+                                                                 body, order, cut):
+    fields = [b"Date:" + date_raw, b"Subject: " + subject, b"Message-ID:" + mid, b"From: " + addrs[0],
+              b"To:" + addrs[1], b"cc: " + addrs[2]]
+    fields += [b"Content-Type:" + ctype] if ctype is not None else []
+    fields += [b"Content-Disposition:" + cdisp] if cdisp is not None else []
+    fields = [fields[i] for i in order if i < len(fields)]
+    block = eol.join([b"Received: x", *fields, b"", body])
     assert extract(block) == extract_all_python(block)
+    assert extract(block, cap=cut) == extract_all_python(block, cap=cut)
+    assert extract(b"xx" + block, start=2, end=2 + cut) == extract_all_python(b"xx" + block, start=2, end=2 + cut)
+
+
+@SETTINGS
+@given(st.one_of(HEADERISH, st.binary(max_size=300)), st.integers(0, 3), st.integers(0, 400))
+def test_extract_is_the_same_with_and_without_the_compiled_paths_on_any_bytes(data, start, end):
+    assert extract(data, start=start, end=end) == extract_all_python(data, start=start, end=end)
+
+
+def test_the_compiled_extraction_answers_for_a_plain_message():
+    block = (b"Return-Path: <a@b>\nReceived: from x\n\tby y\nDate: Tue, 07 Jan 2025 10:05:32 +0100\n"
+             b'From: "Rossi, Mario" <m@r.it>\nTo: a@b, c@d\nSubject: Fattura\n  n. 7\nMessage-ID: <x@y>\n'
+             b"Content-Type: multipart/mixed; boundary=b\n\nbody")
+    h = headerparse._extract_c(block, 0, len(block), hx.HEADER_CAP)
+    assert h == Headers("x@y", utc("2025-01-07T09:05:32Z"), "Rossi, Mario <m@r.it>", "a@b, c@d", "",
+                        "Fattura n. 7", True, 0)
+    assert h == extract_all_python(block)
+    for other in (b"Subject: =?utf-8?q?caf=C3=A9?=\n\n", b"From: \xe9\n\n", b"Date: 7 Sept 2025 10:00 +0000\n\n",
+                  b"not a header\n\n", b""):
+        assert headerparse._extract_c(other, 0, len(other), hx.HEADER_CAP) is None, other   # declined
 
 
 def test_dates_are_the_same_with_the_day_and_zone_memos_cleared_or_full(monkeypatch):
