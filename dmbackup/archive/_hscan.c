@@ -42,14 +42,14 @@
  *
  * pack(cols, key, size, headers, prev, max_text) -> (prev, nbytes): one record appended to
  *   the open chunk's nine columns (``cols``: the bytearrays keys, sizes, flags, dates and the
- *   five text columns), exactly as headerindex.IndexWriter._add_py does it (see the format in
+ *   five text columns), exactly as headerindex.IndexWriter._pack_py does it (see the format in
  *   headerindex's docstring): the key's length byte and bytes, the size and the length of each
  *   text as LEB128 varints, the flag byte, the date as a zigzag varint of its step from
  *   ``prev``, each text cut to max_text characters and encoded as UTF-8 with surrogates passed
  *   through. Everything is checked and encoded before the first byte is appended, so a bad
- *   field (ValueError, with _add_py's message) leaves the columns as they were. Returns the
+ *   field (ValueError, with _pack_py's message) leaves the columns as they were. Returns the
  *   new ``prev`` (the record's date, or ``prev`` when it has none) and the byte count
- *   _add_py adds to the chunk's total.
+ *   _pack_py adds to the chunk's total.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -4,7 +4,7 @@ For every message whose content a backup stores, the backup records a few header
 Message-ID, Date, From, To, Cc, Subject (decoded to text), the message's size and whether it
 seems to carry attachments. This module has the record types, the codec and the matching
 (standard library only; ``IndexWriter.add`` packs a record with the optional C module
-``_hscan`` where it is built, the same bytes as its Python twin ``_add_py``):
+``_hscan`` where it is built, the same bytes as its Python twin ``_pack_py``):
 
 Extraction (``extract``) is in dmbackup.archive.headerparse.
 
@@ -164,6 +164,8 @@ class IndexWriter:
     header block) and one entry per problem name (``PROBLEMS``).
     """
 
+    _compiled = True            # False: records packed by _pack_py even where _hscan is built (tests)
+
     def __init__(self, chunk_records: int = CHUNK_RECORDS, on_chunk=None):
         if not 1 <= chunk_records <= CHUNK_RECORDS:
             raise ValueError(f"chunk_records must be 1..{CHUNK_RECORDS}")
@@ -193,11 +195,10 @@ class IndexWriter:
         if headers is None:
             self.counts["skipped"] += 1
             return
-        if _pack is None:
-            self._add_py(key, size, headers)
-            return
-        # the record's bytes in C (the same bytes as _add_py; a bad field raises first)
-        self._prev, nbytes = _pack(self._cols, key, size, headers, self._prev, MAX_TEXT)
+        if _pack is None or not self._compiled:
+            nbytes = self._pack_py(key, size, headers)
+        else:      # the record's bytes in C (the same as _pack_py; a bad field raises first)
+            self._prev, nbytes = _pack(self._cols, key, size, headers, self._prev, MAX_TEXT)
         counts = self.counts
         problems = getattr(headers, "problems", 0)
         if problems:
@@ -211,8 +212,10 @@ class IndexWriter:
         if self._n >= self.chunk_records or self._bytes >= CHUNK_BYTES:
             self._flush()
 
-    def _add_py(self, key: bytes, size: int, headers) -> None:
-        """``add`` in Python, where the compiled module is not built (and its twin in tests)."""
+    def _pack_py(self, key: bytes, size: int, headers) -> int:
+        """The record's bytes appended to the open chunk's columns, in Python: where the
+        compiled module is not built, and the twin ``_hscan.pack`` is tested against. Returns
+        what the record adds to the chunk's byte count."""
         if not isinstance(key, (bytes, bytearray)) or len(key) > MAX_KEY:
             raise ValueError(f"key must be at most {MAX_KEY} bytes")
         if not 0 <= size < SIZE_LIMIT:
@@ -231,13 +234,6 @@ class IndexWriter:
         t = t.encode("utf-8", "surrogatepass")
         c = c.encode("utf-8", "surrogatepass")
         s = s.encode("utf-8", "surrogatepass")
-        counts = self.counts
-        problems = getattr(headers, "problems", 0)
-        if problems:
-            for bit, name in PROBLEMS.items():
-                if problems & bit:
-                    counts[name] = counts.get(name, 0) + 1
-        counts["records"] += 1
         keys = self._keys
         keys.append(len(key))
         keys += key
@@ -291,11 +287,7 @@ class IndexWriter:
         else:
             _put_uv(col4, n)
         col4 += s
-        self._n += 1
-        self.count += 1
-        self._bytes += len(m) + len(f) + len(t) + len(c) + len(s) + len(key) + 24
-        if self._n >= self.chunk_records or self._bytes >= CHUNK_BYTES:
-            self._flush()
+        return len(m) + len(f) + len(t) + len(c) + len(s) + len(key) + 24
 
     def _flush(self) -> None:
         if not self._n:
